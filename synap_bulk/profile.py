@@ -1,0 +1,92 @@
+"""The API profile: every point the Synap docs leave open, as one named, overridable setting.
+
+The client, the tasks and the sandbox all read these; nothing else in the code guesses a path, a
+parameter name or a header. Each setting's comment says whether it is documented ([DOC]) or an
+assumption ([ASSUMED]) — see ``../shared/synap-api.md``. A job file may override any of them
+under ``api.profile``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+__all__ = ["DEFAULT_PROFILE", "ApiProfile", "load_profile"]
+
+
+def _role_paths() -> dict[str, str]:
+    return {
+        "markers": "markers",
+        "provisional": "provisional-markers",
+        "moderating": "moderating-markers",
+        "escalating": "escalating-markers",
+        "auditing": "auditing-markers",
+        "back-readers": "back-readers",
+    }
+
+
+class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the client assumes about the server. Defaults are the sandbox's behaviour."""
+
+    # --- paths (relative to the base URL, which ends in /v3) ---
+    users_path: str = "users"  # [DOC-EX] TOC: List/Get/Delete User
+    registrations_path: str = "user-registrations"  # [DOC-EX] seen
+    user_groups_path: str = "user-groups"  # [DOC-EX] seen (PATCH)
+    group_members_relationship: str = "users"  # [ASSUMED] Add/Remove Users to UserGroup
+    exams_path: str = "exam-v-2s"  # [ASSUMED] collection path of type Exam-V-2 is unknown
+    attempts_path: str = "attempts"  # [DOC-EX] seen (GET item)
+    timer_resets_path: str = "attempt-timer-resets"  # [ASSUMED] from the TOC name
+    exports_path: str = "export-enriched-attempts"  # [ASSUMED] from the TOC name
+    background_jobs_path: str = "background-jobs"  # [ASSUMED] from the TOC name
+    portals_path: str = "portals"  # [ASSUMED] body seen, path not
+    #: [ASSUMED] the /relationships/<segment> of each marker role on an attempt.
+    marker_role_paths: dict[str, str] = msgspec.field(default_factory=_role_paths)
+
+    # --- pagination [ASSUMED]: JSON:API families; strategy and sizes undocumented ---
+    pagination: Literal["page-number", "offset"] = "page-number"
+    page_number_param: str = "page[number]"
+    page_size_param: str = "page[size]"
+    page_offset_param: str = "page[offset]"
+    page_limit_param: str = "page[limit]"
+    page_size: int = 100
+    max_page_size: int = 500
+
+    # --- filters [ASSUMED]: names follow the attribute/relationship names ---
+    filter_email: str = "filter[emailAddress]"
+    filter_external_id: str = "filter[externalId]"
+    filter_user_group: str = "filter[userGroup]"
+    filter_group_name: str = "filter[name]"
+    filter_exam: str = "filter[examV2]"
+    filter_user: str = "filter[user]"
+    filter_status: str = "filter[status]"
+    filter_updated_since: str = "filter[updatedSince]"
+    sort_param: str = "sort"
+
+    # --- headers ---
+    #: [ASSUMED] the docs name the feature "Subject-User" but not the header.
+    subject_user_header: str = "Subject-User"
+    #: [ASSUMED] 429 is not documented; we honour Retry-After in seconds or as an HTTP date.
+    retry_after_header: str = "Retry-After"
+    ratelimit_remaining_header: str = "X-RateLimit-Remaining"
+    ratelimit_reset_header: str = "X-RateLimit-Reset"
+    ratelimit_limit_header: str = "X-RateLimit-Limit"
+
+    # --- registrations ---
+    #: [DOC] "only one group is currently allowed" in a registration's userGroups.
+    registration_max_groups: int = 1
+    #: [ASSUMED] externalId is writable on User (DOC-EX); accepted at registration too.
+    registration_accepts_external_id: bool = True
+
+
+DEFAULT_PROFILE = ApiProfile()
+
+
+def load_profile(overrides: dict[str, Any] | None) -> ApiProfile:
+    """The default profile with ``overrides`` applied; unknown keys raise ``ValidationError``."""
+    if not overrides:
+        return DEFAULT_PROFILE
+    base = msgspec.structs.asdict(DEFAULT_PROFILE)
+    base.update(overrides)
+    return msgspec.convert(base, ApiProfile)
