@@ -116,6 +116,10 @@ class Task(Protocol):
         """After an ambiguous attempt: the outcome if it took effect, None if it did not."""
         ...
 
+    def column_for_pointer(self, pointer: str) -> str:
+        """The input column a JSON:API ``source.pointer`` refers to ('' when none)."""
+        ...
+
     def summary(self) -> dict[str, Any]:
         """Task-specific figures for the report (e.g. per-marker counts)."""
         ...
