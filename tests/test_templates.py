@@ -1,0 +1,149 @@
+"""Request templates: safe substitution, typed placeholders, and errors at the job-file line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from synap_bulk.errors import SpecError
+from synap_bulk.templates import TemplateValueError, compile_template
+
+BODY = {
+    "data": {
+        "type": "AttemptTimerReset",
+        "attributes": {"extraTimeInMs": "{extra_ms:int}", "reason": "Access arrangement {ref}"},
+        "relationships": {"attempt": {"data": {"type": "Attempt", "id": "{attempt_id}"}}},
+    }
+}
+
+
+class FakeJob:
+    """A job file stand-in: line numbers from PyYAML marks of a real YAML text."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.data: Any = yaml.safe_load(text)
+        self._lines: dict[str, int] = {}
+        self._walk(yaml.compose(text), "")
+
+    def _walk(self, node: Any, at: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                sub = f"{at}.{k.value}" if at else k.value
+                self._lines[sub] = k.start_mark.line + 1
+                self._walk(v, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                sub = f"{at}[{i}]"
+                self._lines[sub] = v.start_mark.line + 1
+                self._walk(v, sub)
+
+    def line_of(self, path: str) -> int | None:
+        return self._lines.get(path)
+
+
+JOB_TEXT = """\
+version: 1
+name: extra-time
+task:
+  kind: request
+  method: POST
+  path: attempt-timer-resets
+  body:
+    data:
+      type: AttemptTimerReset
+      attributes:
+        extraTimeInMs: "{extra_minutes:int}"
+        reason: "{reason}"
+"""
+
+
+def test_render_substitutes_columns_and_converts_types() -> None:
+    """Placeholders are filled from the row; :int yields a JSON integer; literals pass through."""
+    t = compile_template(BODY, job=None, at="task.body")
+    body = t.render({"extra_ms": " 900000 ", "ref": "AA-7", "attempt_id": "42"})
+    assert body == {
+        "data": {
+            "type": "AttemptTimerReset",
+            "attributes": {"extraTimeInMs": 900000, "reason": "Access arrangement AA-7"},
+            "relationships": {"attempt": {"data": {"type": "Attempt", "id": "42"}}},
+        }
+    }
+    assert t.columns == ["extra_ms", "ref", "attempt_id"]
+
+
+def test_conversions() -> None:
+    """:float, :bool and :json convert; a literal brace is written doubled."""
+    t = compile_template(
+        {"f": "{a:float}", "b": "{b:bool}", "j": "{c:json}", "lit": "{{x}} {a}", "n": 3, "z": None},
+        job=None,
+        at="task.body",
+    )
+    out = t.render({"a": "1.5", "b": "Yes", "c": '{"k": [1, 2]}'})
+    assert out == {"f": 1.5, "b": True, "j": {"k": [1, 2]}, "lit": "{x} 1.5", "n": 3, "z": None}
+
+
+def test_substitution_never_evaluates() -> None:
+    """Values that look like format fields or attribute access are copied as plain text."""
+    t = compile_template("/users/{id}", job=None, at="task.path")
+    assert t.render({"id": "{0.__class__}"}) == "/users/{0.__class__}"
+    with pytest.raises(SpecError):
+        compile_template("{id.__class__:int}x", job=None, at="task.path")
+
+
+def test_bad_values_name_the_column() -> None:
+    """A value a conversion cannot parse, or an empty one, raises naming its column."""
+    t = compile_template({"x": "{minutes:int}"}, job=None, at="task.body")
+    with pytest.raises(TemplateValueError, match="minutes: not an integer: 'ten'") as info:
+        t.render({"minutes": "ten"})
+    assert info.value.column == "minutes"
+    with pytest.raises(TemplateValueError, match="minutes: a value is required"):
+        t.render({"minutes": ""})
+    with pytest.raises(TemplateValueError, match="flag: not a boolean: 'maybe'"):
+        compile_template("{flag:bool}", job=None, at="t").render({"flag": "maybe"})
+
+
+def test_unknown_placeholder_is_reported_at_its_job_file_line(tmp_path: Path) -> None:
+    """An unknown column names the job file, the line of its string, its path and the columns."""
+    job = FakeJob(tmp_path / "extra-time.yaml", JOB_TEXT)
+    t = compile_template(job.data["task"]["body"], job=job, at="task.body")
+    with pytest.raises(SpecError) as info:
+        t.validate(["attempt_id", "extra_minutes", "note"], source="arrangements.csv")
+    assert str(info.value) == (
+        f"{tmp_path / 'extra-time.yaml'}:12: task.body.data.attributes.reason: "
+        "unknown column {reason}; arrangements.csv has: attempt_id, extra_minutes, note"
+    )
+    assert info.value.line == 12
+
+
+def test_syntax_errors_name_the_line(tmp_path: Path) -> None:
+    """Unclosed braces and conversions inside longer text are job-file errors at their line."""
+    job = FakeJob(tmp_path / "j.yaml", "task:\n  path: 'attempts/{id'\n  body: ['{n:int} min']\n")
+    with pytest.raises(SpecError, match=r"j\.yaml:2: task\.path: unclosed '\{'"):
+        compile_template(job.data["task"]["path"], job=job, at="task.path")
+    with pytest.raises(SpecError, match=r"j\.yaml:3: task\.body\[0\]: a conversion \(:int\)"):
+        compile_template(job.data["task"]["body"], job=job, at="task.body")
+    with pytest.raises(SpecError, match="placeholders are not allowed in mapping keys"):
+        compile_template({"{k}": 1}, job=None, at="task.body")
+
+
+def test_unknown_suffix_is_part_of_the_column_name() -> None:
+    """Only :int :float :bool :json are conversions; other colons belong to the column name."""
+    t = compile_template("{a:b}", job=None, at="t")
+    assert t.columns == ["a:b"]
+    assert t.render({"a:b": "v"}) == "v"
+
+
+def test_column_for_pointer_maps_server_errors_to_columns() -> None:
+    """A source.pointer maps to the column feeding it, or to the nearest field around it."""
+    t = compile_template(BODY, job=None, at="task.body")
+    assert t.column_for_pointer("/data/attributes/extraTimeInMs") == "extra_ms"
+    assert t.column_for_pointer("/data/relationships/attempt") == "attempt_id"
+    assert t.column_for_pointer("/data/attributes/reason/0") == "ref"
+    assert t.column_for_pointer("/data/type") == ""
+    fields = {f.pointer: f.at for f in t.fields}
+    assert fields["/data/attributes/extraTimeInMs"] == "task.body.data.attributes.extraTimeInMs"
