@@ -8,16 +8,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from synap_bulk.errors import CheckpointError
 from synap_bulk.sinks import (
     DEFAULT_COLUMNS,
+    Columns,
     CsvSink,
     NdjsonSink,
     ParquetSink,
     Sink,
-    column_getter,
     make_sink,
     neutralise,
 )
@@ -44,25 +45,62 @@ def attempt(i: int, **attrs: Any) -> dict[str, Any]:
     }
 
 
+def write(sink: Sink, resources: list[dict[str, Any]]) -> None:
+    """Write resources the way the exporter does: decoded from JSON into the sink's row type."""
+    sink.write_page([sink.decode_row(orjson.dumps(r)) for r in resources])
+
+
+def read(columns: list[str], resource: dict[str, Any]) -> list[Any]:
+    c = Columns(columns)
+    return c.values([c.decode(orjson.dumps(resource))])[0]
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
 
 
-def test_column_getter_reads_dotted_paths() -> None:
+def test_columns_read_dotted_paths() -> None:
     """Dotted paths reach ids, nested attributes, linkage ids and to-many linkage."""
     r = attempt(3)
-    assert column_getter("id")(r) == "3"
-    assert column_getter("attributes.score")(r) == 1.5
-    assert column_getter("attributes.marks.points")(r) == 3
-    assert column_getter("relationships.user.id")(r) == "u3"
-    assert column_getter("relationships.user")(r) == "u3"
-    assert column_getter("relationships.markers.id")(r) == "m1;m2"
-    assert column_getter("attributes.missing")(r) is None
-    assert column_getter("attributes.marks")(r) == '{"points":3,"maxPoints":10}'
+    cols = [
+        "id",
+        "attributes.score",
+        "attributes.marks.points",
+        "relationships.user.id",
+        "relationships.examV2",
+        "relationships.markers.id",
+        "attributes.missing",
+        "relationships.nothing.id",
+    ]
+    assert read(cols, r) == [
+        "3",
+        1.5,
+        3,
+        "u3",
+        "e1",
+        "m1;m2",
+        None,
+        None,
+    ]
+    assert read(["attributes.marks", "attributes.marks.points"], r) == [
+        {"points": 3, "maxPoints": 10},
+        3,
+    ]
     with pytest.raises(ValueError, match=r"relationships\.<name>\.id"):
-        column_getter("relationships.user.name")
+        Columns(["relationships.user.name"])
     with pytest.raises(ValueError, match="invalid column"):
-        column_getter("attributes..score")
+        Columns(["attributes..score"])
+
+
+def test_columns_survive_null_in_the_middle_of_a_path() -> None:
+    """An explicit null object or linkage yields empty values, not an error."""
+    r = attempt(1)
+    r["attributes"]["marks"] = None
+    r["relationships"]["user"] = {"data": None}
+    del r["relationships"]["examV2"]
+    cols = ["id", "attributes.marks.points", "relationships.user.id", "relationships.examV2.id"]
+    assert read(cols, r) == ["1", None, None, None]
+    assert read(["id"], {"id": "9", "type": "Attempt"}) == ["9"]
 
 
 def test_neutralise_prefixes_formula_text_but_keeps_numbers() -> None:
@@ -83,13 +121,14 @@ def test_csv_sink_neutralises_formula_cells(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
     sink = CsvSink()
     sink.open(path, ["id", "attributes.title", "attributes.score"], None)
-    sink.write_page(
+    write(
+        sink,
         [
             attempt(1, title='=HYPERLINK("http://evil","x")', score=-2.5),
             attempt(2, title="@cmd", score=4),
             attempt(3, title="-1+1", score=None),
             attempt(4, title="\tTab", score=0),
-        ]
+        ],
     )
     sink.finish()
     rows = read_csv(path)
@@ -107,9 +146,9 @@ def test_csv_sink_default_columns_and_header_once(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
     sink = CsvSink()
     sink.open(path, None, None)
-    sink.write_page([attempt(1), attempt(2)])
+    write(sink, [attempt(1), attempt(2)])
     sink.commit()
-    sink.write_page([attempt(3)])
+    write(sink, [attempt(3)])
     sink.finish()
     text = path.read_text()
     assert text.splitlines()[0] == ",".join(DEFAULT_COLUMNS)
@@ -125,15 +164,15 @@ def test_resume_cuts_uncommitted_rows_and_appends(tmp_path: Path, fmt: str) -> N
     path = tmp_path / f"out.{fmt}"
     sink: Sink = make_sink(fmt)
     sink.open(path, None, None)
-    sink.write_page([attempt(1), attempt(2)])
+    write(sink, [attempt(1), attempt(2)])
     committed = sink.commit()
     assert committed == path.stat().st_size
-    sink.write_page([attempt(3)])  # written, never committed: the "crash" loses it
+    write(sink, [attempt(3)])  # written, never committed: the "crash" loses it
     sink.commit()
     sink.close()
     again: Sink = make_sink(fmt)
     again.open(path, None, committed)
-    again.write_page([attempt(3), attempt(4)])
+    write(again, [attempt(3), attempt(4)])
     again.finish()
     if fmt == "csv":
         ids = [r["id"] for r in read_csv(path)]
@@ -148,7 +187,7 @@ def test_resume_offset_zero_on_a_new_csv_writes_the_header(tmp_path: Path) -> No
     path = tmp_path / "out.csv"
     sink = CsvSink()
     sink.open(path, ["id"], 0)
-    sink.write_page([attempt(7)])
+    write(sink, [attempt(7)])
     sink.finish()
     assert path.read_bytes() == b"id\r\n7\r\n"
 
@@ -168,13 +207,13 @@ def test_ndjson_full_resources_or_chosen_columns(tmp_path: Path) -> None:
     full = tmp_path / "full.ndjson"
     sink = NdjsonSink()
     sink.open(full, None, None)
-    sink.write_page([attempt(1)])
+    write(sink, [attempt(1)])
     sink.finish()
     assert json.loads(full.read_text()) == attempt(1)
     flat = tmp_path / "flat.ndjson"
     sink = NdjsonSink()
     sink.open(flat, ["id", "attributes.score", "relationships.user.id"], None)
-    sink.write_page([attempt(1)])
+    write(sink, [attempt(1)])
     sink.finish()
     assert json.loads(flat.read_text()) == {
         "id": "1",
@@ -189,15 +228,15 @@ def test_parquet_sink_resumes_and_types_columns(tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
     sink = ParquetSink()
     sink.open(path, None, None)
-    sink.write_page([attempt(1), attempt(2)])
+    write(sink, [attempt(1), attempt(2)])
     committed = sink.commit()
-    sink.write_page([attempt(3)])
+    write(sink, [attempt(3)])
     sink.close()
     assert not path.exists()
     again = ParquetSink(row_group_size=2)
     again.open(path, None, committed)
-    again.write_page([attempt(3)])
-    again.write_page([attempt(4, score=-1.0)])
+    write(again, [attempt(3)])
+    write(again, [attempt(4, score=-1.0)])
     again.finish()
     table = pq.read_table(path)
     assert table.column("id").to_pylist() == ["1", "2", "3", "4"]
