@@ -1,0 +1,676 @@
+"""``kind: export-attempts``: every attempt of some exams, streamed to NDJSON, CSV or Parquet.
+
+An export is a stream, not a set of items, so the runner calls :func:`run_export_job` instead
+of the engine. The file is written page by page; after each page the sink is committed (flush +
+fsync) and the ledger records, durably, the page cursor and the file's committed length. A
+resumed export cuts the file back to that length and continues from the next page: every attempt
+of the server appears exactly once, and memory stays flat (a few pages at most) whatever the size.
+
+Two modes:
+
+- ``pages`` (default): ``GET attempts`` filtered by exam, status and ``updatedSince``, sorted by
+  id for stable paging; pages fetched in parallel when the total is known, written in order.
+- ``server``: the API's own export (``POST export-enriched-attempts`` for each exam, then the
+  BackgroundJob polled until it completes, then its NDJSON file downloaded and converted to the
+  chosen format, with the status and ``since`` filters applied while streaming). A resume re-polls
+  the same job and skips the lines already committed.
+
+``since: last-run`` exports only the attempts updated since the start of the previous export
+that completed. The ledger records which export *generation* is running: running the job again
+after it completed starts a new generation (a new file), whereas a stopped or killed one resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import msgspec
+from msgspec import Struct
+
+from ..clock import Clock, SystemClock
+from ..errors import CheckpointError, Forbidden, NotFound, SpecError, SynapBulkError
+from ..jsonapi import AnyResource, Document, NewResource, Relationship, ResourceIdentifier
+from ..resources import (
+    TYPE_BACKGROUND_JOB,
+    TYPE_EXAM,
+    TYPE_EXPORT_ENRICHED_ATTEMPT,
+    BackgroundJob,
+)
+from ..sinks import DEFAULT_COLUMNS, Sink, check_columns, make_sink
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..checkpoint import Ledger
+    from ..client import SynapClient
+    from ..spec import ExportAttemptsSpec, JobFile
+
+__all__ = [
+    "ExportProgress",
+    "ExportResult",
+    "ExportSettings",
+    "run_export",
+    "run_export_job",
+]
+
+#: The ledger cursor naming the export generation; each stream has ``export:<exam>``.
+META_CURSOR = "export"
+ALL_EXAMS = "*"
+#: Lines of a server export file written per commit.
+DOWNLOAD_CHUNK = 1000
+
+Phase = Literal["paging", "waiting", "downloading", "finishing", "done"]
+
+
+class ExportProgress(Struct, kw_only=True):
+    """What the export has done so far (for the progress bar)."""
+
+    phase: Phase
+    exam: str = ""
+    rows: int = 0
+    pages: int = 0
+    total: int | None = None
+    bytes: int = 0
+    job_progress: float | None = None
+
+
+class ExportResult(Struct, kw_only=True):
+    """How an export ended; ``rows`` counts every row of the file, resumed runs included."""
+
+    status: Literal["completed", "stopped"]
+    output: str
+    format: str
+    mode: str
+    rows: int
+    pages: int
+    bytes: int
+    exams: list[str]
+    since: str | None
+    resumed: bool
+    generation: int
+    elapsed_s: float
+
+
+class ExportSettings(Struct, frozen=True, kw_only=True):
+    """The export spec resolved against the job file (paths absolute, defaults applied)."""
+
+    exams: tuple[str, ...]
+    statuses: tuple[str, ...]
+    format: str
+    output: Path
+    columns: tuple[str, ...] | None
+    since: str | None
+    mode: str
+    page_size: int | None
+    parallel: int
+
+
+class _Meta(Struct, kw_only=True, omit_defaults=True):
+    gen: int = 0
+    state: Literal["running", "complete"] = "running"
+    since: str | None = None
+    started_at: str = ""
+    #: When the last *complete* generation started: the next ``since: last-run``.
+    last_complete_started_at: str | None = None
+
+
+class _Stream(Struct, kw_only=True, omit_defaults=True):
+    gen: int
+    #: Where the next page starts (client page cursor, as builtins), None = from the beginning.
+    cursor: Any = None
+    #: The file's committed length after this stream's last committed page.
+    offset: int = 0
+    #: Where this stream began in the file (a server export restarts from here if its job is lost).
+    start_offset: int = 0
+    rows: int = 0
+    pages: int = 0
+    done: bool = False
+    job: str | None = None  # server mode: the BackgroundJob id
+
+
+def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportSettings:
+    """Resolve and check the export spec; SpecError names the job-file line of a bad value."""
+    fmt = spec.format
+    output = Path(spec.output)
+    if job is not None:
+        output = job.resolve(spec.output)
+    columns = tuple(spec.columns) if spec.columns else None
+    if columns is not None:
+        try:
+            check_columns(columns)
+        except ValueError as exc:
+            raise _spec_error(job, "task.columns", str(exc)) from None
+    since = spec.since
+    if since not in (None, "last-run"):
+        try:
+            datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+        except ValueError:
+            raise _spec_error(
+                job, "task.since", f"expected last-run or an RFC 3339 time, got {since!r}"
+            ) from None
+    return ExportSettings(
+        exams=tuple(str(e) for e in spec.exams),
+        statuses=tuple(spec.statuses),
+        format=fmt,
+        output=output,
+        columns=columns,
+        since=since,
+        mode=spec.mode,
+        page_size=spec.page_size,
+        parallel=max(1, spec.parallel),
+    )
+
+
+def _spec_error(job: JobFile | None, at: str, message: str) -> SpecError:
+    if job is None:
+        return SpecError(message, path=at)
+    return SpecError(message, file=str(job.path), line=job.line_of(at), path=at)
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _as_rfc3339(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(value, (int, float)):
+        return _as_rfc3339(datetime.fromtimestamp(value, UTC))
+    return str(value)
+
+
+def _load(raw: Any, tp: type[Any]) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        if isinstance(raw, (bytes, str)):
+            return msgspec.json.decode(raw, type=tp)
+        return msgspec.convert(raw, tp)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CheckpointError(f"unreadable export cursor in the ledger: {exc}") from None
+
+
+def _dump(value: Struct) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def run_export(
+    spec: ExportAttemptsSpec | ExportSettings,
+    job: JobFile | None,
+    client: SynapClient,
+    ledger: Ledger,
+    *,
+    progress_cb: Callable[[ExportProgress], None] | None = None,
+    clock: Clock | None = None,
+    poll_interval: float = 1.0,
+    max_pages: int | None = None,
+    stop: anyio.Event | None = None,
+) -> ExportResult:
+    """Export (or resume exporting) the attempts ``settings`` describe into its output file.
+
+    The export stops cleanly (status ``stopped``, resumable) at the first page boundary after
+    ``stop`` is set, or after ``max_pages`` pages in this call: the state is then exactly the one
+    a kill after that page leaves. Cancelling the call is safe too; only the page in progress is
+    redone on resume.
+    """
+    settings = spec if isinstance(spec, ExportSettings) else settings_from_spec(spec, job)
+    exporter = _Exporter(settings, client, ledger, progress_cb, clock or SystemClock())
+    exporter.stop_event = stop
+    return await exporter.run(poll_interval=poll_interval, max_pages=max_pages)
+
+
+class _Stop(Exception):
+    """Internal: ``max_pages`` reached."""
+
+
+class _Exporter:
+    def __init__(
+        self,
+        settings: ExportSettings,
+        client: SynapClient,
+        ledger: Ledger,
+        progress_cb: Callable[[ExportProgress], None] | None,
+        clock: Clock,
+    ) -> None:
+        self.s = settings
+        self.client = client
+        self.ledger = ledger
+        self.progress_cb = progress_cb
+        self.clock = clock
+        self.profile = client.profile
+        self.sink: Sink = make_sink(settings.format)
+        self.rows = 0
+        self.pages = 0
+        self.pages_this_call = 0
+        self.offset = 0
+        self.total: int | None = None
+        self.max_pages: int | None = None
+        self.stop_event: anyio.Event | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _stream_names(self) -> list[str]:
+        return list(self.s.exams) or [ALL_EXAMS]
+
+    async def _meta(self) -> _Meta | None:
+        meta: _Meta | None = _load(await self.ledger.get_cursor(META_CURSOR), _Meta)
+        return meta
+
+    async def _stream(self, exam: str, gen: int) -> _Stream | None:
+        st: _Stream | None = _load(await self.ledger.get_cursor(f"export:{exam}"), _Stream)
+        if st is None or st.gen != gen:
+            return None
+        return st
+
+    async def _save(self, exam: str, st: _Stream) -> None:
+        await self.ledger.set_cursor(f"export:{exam}", _dump(st))
+
+    def _report(self, phase: Phase, exam: str = "", job_progress: float | None = None) -> None:
+        if self.progress_cb is not None:
+            self.progress_cb(
+                ExportProgress(
+                    phase=phase,
+                    exam=exam,
+                    rows=self.rows,
+                    pages=self.pages,
+                    total=self.total,
+                    bytes=self.offset,
+                    job_progress=job_progress,
+                )
+            )
+
+    # -- run ------------------------------------------------------------------------------------
+
+    async def run(self, *, poll_interval: float, max_pages: int | None) -> ExportResult:
+        started = time.monotonic()
+        self.poll_interval = poll_interval
+        self.max_pages = max_pages
+        meta = await self._meta()
+        resumed = meta is not None and meta.state == "running"
+        if meta is None or meta.state == "complete":
+            meta = await self._new_generation(meta)
+        gen = meta.gen
+        names = self._stream_names()
+        streams = {name: await self._stream(name, gen) for name in names}
+        resume_offset: int | None = None
+        if resumed:
+            offsets = [st.offset for st in streams.values() if st is not None]
+            resume_offset = max(offsets) if offsets else 0
+            self.rows = sum(st.rows for st in streams.values() if st is not None)
+            self.pages = sum(st.pages for st in streams.values() if st is not None)
+        columns: Sequence[str] | None = self.s.columns
+        if columns is None and self.s.format != "ndjson":
+            columns = DEFAULT_COLUMNS
+        self.sink.open(self.s.output, columns, resume_offset)
+        self.offset = resume_offset or 0
+        status: Literal["completed", "stopped"] = "completed"
+        try:
+            for name in names:
+                st = streams[name]
+                if st is None:
+                    st = _Stream(gen=gen, offset=self.offset, start_offset=self.offset)
+                    await self._save(name, st)
+                if st.done:
+                    continue
+                if self.s.mode == "server":
+                    await self._server_stream(name, st, meta.since)
+                else:
+                    await self._page_stream(name, st, meta.since)
+            self._report("finishing")
+            self.sink.finish()
+        except _Stop:
+            status = "stopped"
+        finally:
+            self.sink.close()
+        if status == "completed":
+            meta.state = "complete"
+            meta.last_complete_started_at = meta.started_at
+            await self.ledger.set_cursor(META_CURSOR, _dump(meta))
+            self._report("done")
+        return ExportResult(
+            status=status,
+            output=str(self.s.output),
+            format=self.s.format,
+            mode=self.s.mode,
+            rows=self.rows,
+            pages=self.pages,
+            bytes=self.offset,
+            exams=list(self.s.exams),
+            since=meta.since,
+            resumed=resumed,
+            generation=gen,
+            elapsed_s=time.monotonic() - started,
+        )
+
+    async def _new_generation(self, previous: _Meta | None) -> _Meta:
+        since: str | None = None
+        if self.s.since == "last-run":
+            if previous is not None and previous.last_complete_started_at:
+                since = previous.last_complete_started_at
+            else:
+                since = _as_rfc3339(await self.ledger.last_completed_run_started_at())
+        elif self.s.since is not None:
+            since = self.s.since
+        meta = _Meta(
+            gen=(previous.gen + 1) if previous is not None else 1,
+            state="running",
+            since=since,
+            started_at=_now_rfc3339(),
+            last_complete_started_at=previous.last_complete_started_at if previous else None,
+        )
+        await self.ledger.set_cursor(META_CURSOR, _dump(meta))
+        return meta
+
+    async def _commit(self, name: str, st: _Stream, rows: int) -> None:
+        """After a page: make the file durable, then record where the next page starts."""
+        self.offset = self.sink.commit()
+        st.offset = self.offset
+        st.rows += rows
+        st.pages += 1
+        self.rows += rows
+        self.pages += 1
+        await self._save(name, st)
+        self.pages_this_call += 1
+        if self.max_pages is not None and self.pages_this_call >= self.max_pages:
+            raise _Stop
+        if self.stop_event is not None and self.stop_event.is_set():
+            raise _Stop
+
+    # -- mode pages -------------------------------------------------------------------------
+
+    def _params(self, exam: str, since: str | None) -> dict[str, str]:
+        p = self.profile
+        params: dict[str, str] = {
+            p.sort_param: "id",
+            p.page_size_param: str(self.s.page_size or p.max_page_size),
+        }
+        if exam != ALL_EXAMS:
+            params[p.filter_exam] = exam
+        if self.s.statuses:
+            params[p.filter_status] = ",".join(self.s.statuses)
+        if since:
+            params[p.filter_updated_since] = since
+        return params
+
+    async def _page_stream(self, name: str, st: _Stream, since: str | None) -> None:
+        p = self.profile
+        pages: AsyncIterator[tuple[Any, Any]] = self.client.pages(
+            p.attempts_path,
+            self._params(name, since),
+            self.sink.row_type,
+            start=_cursor_in(st.cursor),
+            parallel=self.s.parallel,
+        )
+        self._report("paging", name)
+        async for cursor, page in pages:
+            if self.total is None:
+                total = page.meta.get("total") if isinstance(page.meta, Mapping) else None
+                if isinstance(total, int):
+                    self.total = total
+            rows: list[Any] = page.data
+            self.sink.write_page(rows)
+            st.cursor = _cursor_out(cursor)
+            # The last page says so in the same durable record, or a resume would start over.
+            st.done = cursor is None
+            await self._commit(name, st, len(rows))
+            self._report("paging", name)
+        st.done = True
+        await self._save(name, st)
+
+    # -- mode server ------------------------------------------------------------------------
+
+    async def _server_stream(self, name: str, st: _Stream, since: str | None) -> None:
+        if name == ALL_EXAMS:
+            raise SpecError("mode: server exports per exam: list the exams", path="task.exams")
+        job_id = st.job
+        url: str | None = None
+        if job_id is not None:
+            try:
+                url = await self._wait(name, job_id)
+            except (NotFound, Forbidden):
+                url = None
+        if url is None:
+            if st.rows:
+                # The old job is gone; its file may not be in the same order: redo the stream.
+                raise CheckpointError(
+                    f"the server export job {job_id} of exam {name} is gone and its file was "
+                    "partly written; run again with --restart"
+                )
+            job_id = await self._create_job(name)
+            st.job = job_id
+            await self._save(name, st)
+            url = await self._wait(name, job_id)
+        await self._download(name, st, url, since)
+        st.done = True
+        await self._save(name, st)
+
+    async def _create_job(self, exam: str) -> str:
+        p = self.profile
+        body = NewResource(
+            type=TYPE_EXPORT_ENRICHED_ATTEMPT,
+            relationships={
+                "examV2": Relationship(data=ResourceIdentifier(type=TYPE_EXAM, id=exam)),
+            },
+        )
+        resp = await self.client.request(
+            "POST", p.exports_path, body={"data": body}, idempotent=True
+        )
+        doc = msgspec.json.decode(resp.body, type=Document[AnyResource])
+        res = doc.data
+        if res.type == TYPE_BACKGROUND_JOB:
+            return res.id
+        linked = res.rel_id("backgroundJob")
+        if linked:
+            return linked
+        return res.id
+
+    async def _wait(self, exam: str, job_id: str) -> str:
+        p = self.profile
+        while True:
+            job: BackgroundJob = await self.client.get(
+                p.background_jobs_path, job_id, BackgroundJob
+            )
+            a = job.attributes
+            if a.status == "completed":
+                if not a.fileUrl:
+                    raise SynapBulkError(f"export job {job_id} completed without a fileUrl")
+                self._report("waiting", exam, 1.0)
+                return a.fileUrl
+            if a.status == "failed":
+                raise SynapBulkError(f"export job {job_id} of exam {exam} failed: {a.error or '?'}")
+            self._report("waiting", exam, a.progress)
+            await self.clock.sleep(self.poll_interval)
+
+    async def _download(self, name: str, st: _Stream, url: str, since: str | None) -> None:
+        skip = st.rows
+        keep = _row_filter(set(self.s.statuses), since)
+        decode_row = self.sink.decode_row
+        batch: list[Any] = []
+        seen = 0  # lines of the file kept by the filter, so that a resume can skip them
+        self._report("downloading", name)
+        async for line in _lines(self.client, url):
+            if not line.strip() or (keep is not None and not keep(line)):
+                continue
+            seen += 1
+            if seen <= skip:
+                continue
+            batch.append(decode_row(line))
+            if len(batch) >= DOWNLOAD_CHUNK:
+                self.sink.write_page(batch)
+                await self._commit(name, st, len(batch))
+                self._report("downloading", name)
+                batch = []
+        if batch:
+            self.sink.write_page(batch)
+            await self._commit(name, st, len(batch))
+            self._report("downloading", name)
+
+
+class _FilterAttrs(Struct):
+    examStatus: str | None = None
+    updatedAt: str | None = None
+
+
+class _FilterRow(Struct):
+    attributes: _FilterAttrs | None = None
+
+
+def _row_filter(statuses: set[str], since: str | None) -> Callable[[bytes], bool] | None:
+    """The page mode's server-side filters, applied to the lines of a downloaded export."""
+    if not statuses and not since:
+        return None
+    since_dt = _parse_time(since) if since else None
+    decoder = msgspec.json.Decoder(_FilterRow)
+
+    def keep(line: bytes) -> bool:
+        attrs = decoder.decode(line).attributes or _FilterAttrs()
+        if statuses and attrs.examStatus not in statuses:
+            return False
+        if since_dt is not None and attrs.updatedAt:
+            parsed = _parse_time(attrs.updatedAt)
+            if parsed is not None and parsed < since_dt:
+                return False
+        return True
+
+    return keep
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _cursor_out(cursor: Any) -> Any:
+    return msgspec.to_builtins(cursor) if cursor is not None else None
+
+
+def _cursor_in(raw: Any) -> Any:
+    if raw is None:
+        return None
+    from ..client import PageCursor
+
+    return msgspec.convert(raw, PageCursor)
+
+
+async def _lines(client: SynapClient, url: str) -> AsyncIterator[bytes]:
+    """The lines of a downloaded export file, streamed."""
+    async for line in client.stream_lines(url):
+        yield line
+
+
+# --- the job runner -----------------------------------------------------------------------
+
+
+async def run_export_job(job: JobFile, *, restart: bool = False, console: Console) -> int:
+    """``python -m synap_bulk run`` for an export job: client, ledger, progress, summary."""
+    from ..checkpoint import Ledger
+    from ..profile import load_profile
+    from ..runner import EXIT_FAILED, EXIT_OK, ledger_path, open_client
+
+    spec: ExportAttemptsSpec = job.spec.task  # type: ignore[assignment]
+    settings = settings_from_spec(spec, job)
+    profile = load_profile(job.spec.api.profile or None)
+    started = time.monotonic()
+    last: list[ExportProgress] = []
+
+    def on_progress(p: ExportProgress) -> None:
+        last[:] = [p]
+
+    async with (
+        open_client(job, profile) as client,
+        await Ledger.open(
+            ledger_path(job),
+            job_name=job.spec.name,
+            task_hash=job.task_hash(),
+            input_hash="",
+            restart=restart,
+        ) as ledger,
+    ):
+        run_id = await ledger.begin_run()
+        stop = anyio.Event()
+        result = await _with_progress(
+            run_export(settings, job, client, ledger, progress_cb=on_progress, stop=stop),
+            client,
+            last,
+            started,
+            console,
+            stop,
+        )
+        summary = msgspec.to_builtins(result)
+        await ledger.end_run(
+            run_id, "completed" if result.status == "completed" else "stopped", summary
+        )
+    console.print(
+        f"Export {result.status}: {result.rows} attempts, {result.bytes} bytes "
+        f"-> {result.output} ({result.format}, mode {result.mode}"
+        + (f", since {result.since}" if result.since else "")
+        + (", resumed" if result.resumed else "")
+        + f") in {time.monotonic() - started:.1f} s"
+    )
+    if result.status != "completed":
+        console.print(f"Resume with: python -m synap_bulk run {job.path}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _with_progress(
+    work: Any,
+    client: SynapClient,
+    last: list[ExportProgress],
+    started: float,
+    console: Console,
+    stop: anyio.Event,
+) -> ExportResult:
+    """Run the export under the live progress display; Ctrl-C stops at the next page boundary."""
+    import signal
+
+    from ..progress import Progress, Snapshot
+
+    def snapshot() -> Snapshot:
+        p = last[0] if last else ExportProgress(phase="paging")
+        c = client.statistics()
+        return Snapshot(
+            total=p.total,
+            done=p.rows,
+            failed=0,
+            skipped=0,
+            in_flight=c.in_flight,
+            requests=c.requests,
+            rate=c.current_rate,
+            throttled=c.throttled,
+            retries=c.retries,
+            elapsed_s=time.monotonic() - started,
+        )
+
+    progress = Progress(snapshot, console=console)
+    result: ExportResult | None = None
+
+    async def watch_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                console.print("[yellow]Stopping after the current page…[/]")
+                stop.set()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(progress.run)
+        tg.start_soon(watch_signals)
+        try:
+            result = await work
+        finally:
+            tg.cancel_scope.cancel()
+    progress.final()
+    assert result is not None
+    return result

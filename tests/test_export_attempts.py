@@ -1,0 +1,323 @@
+"""Attempt export: resumable paging with no duplicate and no missing row, and server mode."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from synap_bulk.clock import FakeClock
+from synap_bulk.jsonapi import ListDocument
+from synap_bulk.profile import DEFAULT_PROFILE
+from synap_bulk.tasks import export_attempts as ex
+from synap_bulk.tasks.export_attempts import ExportProgress, ExportSettings, run_export
+
+
+def make_attempts(n: int, exams: int = 2) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "Attempt",
+            "id": f"a{i:05d}",
+            "attributes": {
+                "title": "=evil()" if i == 3 else f"Attempt {i}",
+                "examStatus": "submitted" if i % 3 else "inProgress",
+                "score": -1.5 if i == 4 else float(i % 10),
+                "updatedAt": f"2026-05-{1 + i % 28:02d}T10:00:00Z",
+            },
+            "relationships": {
+                "user": {"data": {"type": "User", "id": f"u{i}"}},
+                "examV2": {"data": {"type": "Exam-V-2", "id": f"e{i % exams + 1}"}},
+            },
+        }
+        for i in range(n)
+    ]
+
+
+class Crash(Exception):
+    """Stands for the process dying at a chosen point."""
+
+
+class FakeLedger:
+    """The ledger's cursor and run API in memory; can "die" on a chosen set_cursor call."""
+
+    def __init__(self) -> None:
+        self.cursors: dict[str, str] = {}
+        self.set_calls = 0
+        self.crash_on: int | None = None
+        self.last_run: str | None = None
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        self.set_calls += 1
+        if self.crash_on is not None and self.set_calls == self.crash_on:
+            raise Crash(name)
+        self.cursors[name] = value
+
+    async def get_cursor(self, name: str) -> str | None:
+        return self.cursors.get(name)
+
+    async def last_completed_run_started_at(self) -> str | None:
+        return self.last_run
+
+
+class FakeClient:
+    """Serves attempts by page like the API (filters, sort by id), cursor = next page number."""
+
+    def __init__(self, attempts: list[dict[str, Any]]) -> None:
+        self.attempts = attempts
+        self.profile = DEFAULT_PROFILE
+        self.page_requests: list[tuple[str, int]] = []
+        self.jobs: dict[str, int] = {}
+        self.posts: list[Any] = []
+        self.fail_after_pages: int | None = None
+
+    def _select(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        p = self.profile
+        rows = self.attempts
+        exam = params.get(p.filter_exam)
+        if exam:
+            rows = [r for r in rows if r["relationships"]["examV2"]["data"]["id"] == exam]
+        status = params.get(p.filter_status)
+        if status:
+            wanted = set(status.split(","))
+            rows = [r for r in rows if r["attributes"]["examStatus"] in wanted]
+        since = params.get(p.filter_updated_since)
+        if since:
+            rows = [r for r in rows if r["attributes"]["updatedAt"] >= since]
+        assert params[p.sort_param] == "id"
+        return sorted(rows, key=lambda r: r["id"])
+
+    async def pages(
+        self, path: str, params: dict[str, str], tp: Any, *, start: Any = None, parallel: int = 1
+    ) -> AsyncIterator[tuple[Any, ListDocument[Any]]]:
+        assert path == "attempts"
+        rows = self._select(params)
+        size = int(params[self.profile.page_size_param])
+        number = start or 1
+        while True:
+            chunk = rows[(number - 1) * size : number * size]
+            if not chunk and number > 1:
+                return
+            if self.fail_after_pages is not None and len(self.page_requests) >= (
+                self.fail_after_pages
+            ):
+                raise Crash("connection lost")
+            self.page_requests.append((params.get(self.profile.filter_exam, ""), number))
+            last = number * size >= len(rows)
+            body = msgspec.json.encode({"data": chunk, "meta": {"total": len(rows)}})
+            yield (None if last else number + 1), msgspec.json.decode(body, type=ListDocument[tp])
+            if last:
+                return
+            number += 1
+
+    async def request(self, method: str, path: str, **kw: Any) -> Any:
+        assert (method, path) == ("POST", "export-enriched-attempts")
+        body = kw["body"]
+        self.posts.append(body)
+        exam = body["data"].relationships["examV2"].data.id
+        job_id = f"job-{exam}-{len(self.posts)}"
+        self.jobs[job_id] = 0
+        doc = {"data": {"type": "BackgroundJob", "id": job_id, "attributes": {"status": "pending"}}}
+        return _Resp(201, msgspec.json.encode(doc))
+
+    async def get(self, path: str, id: str, tp: Any) -> Any:
+        assert path == "background-jobs"
+        self.jobs[id] += 1
+        polls = self.jobs[id]
+        exam = id.split("-")[1]
+        attrs: dict[str, Any] = {"status": "running", "progress": polls / 3}
+        if polls >= 3:
+            attrs = {"status": "completed", "progress": 1.0, "fileUrl": f"http://files/{exam}"}
+        return msgspec.convert({"type": "BackgroundJob", "id": id, "attributes": attrs}, tp)
+
+    async def stream_lines(self, url: str) -> AsyncIterator[bytes]:
+        exam = url.rsplit("/", 1)[1]
+        for r in self.attempts:
+            if r["relationships"]["examV2"]["data"]["id"] == exam:
+                yield json.dumps(r).encode() + b"\n"
+
+
+class _Resp:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+
+@pytest.fixture(autouse=True)
+def plain_cursors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake client's cursors are plain page numbers."""
+    monkeypatch.setattr(ex, "_cursor_in", lambda raw: raw)
+
+
+def settings(tmp_path: Path, **kw: Any) -> ExportSettings:
+    base: dict[str, Any] = {
+        "exams": ("e1", "e2"),
+        "statuses": (),
+        "format": "ndjson",
+        "output": tmp_path / "attempts.ndjson",
+        "columns": None,
+        "since": None,
+        "mode": "pages",
+        "page_size": 7,
+        "parallel": 2,
+    }
+    base.update(kw)
+    return ExportSettings(**base)
+
+
+def ids_in(path: Path, fmt: str) -> list[str]:
+    if fmt == "csv":
+        return [r["id"] for r in csv.DictReader(io.StringIO(path.read_text()))]
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def expected_ids(attempts: list[dict[str, Any]], exams: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for exam in exams:
+        out += sorted(
+            r["id"] for r in attempts if r["relationships"]["examV2"]["data"]["id"] == exam
+        )
+    return out
+
+
+async def test_export_writes_every_attempt_once_in_order(tmp_path: Path) -> None:
+    """A clean export holds exactly the server's attempts, exam by exam, sorted by id."""
+    attempts = make_attempts(40)
+    client, ledger = FakeClient(attempts), FakeLedger()
+    seen: list[ExportProgress] = []
+    result = await run_export(settings(tmp_path), None, client, ledger, progress_cb=seen.append)  # type: ignore[arg-type]
+    assert result.status == "completed"
+    assert ids_in(tmp_path / "attempts.ndjson", "ndjson") == expected_ids(attempts, ("e1", "e2"))
+    assert result.rows == 40
+    assert result.pages == 6  # 20 per exam in pages of 7
+    assert seen[-1].phase == "done" and seen[-1].rows == 40
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+@pytest.mark.parametrize(("crash_on", "refetched"), [(3, 6), (4, 5), (5, 4), (6, 3), (9, 2)])
+async def test_killed_between_file_commit_and_ledger_and_resumed(
+    tmp_path: Path, fmt: str, crash_on: int, refetched: int
+) -> None:
+    """A crash after a page reached the file but before the ledger recorded it loses nothing and
+    duplicates nothing on resume: the file is cut back to the ledger's committed length."""
+    attempts = make_attempts(40)
+    out = tmp_path / f"attempts.{fmt}"
+    s = settings(tmp_path, format=fmt, output=out)
+    ledger = FakeLedger()
+    ledger.crash_on = crash_on
+    with pytest.raises(Crash):
+        await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    ledger.crash_on = None
+    client = FakeClient(attempts)
+    result = await run_export(s, None, client, ledger)  # type: ignore[arg-type]
+    assert result.status == "completed" and result.resumed
+    assert ids_in(out, fmt) == expected_ids(attempts, ("e1", "e2"))
+    assert result.rows == 40
+    # The resume fetched only the pages not yet recorded, not the whole export again.
+    assert len(client.page_requests) == refetched
+
+
+async def test_stop_after_pages_then_resume_fetches_only_the_rest(tmp_path: Path) -> None:
+    """A stop after N pages resumes at page N+1: the requests of both runs cover each page once."""
+    attempts = make_attempts(40)
+    s = settings(tmp_path)
+    ledger = FakeLedger()
+    first = FakeClient(attempts)
+    stopped = await run_export(s, None, first, ledger, max_pages=4)  # type: ignore[arg-type]
+    assert stopped.status == "stopped" and stopped.rows == 27
+    second = FakeClient(attempts)
+    done = await run_export(s, None, second, ledger)  # type: ignore[arg-type]
+    assert done.status == "completed" and done.rows == 40
+    assert first.page_requests + second.page_requests == [
+        ("e1", 1),
+        ("e1", 2),
+        ("e1", 3),
+        ("e2", 1),
+        ("e2", 2),
+        ("e2", 3),
+    ]
+    assert ids_in(s.output, "ndjson") == expected_ids(attempts, ("e1", "e2"))
+
+
+async def test_transport_failure_mid_stream_resumes_cleanly(tmp_path: Path) -> None:
+    """An export that dies on a failed page fetch resumes without gaps or repeats."""
+    attempts = make_attempts(40)
+    s = settings(tmp_path, format="csv", output=tmp_path / "a.csv", exams=())
+    ledger = FakeLedger()
+    client = FakeClient(attempts)
+    client.fail_after_pages = 2
+    with pytest.raises(Crash):
+        await run_export(s, None, client, ledger)  # type: ignore[arg-type]
+    result = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    assert ids_in(tmp_path / "a.csv", "csv") == sorted(r["id"] for r in attempts)
+    assert result.rows == 40
+
+
+async def test_csv_export_neutralises_formula_titles(tmp_path: Path) -> None:
+    """The default CSV columns carry the neutralised title and numeric negative scores."""
+    attempts = make_attempts(10, exams=1)
+    out = tmp_path / "a.csv"
+    s = settings(tmp_path, format="csv", output=out, exams=("e1",))
+    await run_export(s, None, FakeClient(attempts), FakeLedger())  # type: ignore[arg-type]
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(out.read_text()))}
+    assert rows["a00003"]["attributes.title"] == "'=evil()"
+    assert rows["a00004"]["attributes.score"] == "-1.5"
+    assert rows["a00004"]["relationships.examV2.id"] == "e1"
+
+
+async def test_filters_and_a_new_generation_after_completion(tmp_path: Path) -> None:
+    """Statuses filter the export; running a completed export again writes a fresh file."""
+    attempts = make_attempts(30)
+    s = settings(tmp_path, statuses=("inProgress",))
+    ledger = FakeLedger()
+    first = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    again = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    want = [i for i in expected_ids(attempts, ("e1", "e2")) if int(i[1:]) % 3 == 0]
+    assert ids_in(s.output, "ndjson") == want
+    assert (first.generation, again.generation) == (1, 2)
+    assert not again.resumed
+
+
+async def test_since_last_run_uses_the_previous_complete_export(tmp_path: Path) -> None:
+    """since: last-run filters on updatedSince = the start of the last completed export."""
+    attempts = make_attempts(30)
+    s = settings(tmp_path, since="last-run")
+    ledger = FakeLedger()
+    ledger.last_run = "2026-05-20T00:00:00Z"
+    first = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    first_started = json.loads(ledger.cursors["export"])["started_at"]
+    assert first.since == "2026-05-20T00:00:00Z"
+    assert all(
+        json.loads(line)["attributes"]["updatedAt"] >= "2026-05-20"
+        for line in s.output.read_text().splitlines()
+    )
+    second = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    assert second.since == first_started
+
+
+async def test_server_mode_polls_the_job_and_downloads_the_file(tmp_path: Path) -> None:
+    """mode server creates one export per exam, polls with the clock, and converts the file."""
+    attempts = make_attempts(2500, exams=2)
+    clock = FakeClock()
+    out = tmp_path / "a.csv"
+    s = settings(tmp_path, mode="server", format="csv", output=out)
+    seen: list[ExportProgress] = []
+    ledger = FakeLedger()
+    client = FakeClient(attempts)
+    stopped = await run_export(
+        s, None, client, ledger, clock=clock, progress_cb=seen.append, max_pages=1
+    )  # type: ignore[arg-type]
+    assert stopped.status == "stopped" and stopped.rows == 1000
+    result = await run_export(s, None, client, ledger, clock=clock, progress_cb=seen.append)  # type: ignore[arg-type]
+    assert result.status == "completed" and result.rows == 2500
+    got = ids_in(out, "csv")
+    assert sorted(got) == sorted(r["id"] for r in attempts) and len(set(got)) == 2500
+    assert len(client.posts) == 2  # the resume re-polled exam e1's job instead of a new one
+    assert clock.slept == [1.0, 1.0, 1.0, 1.0]
+    waits = [p.job_progress for p in seen if p.phase == "waiting"]
+    assert waits[:3] == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
