@@ -6,8 +6,9 @@ ledger stores that number next to the page cursor. After a crash the exporter re
 with ``resume_offset`` set to it: whatever was written after the last commit is cut off and the
 export continues from the next page, so no row is lost and none is written twice.
 
-Rows are JSON:API resource objects as plain dicts (``{"id", "type", "attributes",
-"relationships", ...}``). Tabular formats pick columns by dotted path:
+Rows are JSON:API resource objects, decoded straight from the response into the sink's
+:attr:`Sink.row_type` (``msgspec.Raw`` for whole resources, or a Struct generated for just the
+chosen columns): no per-resource dict is built. Tabular formats pick columns by dotted path:
 
 - ``id``, ``type``: the resource's own members;
 - ``attributes.score``, ``attributes.marks.points``: attribute values, nested by dots;
@@ -15,7 +16,8 @@ Rows are JSON:API resource objects as plain dicts (``{"id", "type", "attributes"
   gives the ids joined by ``;``;
 - ``meta.x``, ``links.self``: the resource's meta and links members.
 
-A value that is an object or a list (and is not linkage) is written as compact JSON.
+An object or list value (not linkage) is written as compact JSON text in CSV and Parquet, and
+stays a nested value in NDJSON.
 
 Formats:
 
