@@ -1,0 +1,282 @@
+"""Job files: shapes, ${ENV} expansion, line-numbered errors (asserted word for word), schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synap_bulk.errors import SpecError
+from synap_bulk.spec import (
+    AssignMarkersSpec,
+    ExportAttemptsSpec,
+    RequestSpec,
+    UserImportSpec,
+    job_schema,
+    load_job,
+)
+
+BASE = """\
+version: 1
+name: spring-2027
+api:
+  base_url: sandbox
+  token: ${SYNAP_TOKEN:-p:sandbox}
+  rate: 20
+sandbox: {seed: 7, users: 0}
+task:
+  kind: user-import
+  source: candidates.csv
+  match: externalId
+  fields: {name: "{first_name} {last_name}", externalId: "{candidate_no}"}
+  groups: ["{cohort}", 12]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SYNAP_TOKEN", "RATE", "SECRET_RATE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write(tmp_path: Path, text: str, name: str = "import.yaml") -> Path:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir(exist_ok=True)
+    path = jobs / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_job(path)
+    return str(info.value).replace(str(tmp_path) + "/", "")
+
+
+def test_valid_job_loads_with_defaults_and_lines(tmp_path: Path) -> None:
+    """A valid job converts to Structs with defaults, numbers kept as text where a string is
+    wanted, and every key's line known."""
+    job = load_job(write(tmp_path, BASE))
+    task = job.spec.task
+    assert isinstance(task, UserImportSpec)
+    assert task.kind == "user-import"
+    assert task.mode == "upsert"
+    assert task.groups == ["{cohort}", "12"]
+    assert job.spec.api.rate == 20.0
+    assert job.spec.api.token == "p:sandbox"
+    assert job.spec.run.max_item_attempts == 5
+    assert job.spec.run.breaker.window == 200
+    assert job.line_of("api.rate") == 6
+    assert job.line_of("task.groups[1]") == 13
+    assert job.line_of("task.fields.name") == 12
+    assert job.line_of("task.mode") == 8  # absent: the nearest written parent
+    assert job.resolve("candidates.csv") == tmp_path / "jobs" / "candidates.csv"
+    assert job.dir == tmp_path / "jobs"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "rate: 20",
+            "rate: fast",
+            'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto", got "fast"',
+        ),
+        (
+            "  match: externalId",
+            "  match: externalId\n  sourc: x",
+            'jobs/import.yaml:12: task.sourc: unknown key (did you mean "source"?)',
+        ),
+        (
+            "rate: 20",
+            "colour: blue",
+            "jobs/import.yaml:6: api.colour: unknown key (expected one of: base_url, token, "
+            "token_file, rate, concurrency, subject_user, timeout, profile)",
+        ),
+        (
+            "rate: 20",
+            "concurrency: many",
+            'jobs/import.yaml:6: api.concurrency: expected an integer >= 1 and <= 1000, got "many"',
+        ),
+        (
+            "  source: candidates.csv\n",
+            "",
+            'jobs/import.yaml:8: task: missing required key "source"',
+        ),
+        (
+            "match: externalId",
+            "match: email",
+            'jobs/import.yaml:11: task.match: expected one of "emailAddress", "externalId", '
+            'got "email"',
+        ),
+        (
+            "kind: user-import",
+            "kind: user-imports",
+            'jobs/import.yaml:9: task.kind: expected one of "user-import", "assign-markers", '
+            '"export-attempts", "request", got "user-imports"',
+        ),
+        (
+            '{name: "{first_name} {last_name}",',
+            "{name: [1],",
+            "jobs/import.yaml:12: task.fields.name: expected a string, got a list",
+        ),
+        ("version: 1", "version: 2", "jobs/import.yaml:1: version: expected 1, got 2"),
+        (
+            "base_url: sandbox",
+            "base_url: http://example.com/v3",
+            'jobs/import.yaml:4: api.base_url: expected "sandbox" or an https:// URL '
+            '(http:// only for localhost), got "http://example.com/v3"',
+        ),
+        (
+            "base_url: sandbox",
+            "base_url: https://api.synap.ac/v3",
+            "jobs/import.yaml:7: sandbox: a sandbox section is only allowed when "
+            'api.base_url is "sandbox"',
+        ),
+        (
+            "rate: 20",
+            "profile: {pagesize: 3}",
+            'jobs/import.yaml:6: api.profile.pagesize: unknown key (did you mean "page_size"?)',
+        ),
+        (
+            "rate: 20",
+            "profile: {page_size: big}",
+            'jobs/import.yaml:6: api.profile.page_size: expected an integer, got "big"',
+        ),
+        (
+            "  rate: 20",
+            "  rate: 20\n  rate: 3",
+            'jobs/import.yaml:7: api.rate: duplicate key "rate" (first on line 6)',
+        ),
+        (
+            "  rate: 20",
+            "  rate: [20",
+            "jobs/import.yaml:7: invalid YAML: expected ',' or ']', but got ':'",
+        ),
+        (
+            "${SYNAP_TOKEN:-p:sandbox}",
+            "${SYNAP_TOKEN}",
+            "jobs/import.yaml:5: api.token: environment variable SYNAP_TOKEN is not set",
+        ),
+    ],
+)
+def test_error_messages_word_for_word(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    """Each kind of mistake gives `file:line: path: message` with exactly this wording."""
+    assert old in BASE
+    assert error_of(tmp_path, BASE.replace(old, new, 1)) == expected
+
+
+def test_env_expansion_and_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """${VAR} takes the environment's value, ${VAR:-default} falls back, $$ is a literal $, and a
+    plain scalar expanded to a number is a number."""
+    monkeypatch.setenv("SYNAP_TOKEN", "p:real")
+    monkeypatch.setenv("RATE", "35")
+    text = BASE.replace("rate: 20", "rate: ${RATE}").replace(
+        '"{cohort}", 12', '"{cohort}", "cost $$5", "${COHORT:-spring}"'
+    )
+    job = load_job(write(tmp_path, text))
+    assert job.spec.api.token == "p:real"
+    assert job.spec.api.rate == 35.0
+    assert isinstance(job.spec.task, UserImportSpec)
+    assert job.spec.task.groups == ["{cohort}", "cost $5", "spring"]
+
+
+def test_errors_never_quote_environment_values_or_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad value that came from the environment is named by its variable, never shown."""
+    monkeypatch.setenv("SECRET_RATE", "p:very-secret")
+    msg = error_of(tmp_path, BASE.replace("rate: 20", "rate: ${SECRET_RATE}"))
+    assert msg == (
+        'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto", '
+        "got the value of ${SECRET_RATE}"
+    )
+    assert "very-secret" not in msg
+    msg = error_of(tmp_path, BASE.replace("${SYNAP_TOKEN:-p:sandbox}", "[p:secret]"))
+    assert msg == "jobs/import.yaml:5: api.token: expected a string, got a value (not shown)"
+    job = load_job(write(tmp_path, BASE.replace("${SYNAP_TOKEN:-p:sandbox}", "p:secret")))
+    assert "p:secret" not in repr(job.spec)
+
+
+def test_task_kinds_and_cross_field_rules(tmp_path: Path) -> None:
+    """Every task kind loads; assign-markers needs exactly one of mapping/strategy; a
+    reconcilable request needs a lookup."""
+    head = BASE.split("task:")[0]
+    job = load_job(
+        write(
+            tmp_path,
+            head + "task: {kind: assign-markers, role: moderating, exams: [101], strategy: random}",
+        )
+    )
+    assert isinstance(job.spec.task, AssignMarkersSpec)
+    assert job.spec.task.exams == ["101"]
+    assert job.spec.task.statuses == ["submitted"]
+    job = load_job(
+        write(tmp_path, head + "task: {kind: export-attempts, output: out.ndjson, format: csv}")
+    )
+    assert isinstance(job.spec.task, ExportAttemptsSpec)
+    assert job.spec.task.mode == "pages"
+    body = (
+        "task:\n  kind: request\n  source: t.csv\n  method: POST\n  path: attempt-timer-resets\n"
+        "  body: {data: {attributes: {reason: '{reason}'}}}\n"
+    )
+    job = load_job(write(tmp_path, head + body))
+    assert isinstance(job.spec.task, RequestSpec)
+    assert job.line_of("task.body.data.attributes.reason") == 13
+
+    both = head + (
+        "task:\n  kind: assign-markers\n  role: markers\n  mapping: m.csv\n  strategy: random\n"
+    )
+    assert error_of(tmp_path, both) == (
+        "jobs/import.yaml:12: task.strategy: give either mapping or strategy, not both"
+    )
+    neither = head + "task:\n  kind: assign-markers\n  role: markers\n"
+    assert error_of(tmp_path, neither) == (
+        "jobs/import.yaml:8: task: give either mapping (a CSV) or strategy to assign markers"
+    )
+    cols = head + (
+        "task:\n  kind: assign-markers\n  role: markers\n  mapping: m.csv\n"
+        "  mapping_columns: {attempt: a, tutor: t}\n"
+    )
+    assert error_of(tmp_path, cols) == (
+        "jobs/import.yaml:12: task.mapping_columns.tutor: unknown key "
+        "(expected one of: attempt, candidate, exam, marker)"
+    )
+    reconcilable = head + body + "  safety: reconcilable\n"
+    assert error_of(tmp_path, reconcilable) == (
+        "jobs/import.yaml:14: task.safety: a reconcilable request needs a lookup "
+        "(a GET that finds what the request created)"
+    )
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    """A missing, empty or non-mapping file is a SpecError naming the file."""
+    with pytest.raises(SpecError) as info:
+        load_job(tmp_path / "nope.yaml")
+    assert str(info.value) == f"{tmp_path}/nope.yaml: no such job file"
+    assert error_of(tmp_path, "") == "jobs/import.yaml:1: the job file is empty"
+    assert error_of(tmp_path, "- a\n") == (
+        "jobs/import.yaml:1: expected a mapping at the top of the job file, got a list"
+    )
+
+
+def test_task_hash_tracks_the_task_section_only(tmp_path: Path) -> None:
+    """The task hash changes with the task section, not with api settings or explicit defaults."""
+    h1 = load_job(write(tmp_path, BASE)).task_hash()
+    h2 = load_job(write(tmp_path, BASE.replace("rate: 20", "rate: 5"))).task_hash()
+    h3 = load_job(write(tmp_path, BASE + "  mode: upsert\n")).task_hash()
+    h4 = load_job(write(tmp_path, BASE + "  mode: create\n")).task_hash()
+    assert h1 == h2 == h3
+    assert h4 != h1
+    assert len(h1) == 64
+
+
+def test_schema_describes_every_task_kind() -> None:
+    """The JSON Schema names each task kind and forbids unknown keys."""
+    schema = job_schema()
+    defs = schema["$defs"]
+    for name in ("UserImportSpec", "AssignMarkersSpec", "ExportAttemptsSpec", "RequestSpec"):
+        assert defs[name]["additionalProperties"] is False
+    assert defs["UserImportSpec"]["properties"]["kind"] == {"enum": ["user-import"]}
+    assert defs["Job"]["required"] == ["version", "name", "api", "task"]
