@@ -1,0 +1,694 @@
+"""SynapClient: one session, auth, typed JSON:API calls, pagination, and the shared feedback loop.
+
+Every request goes through :meth:`SynapClient.request`: rate control (:mod:`.ratecontrol`) decides
+when it may leave, the transport (:mod:`.transport`) sends it, and :mod:`.retry` decides whether a
+failure is tried again. Answers >= 400 become :mod:`.errors` ApiErrors that carry the method, the
+absolute path (never the query string, never a header, never the token) and the server's JSON:API
+error objects; a body that is not JSON:API (an HTML page from a proxy, a truncated or empty body)
+still gives a readable error with a short excerpt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlencode, urlsplit
+
+import msgspec
+from msgspec import Struct
+
+from . import __version__
+from .clock import Clock, SystemClock
+from .errors import (
+    ApiError,
+    MalformedResponse,
+    RateLimited,
+    RetryBudgetExhausted,
+    SynapBulkError,
+    TransportError,
+    api_error_for,
+)
+from .jsonapi import (
+    MEDIA_TYPE,
+    Document,
+    ListDocument,
+    NewResource,
+    RelationshipDocument,
+    ResourceIdentifier,
+    ResourcePatch,
+    decode,
+    decode_errors,
+    encode,
+)
+from .profile import DEFAULT_PROFILE, ApiProfile
+from .ratecontrol import RateController, RateSettings, parse_retry_after
+from .retry import RetryBudget, RetryPolicy, backoff, is_retryable
+from .transport import AiohttpTransport, RawResponse, Timeouts, Transport
+
+__all__ = [
+    "ClientStatistics",
+    "InsecureURL",
+    "MissingToken",
+    "PageCursor",
+    "Response",
+    "SynapClient",
+    "Timeouts",
+]
+
+T = TypeVar("T")
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_EXCERPT = 160
+
+
+class InsecureURL(SynapBulkError, ValueError):
+    """The base URL would send the token in clear text (plain http to a non-local host)."""
+
+
+class MissingToken(SynapBulkError, ValueError):
+    """No token was given, in SYNAP_TOKEN, or in the token file."""
+
+
+class Response(Struct):
+    """A successful answer: status, headers, raw body, and which request it answers."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    method: str
+    path: str
+
+
+class PageCursor(Struct, frozen=True, omit_defaults=True):
+    """Where a listing continues: a page number (or offset) and/or the server's next URL.
+
+    Plain data so that an export can store it (``msgspec.to_builtins``) and resume from it.
+    """
+
+    number: int | None = None
+    offset: int | None = None
+    url: str | None = None
+
+
+class ClientStatistics(Struct, frozen=True):
+    """A snapshot of the client's counters. ``current_rate`` is 0.0 when nothing paces sends."""
+
+    requests: int
+    by_status: dict[int, int]
+    retries: int
+    throttled: int
+    pauses: int
+    transport_errors: int
+    current_rate: float
+    in_flight: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    latency_ms_p99: float
+
+
+class _Latency:
+    """A log-bucketed histogram (about 4% resolution): O(1) to record, bounded memory."""
+
+    _PER_OCTAVE = 16
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self.total = 0
+
+    def record(self, ms: float) -> None:
+        i = int(math.log2(ms + 1.0) * self._PER_OCTAVE)
+        self._counts[i] = self._counts.get(i, 0) + 1
+        self.total += 1
+
+    def percentile(self, q: float) -> float:
+        if not self.total:
+            return 0.0
+        keys = sorted(self._counts)
+        cum: list[int] = []
+        acc = 0
+        for k in keys:
+            acc += self._counts[k]
+            cum.append(acc)
+        i = bisect.bisect_left(cum, q * self.total)
+        k = keys[min(i, len(keys) - 1)]
+        # The middle of the bucket, back in milliseconds.
+        return float(2.0 ** ((k + 0.5) / self._PER_OCTAVE) - 1.0)
+
+
+def _read_token(token: str | None, token_file: str | os.PathLike[str] | None) -> str:
+    value = token if token is not None else os.environ.get("SYNAP_TOKEN")
+    if not value and token_file is not None:
+        try:
+            value = Path(token_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MissingToken(f"cannot read the token file {token_file}: {exc.strerror}") from None
+    value = (value or "").strip()
+    if not value:
+        raise MissingToken("no token: pass token=, set SYNAP_TOKEN, or give a token file")
+    if any(c in value for c in "\r\n\0"):
+        raise MissingToken("the token contains a line break or NUL character")
+    return value
+
+
+def _check_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InsecureURL(f"base URL must be an http(s) URL with a host, got {base_url!r}")
+    if parts.scheme == "http" and parts.hostname not in _LOCAL_HOSTS:
+        raise InsecureURL(
+            f"refusing plain http to {parts.hostname}: the token would travel in clear text; "
+            "use https (plain http is allowed only to localhost, 127.0.0.1 and ::1)"
+        )
+    if parts.query or parts.fragment:
+        raise InsecureURL("base URL must not carry a query string or fragment")
+    return base_url.rstrip("/")
+
+
+_TAG = re.compile(rb"<[^>]*>")
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+def _excerpt(body: bytes, secret: str) -> str:
+    """A short readable piece of a non-JSON:API body (an HTML page's title, else its text)."""
+    if not body:
+        return "(empty body)"
+    head = body[:4096]
+    m = _TITLE.search(head)
+    raw = m.group(1) if m else _TAG.sub(b" ", head)
+    text = _SPACE.sub(" ", raw.decode("utf-8", errors="replace")).strip() or "(blank body)"
+    text = text.replace(secret, "<redacted>")
+    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "…"
+
+
+class SynapClient:
+    """The one client every job uses; an async context manager around one HTTP session.
+
+    ``rate`` is a ceiling in requests per second, ``None`` (no ceiling: slow down only when the
+    server throttles) or ``"auto"`` (find the server's limit). ``concurrency`` caps requests in
+    flight. The token comes from ``token``, else ``SYNAP_TOKEN``, else ``token_file``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        rate: float | Literal["auto"] | None = None,
+        concurrency: int = 16,
+        profile: ApiProfile = DEFAULT_PROFILE,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        subject_user: str | None = None,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
+        *,
+        rate_settings: RateSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = _check_base_url(base_url)
+        parts = urlsplit(self.base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._base_path = parts.path.rstrip("/")
+        self._token = _read_token(token, token_file)
+        self.profile = profile
+        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or Timeouts()
+        self.clock: Clock = clock or SystemClock()
+        self.concurrency = concurrency
+        self._rng = rng or random.Random()
+        self._transport: Transport | None = transport
+        self._own_transport = transport is None
+        self.rate = RateController(
+            rate,
+            concurrency=concurrency,
+            clock=self.clock,
+            settings=rate_settings,
+            rng=self._rng,
+            remaining_header=profile.ratelimit_remaining_header,
+            reset_header=profile.ratelimit_reset_header,
+            retry_after_header=profile.retry_after_header,
+        )
+        self._budget = RetryBudget(self.retry, self.clock)
+        base = {
+            "Authorization": f"Bearer {self._token}",
+            "Accept": MEDIA_TYPE,
+            "User-Agent": f"synap_bulk/{__version__}",
+        }
+        if subject_user:
+            base[profile.subject_user_header] = subject_user
+        self._headers_get = base
+        self._headers_body = {**base, "Content-Type": MEDIA_TYPE}
+        self._types: dict[tuple[Any, Any], Any] = {}
+        self._requests = 0
+        self._by_status: dict[int, int] = {}
+        self._retries = 0
+        self._throttled = 0
+        self._transport_errors = 0
+        self._latency = _Latency()
+
+    def __repr__(self) -> str:
+        return (
+            f"SynapClient(base_url={self.base_url!r}, token=<redacted>, "
+            f"rate={self.rate.rate!r}, concurrency={self.concurrency})"
+        )
+
+    __str__ = __repr__
+
+    async def __aenter__(self) -> SynapClient:
+        if self._transport is None:
+            self._transport = AiohttpTransport(limit=max(self.concurrency, 1) + 4)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session if this client opened it."""
+        if self._transport is not None and self._own_transport:
+            await self._transport.aclose()
+            self._transport = None
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def statistics(self) -> ClientStatistics:
+        """Counters and latency percentiles since the client was made."""
+        lat = self._latency
+        return ClientStatistics(
+            requests=self._requests,
+            by_status=dict(self._by_status),
+            retries=self._retries,
+            throttled=self._throttled,
+            pauses=self.rate.pauses,
+            transport_errors=self._transport_errors,
+            current_rate=self.rate.rate or 0.0,
+            in_flight=self.rate.in_flight,
+            latency_ms_p50=lat.percentile(0.50),
+            latency_ms_p95=lat.percentile(0.95),
+            latency_ms_p99=lat.percentile(0.99),
+        )
+
+    # -- the raw request -------------------------------------------------------------------
+
+    def _target(self, path: str, params: Mapping[str, Any] | None) -> tuple[str, str]:
+        """(URL to send, absolute path for messages) of a relative path or a same-origin URL."""
+        if path.startswith(("http://", "https://")):
+            parts = urlsplit(path)
+            if f"{parts.scheme}://{parts.netloc}" != self._origin:
+                raise InsecureURL(
+                    f"refusing to send the token to another origin ({parts.scheme}://"
+                    f"{parts.hostname}); the client talks to {self._origin} only"
+                )
+            url, where = path, parts.path
+        else:
+            rel = path.lstrip("/")
+            where = f"{self._base_path}/{rel}"
+            url = f"{self._origin}{where}"
+        if params:
+            sep = "&" if "?" in url else "?"
+            url = f"{url}{sep}{urlencode(params, safe='[],:')}"
+        return url, where
+
+    def _api_error(self, method: str, where: str, raw: RawResponse) -> ApiError:
+        errors = decode_errors(raw.body)
+        trace = None
+        for err in errors or ():
+            trace = err.trace_id
+            if trace:
+                break
+        retry_after = parse_retry_after(
+            raw.headers.get(self.profile.retry_after_header), time.time()
+        )
+        return api_error_for(raw.status)(
+            method=method,
+            path=where,
+            status=raw.status,
+            errors=errors or (),
+            retry_after=retry_after,
+            trace_id=trace,
+            body_excerpt=None if errors else _excerpt(raw.body, self._token),
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool | None = None,
+    ) -> Response:
+        """Send one request with rate control and retries; return the 2xx/3xx answer.
+
+        ``body`` is bytes (sent as is) or a document to encode. POST is retried after an
+        uncertain failure only when ``idempotent=True``; ``idempotent=False`` stops retries of
+        uncertain failures for any method.
+        """
+        method = method.upper()
+        url, where = self._target(path, params)
+        if body is None:
+            data: bytes | None = None
+            headers = self._headers_get
+        else:
+            data = body if isinstance(body, bytes) else encode(body)
+            headers = self._headers_body
+        transport = self._transport
+        if transport is None:
+            raise RuntimeError("use 'async with SynapClient(...)' before sending requests")
+        rate, clock, policy = self.rate, self.clock, self.retry
+        started = clock.now()
+        faults = 0
+        throttles = 0
+        while True:
+            sent_at = await rate.acquire()
+            self._budget.record_request()
+            self._requests += 1
+            error: SynapBulkError
+            try:
+                raw = await transport.send(method, url, headers, data, self.timeouts)
+            except TransportError as exc:
+                rate.release()
+                self._transport_errors += 1
+                if not exc.method:
+                    exc.method, exc.path = method, where
+                error = exc
+            except BaseException:
+                rate.release()
+                raise
+            else:
+                rate.release()
+                status = raw.status
+                self._latency.record((clock.now() - sent_at) * 1000.0)
+                self._by_status[status] = self._by_status.get(status, 0) + 1
+                rate.observe(sent_at, status, raw.headers)
+                if status < 400:
+                    return Response(status, raw.headers, raw.body, method, where)
+                error = self._api_error(method, where, raw)
+            if not is_retryable(error, method, idempotent, policy):
+                raise error
+            wait = 0.0
+            if isinstance(error, RateLimited):
+                self._throttled += 1
+                throttles += 1
+                if throttles > policy.max_throttled:
+                    raise error
+                # The shared pause (in rate.acquire) is the wait; the deadline still applies.
+                resume = rate.paused_until
+            else:
+                faults += 1
+                if faults >= policy.max_attempts:
+                    raise error
+                if not self._budget.try_retry():
+                    raise RetryBudgetExhausted(error) from error
+                wait = backoff(faults, policy, self._rng)
+                if isinstance(error, ApiError) and error.retry_after:
+                    wait = max(wait, error.retry_after)
+                resume = clock.now() + wait
+            if resume - started > policy.deadline:
+                raise error
+            self._retries += 1
+            if wait > 0:
+                await clock.sleep(wait)
+
+    # -- typed helpers ---------------------------------------------------------------------
+
+    def _type(self, outer: Any, tp: Any) -> Any:
+        key = (outer, tp)
+        found = self._types.get(key)
+        if found is None:
+            found = self._types[key] = outer[tp]
+        return found
+
+    def _decode(self, resp: Response, tp: Any) -> Any:
+        if not resp.body:
+            raise MalformedResponse(
+                "empty body where a JSON:API document was expected",
+                method=resp.method,
+                path=resp.path,
+                status=resp.status,
+            )
+        try:
+            return decode(resp.body, tp)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MalformedResponse(
+                f"response is not the expected JSON:API document: {exc}",
+                method=resp.method,
+                path=resp.path,
+                status=resp.status,
+            ) from None
+
+    async def get(self, path: str, id: str, tp: type[T]) -> T:
+        """One resource by id, decoded as ``tp`` (e.g. ``User``)."""
+        resp = await self.request("GET", f"{path}/{quote(id, safe='')}")
+        doc: Document[T] = self._decode(resp, self._type(Document, tp))
+        return doc.data
+
+    async def get_page(
+        self, path: str, params: Mapping[str, Any] | None, tp: type[T]
+    ) -> ListDocument[T]:
+        """One page of a collection as it comes (no pagination)."""
+        resp = await self.request("GET", path, params)
+        page: ListDocument[T] = self._decode(resp, self._type(ListDocument, tp))
+        return page
+
+    async def create(
+        self, path: str, resource: NewResource, tp: type[T], idempotent: bool = False
+    ) -> T:
+        """POST a new resource; retried after an uncertain failure only if ``idempotent``."""
+        resp = await self.request("POST", path, body={"data": resource}, idempotent=idempotent)
+        doc: Document[T] = self._decode(resp, self._type(Document, tp))
+        return doc.data
+
+    async def update(self, path: str, patch: ResourcePatch, tp: type[T]) -> T | None:
+        """PATCH the members given in ``patch``; None when the server answers 204."""
+        resp = await self.request(
+            "PATCH", f"{path}/{quote(patch.id, safe='')}", body={"data": patch}
+        )
+        if resp.status == 204 or not resp.body:
+            return None
+        doc: Document[T] = self._decode(resp, self._type(Document, tp))
+        return doc.data
+
+    async def delete(self, path: str, id: str) -> None:
+        """DELETE one resource."""
+        await self.request("DELETE", f"{path}/{quote(id, safe='')}")
+
+    def _rel(self, path: str, id: str, relationship: str) -> str:
+        return f"{path}/{quote(id, safe='')}/relationships/{relationship}"
+
+    async def add_members(
+        self, path: str, id: str, relationship: str, members: Sequence[ResourceIdentifier]
+    ) -> None:
+        """POST to a to-many relationship: add members (set semantics, so retried)."""
+        doc = RelationshipDocument(data=list(members))
+        await self.request("POST", self._rel(path, id, relationship), body=doc, idempotent=True)
+
+    async def remove_members(
+        self, path: str, id: str, relationship: str, members: Sequence[ResourceIdentifier]
+    ) -> None:
+        """DELETE from a to-many relationship: remove members."""
+        doc = RelationshipDocument(data=list(members))
+        await self.request("DELETE", self._rel(path, id, relationship), body=doc)
+
+    async def replace_members(
+        self, path: str, id: str, relationship: str, members: Sequence[ResourceIdentifier]
+    ) -> None:
+        """PATCH a to-many relationship: make its members exactly ``members``."""
+        doc = RelationshipDocument(data=list(members))
+        await self.request("PATCH", self._rel(path, id, relationship), body=doc)
+
+    async def get_members(self, path: str, id: str, relationship: str) -> list[ResourceIdentifier]:
+        """The linkage of a relationship (empty list for an empty to-one)."""
+        resp = await self.request("GET", self._rel(path, id, relationship))
+        doc: RelationshipDocument = self._decode(resp, RelationshipDocument)
+        if doc.data is None:
+            return []
+        if isinstance(doc.data, ResourceIdentifier):
+            return [doc.data]
+        return list(doc.data)
+
+    # -- pagination ------------------------------------------------------------------------
+
+    def _page_params(
+        self, params: Mapping[str, Any] | None, page_size: int | None, position: int
+    ) -> tuple[dict[str, Any], int]:
+        """Query parameters of the page at ``position`` (page number, or offset)."""
+        p = self.profile
+        out = dict(params or {})
+        if p.pagination == "page-number":
+            size = int(page_size or out.get(p.page_size_param) or p.page_size)
+            out[p.page_size_param] = str(size)
+            out[p.page_number_param] = str(position)
+        else:
+            size = int(page_size or out.get(p.page_limit_param) or p.page_size)
+            out[p.page_limit_param] = str(size)
+            out[p.page_offset_param] = str(position)
+        return out, size
+
+    def _cursor(self, position: int | None, url: str | None) -> PageCursor:
+        if position is None:
+            return PageCursor(url=url)
+        if self.profile.pagination == "page-number":
+            return PageCursor(number=position, url=url)
+        return PageCursor(offset=position, url=url)
+
+    async def pages(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None,
+        tp: type[T],
+        start: PageCursor | None = None,
+        parallel: int = 1,
+        page_size: int | None = None,
+    ) -> AsyncGenerator[tuple[PageCursor | None, ListDocument[T]], None]:
+        """Pages in order, each with the cursor to resume *after* it (None after the last one).
+
+        With ``parallel > 1`` and a ``meta.total`` on the first page, the remaining pages are
+        fetched ``parallel`` at a time (by page number or offset) and still yielded in order.
+        """
+        by_number = self.profile.pagination == "page-number"
+        first = 1 if by_number else 0
+        position: int | None = first
+        if start is not None:
+            position = start.number if by_number else start.offset
+            if position is None and not start.url:
+                position = first
+        qp, size = self._page_params(params, page_size, position or first)
+        step = 1 if by_number else size
+        if position is None and start is not None and start.url:
+            doc = await self.get_page(start.url, None, tp)  # resume from a stored next URL
+        else:
+            doc = await self.get_page(path, qp, tp)
+        total = doc.meta.get("total")
+        if position is not None and parallel > 1 and isinstance(total, int) and size > 0:
+            last = first + max(0, math.ceil(total / size) - 1) * step
+            if position < last:
+                rest = self._ordered(
+                    path, params, page_size, tp, position + step, last, step, parallel
+                )
+                async with aclosing(rest):
+                    yield self._cursor(position + step, None), doc
+                    async for position, doc in rest:
+                        if position < last:
+                            yield self._cursor(position + step, None), doc
+        # Follow links.next (also after the last counted page, in case the listing grew).
+        while True:
+            has_links = "next" in doc.links
+            nxt = doc.links.get("next") if has_links else None
+            # No links at all: keep going by position until a short page.
+            by_position = not has_links and position is not None and len(doc.data) >= size > 0
+            if not nxt and not by_position:
+                yield None, doc
+                return
+            position = None if position is None else position + step
+            yield self._cursor(position, nxt), doc
+            if nxt:
+                doc = await self.get_page(nxt, None, tp)
+            else:
+                assert position is not None
+                qp, _ = self._page_params(params, page_size, position)
+                doc = await self.get_page(path, qp, tp)
+
+    async def _ordered(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None,
+        page_size: int | None,
+        tp: type[T],
+        begin: int,
+        last: int,
+        step: int,
+        parallel: int = 4,
+    ) -> AsyncGenerator[tuple[int, ListDocument[T]], None]:
+        """Fetch pages ``begin..last`` with ``parallel`` in flight; yield them in order."""
+        pending: deque[tuple[int, asyncio.Task[ListDocument[T]]]] = deque()
+        position = begin
+        try:
+            while pending or position <= last:
+                while position <= last and len(pending) < parallel:
+                    qp, _ = self._page_params(params, page_size, position)
+                    task = asyncio.ensure_future(self.get_page(path, qp, tp))
+                    pending.append((position, task))
+                    position += step
+                at, task = pending[0]
+                doc = await task
+                pending.popleft()
+                yield at, doc
+        finally:
+            for _, task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+
+    async def paginate(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None,
+        tp: type[T],
+        page_size: int | None = None,
+        parallel: int = 1,
+    ) -> AsyncGenerator[T, None]:
+        """Every resource of a listing, in order, following ``links.next``."""
+        async with aclosing(
+            self.pages(path, params, tp, parallel=parallel, page_size=page_size)
+        ) as pages:
+            async for _, doc in pages:
+                for item in doc.data:
+                    yield item
+
+    # -- files -----------------------------------------------------------------------------
+
+    async def stream_lines(self, url: str) -> AsyncGenerator[bytes, None]:
+        """The lines of a (large) file, streamed; the token goes only to the API's own origin."""
+        transport = self._transport
+        if transport is None:
+            raise RuntimeError("use 'async with SynapClient(...)' before sending requests")
+        parts = urlsplit(url)
+        if not parts.scheme:
+            url, where = self._target(url, None)
+            parts = urlsplit(url)
+        where = parts.path
+        same = f"{parts.scheme}://{parts.netloc}" == self._origin
+        headers = self._headers_get if same else {"Accept": "*/*"}
+        sent_at = await self.rate.acquire()
+        self._requests += 1
+        try:
+            async with transport.stream("GET", url, headers, self.timeouts) as resp:
+                self._by_status[resp.status] = self._by_status.get(resp.status, 0) + 1
+                self.rate.observe(sent_at, resp.status, resp.headers)
+                if resp.status >= 400:
+                    body = b""
+                    async for chunk in resp.chunks:
+                        body += chunk
+                        if len(body) > 65536:
+                            break
+                    raise self._api_error(
+                        "GET", where, RawResponse(resp.status, resp.headers, body)
+                    )
+                rest = b""
+                async for chunk in resp.chunks:
+                    rest += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, rest = rest.split(b"\n")
+                    for line in lines:
+                        yield line
+                if rest:
+                    yield rest
+        finally:
+            self.rate.release()

@@ -1,0 +1,358 @@
+"""One feedback loop shared by every request of a run: ceiling, concurrency, pause, recovery.
+
+* A **ceiling** paces sends at most ``rate`` per second with no initial burst (aiolimiter with a
+  bucket of one, so the first second cannot fire ``rate`` requests at once).
+* A **concurrency cap** bounds requests in flight.
+* On **429** every request waits behind one shared pause until Retry-After (seconds or an HTTP
+  date; missing, zero, negative or garbage means a computed backoff, never a tight loop), and the
+  rate is cut multiplicatively — once per round of throttling, not once per throttled request.
+* Then the rate **recovers** toward the ceiling: CUBIC as in the AWS SDK's adaptive retry mode
+  (the default, it measured better, see docs/client.md) or AIMD.
+* When the server sends ``X-RateLimit-Remaining``/``Reset``, sends are spread over what is left
+  of the window before a 429 happens.
+* ``rate="auto"`` starts modest, grows until the first 429, then behaves as above with no ceiling.
+
+Everything reads time through the injected :class:`~synap_bulk.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Literal, Protocol
+
+import anyio
+from aiolimiter import AsyncLimiter
+from msgspec import Struct
+
+from .clock import Clock, SystemClock
+
+__all__ = [
+    "AiolimiterPacer",
+    "ClockPacer",
+    "Pacer",
+    "RateController",
+    "RateSettings",
+    "cubic_rate",
+    "parse_retry_after",
+]
+
+Algorithm = Literal["cubic", "aimd"]
+
+
+class RateSettings(Struct, frozen=True, kw_only=True):
+    """Tuning of the feedback loop; the defaults are what the benchmark chose."""
+
+    algorithm: Algorithm = "cubic"
+    #: CUBIC: cut to ``beta`` x rate on a throttle; grow by ``scale`` x (t - K)^3 (AWS values).
+    cubic_beta: float = 0.7
+    cubic_scale: float = 0.4
+    #: AIMD: cut to ``aimd_cut`` x rate; add ``aimd_step`` x (rate before the cut) per second.
+    aimd_cut: float = 0.5
+    aimd_step: float = 0.1
+    #: The rate never goes below this (requests per second).
+    min_rate: float = 0.5
+    #: ``rate="auto"``: the first rate, and its growth factor per second until the first 429.
+    auto_start: float = 10.0
+    auto_growth: float = 2.0
+    #: Computed pause when a 429 gives no usable Retry-After: base x 2^n, capped (seconds).
+    pause_base: float = 0.5
+    pause_cap: float = 30.0
+    #: A Retry-After longer than this is clipped (a misconfigured proxy must not stall a run).
+    max_pause: float = 300.0
+    #: How often the rate is recomputed while recovering (seconds).
+    update_interval: float = 0.1
+    #: With ``X-RateLimit-Remaining`` at or below this, sends are spread over the reset window.
+    #: None means the concurrency (what may already be on its way).
+    low_water: int | None = None
+
+
+def parse_retry_after(value: str | None, wall_now: float) -> float | None:
+    """Seconds to wait from a Retry-After value, or None when it gives no usable wait.
+
+    Accepts delay-seconds (also fractional) and HTTP dates; zero, negative, non-finite and
+    unparseable values are None so that the caller falls back to a computed backoff.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - wall_now
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def cubic_rate(elapsed: float, last_max: float, beta: float, scale: float) -> float:
+    """CUBIC's rate ``elapsed`` seconds after a throttle at ``last_max`` (AWS SDK formula)."""
+    k = (last_max * (1.0 - beta) / scale) ** (1.0 / 3.0)
+    rate: float = scale * (elapsed - k) ** 3 + last_max
+    return rate
+
+
+class Pacer(Protocol):
+    """Spaces sends ``1/rate`` apart; ``None`` means no pacing."""
+
+    def set_rate(self, rate: float | None) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
+class AiolimiterPacer:
+    """aiolimiter's leaky bucket with a capacity of one: steady spacing, no initial burst.
+
+    It reads the event loop's clock, which is the system clock; use :class:`ClockPacer` with an
+    injected clock.
+    """
+
+    def __init__(self, rate: float | None = None) -> None:
+        self._limiter: AsyncLimiter | None = None
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float | None) -> None:
+        # A new bucket per change: waiters on the old one finish at the old spacing (one slot).
+        self._limiter = None if rate is None else AsyncLimiter(1, 1.0 / rate)
+
+    async def wait(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+
+class ClockPacer:
+    """Generic cell rate algorithm on the injected clock: each send reserves the next slot."""
+
+    def __init__(self, clock: Clock, rate: float | None = None) -> None:
+        self._clock = clock
+        self._interval = 0.0
+        self._next = -math.inf
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float | None) -> None:
+        self._interval = 0.0 if rate is None else 1.0 / rate
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = self._clock.now()
+        slot = self._next if self._next > now else now
+        self._next = slot + self._interval
+        if slot > now:
+            await self._clock.sleep(slot - now)
+
+
+class RateController:
+    """The shared feedback loop; the client calls :meth:`acquire`, :meth:`release`, :meth:`observe`.
+
+    ``rate``: None (no ceiling; cut only after a 429), a number (the ceiling), or "auto".
+    """
+
+    def __init__(
+        self,
+        rate: float | Literal["auto"] | None = None,
+        *,
+        concurrency: int = 16,
+        clock: Clock | None = None,
+        settings: RateSettings | None = None,
+        pacer: Pacer | None = None,
+        rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
+        remaining_header: str = "X-RateLimit-Remaining",
+        reset_header: str = "X-RateLimit-Reset",
+        retry_after_header: str = "Retry-After",
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.settings = s = settings or RateSettings()
+        self.clock: Clock = clock or SystemClock()
+        self.auto = rate == "auto"
+        if (rate is not None and not self.auto) and (
+            not isinstance(rate, int | float) or not rate > 0 or not math.isfinite(rate)
+        ):
+            raise ValueError(f"rate must be a positive number, None or 'auto', got {rate!r}")
+        self.ceiling: float | None = None if rate is None or self.auto else float(rate)
+        self.concurrency = concurrency
+        if pacer is None:
+            pacer = AiolimiterPacer() if type(self.clock) is SystemClock else ClockPacer(self.clock)
+        self._pacer = pacer
+        self._rng = rng or random.Random()
+        self._wall = wall
+        self._remaining_header = remaining_header
+        self._reset_header = reset_header
+        self._retry_after_header = retry_after_header
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._low_water = s.low_water if s.low_water is not None else concurrency
+
+        now = self.clock.now()
+        self.rate: float | None = s.auto_start if self.auto else self.ceiling
+        self._pacer.set_rate(self.rate)
+        self.in_flight = 0
+        self.pauses = 0
+        self.paused_until = -math.inf
+        self._throttled_once = False
+        self._last_max = self.rate or 0.0
+        self._last_cut = -math.inf
+        self._consecutive = 0
+        self._last_update = now
+        # Measured send rate (AWS: 0.5 s buckets, smoothed 0.8).
+        self._tx_bucket = math.floor(now * 2) / 2
+        self._tx_count = 0
+        self.measured = 0.0
+        # Header pacing: while ``now < _hdr_until`` sends are spaced ``_hdr_gap`` apart.
+        self._hdr_until = -math.inf
+        self._hdr_gap = 0.0
+        self._hdr_next = -math.inf
+
+    # -- the request path ----------------------------------------------------------------------
+
+    async def acquire(self) -> float:
+        """Wait for a concurrency slot, any shared pause and the pace; return the send time."""
+        await self._limiter.acquire()
+        self.in_flight += 1
+        try:
+            clock = self.clock
+            while True:
+                now = clock.now()
+                if now < self.paused_until:
+                    await clock.sleep(self.paused_until - now)
+                    continue
+                if now < self._hdr_until:
+                    slot = self._hdr_next if self._hdr_next > now else now
+                    self._hdr_next = slot + self._hdr_gap
+                    if slot > now:
+                        await clock.sleep(slot - now)
+                await self._pacer.wait()
+                # A 429 may have arrived while we waited for our slot: never send into a pause.
+                now = clock.now()
+                if now >= self.paused_until:
+                    break
+        except BaseException:
+            self.release()
+            raise
+        self._count_send(now)
+        return now
+
+    def release(self) -> None:
+        """Give the concurrency slot back (after the answer, before any retry backoff)."""
+        self.in_flight -= 1
+        self._limiter.release()
+
+    def observe(self, sent_at: float, status: int, headers: Mapping[str, str]) -> float | None:
+        """Learn from an answer; for a 429 return the pause it caused (seconds from now)."""
+        now = self.clock.now()
+        if status == 429:
+            return self._throttle(sent_at, headers.get(self._retry_after_header), now)
+        remaining = headers.get(self._remaining_header)
+        if remaining is not None:
+            self._pace_to_headers(remaining, headers.get(self._reset_header), now)
+        self._consecutive = 0
+        elapsed = now - self._last_update
+        if elapsed >= self.settings.update_interval:
+            self._last_update = now
+            self._recover(now, elapsed)
+        return None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _count_send(self, now: float) -> None:
+        self._tx_count += 1
+        bucket = math.floor(now * 2) / 2
+        if bucket > self._tx_bucket:
+            span = bucket - self._tx_bucket
+            # A gap (a pause, an idle spell) says nothing about the rate we can sustain.
+            if span <= 1.0 and self.paused_until <= self._tx_bucket:
+                sample = self._tx_count / span
+                self.measured = sample * 0.8 + self.measured * 0.2 if self.measured else sample
+            self._tx_count = 0
+            self._tx_bucket = bucket
+
+    def _set_rate(self, rate: float | None) -> None:
+        if rate is not None:
+            rate = max(self.settings.min_rate, rate)
+            if self.ceiling is not None:
+                rate = min(rate, self.ceiling)
+        if rate != self.rate:
+            self.rate = rate
+            self._pacer.set_rate(rate)
+
+    def _throttle(self, sent_at: float, retry_after: str | None, now: float) -> float:
+        s = self.settings
+        self._consecutive += 1
+        wait = parse_retry_after(retry_after, self._wall())
+        if wait is None:
+            exp = s.pause_base * 2.0 ** min(self._consecutive - 1, 30)
+            # Jitter in [half, full] of the computed wait: never zero, never a tight loop.
+            wait = min(s.pause_cap, exp) * self._rng.uniform(0.5, 1.0)
+        wait = min(wait, s.max_pause)
+        until = now + wait
+        if until > self.paused_until:
+            if self.paused_until <= now:
+                self.pauses += 1
+            self.paused_until = until
+        # Cut once per round: answers to requests sent before the last cut say nothing new.
+        if sent_at > self._last_cut:
+            self._cut(now)
+        return wait
+
+    def _cut(self, now: float) -> None:
+        s = self.settings
+        # AWS: cut from what was really sent, when that is below the rate allowed.
+        base = self.rate if self.rate is not None else (self.measured or 1.0)
+        if self.measured:
+            base = min(base, self.measured)
+        self._throttled_once = True
+        self._last_max = base
+        self._last_cut = now
+        self._last_update = max(now, self.paused_until)  # no growth while everyone waits
+        factor = s.cubic_beta if s.algorithm == "cubic" else s.aimd_cut
+        self._set_rate(base * factor)
+
+    def _recover(self, now: float, elapsed: float) -> None:
+        s = self.settings
+        rate = self.rate
+        if not self._throttled_once:
+            if self.auto and rate is not None:
+                grown = rate * s.auto_growth**s.update_interval
+                if self.measured:
+                    grown = min(grown, max(rate, 2.0 * self.measured))
+                self._set_rate(grown)
+            return
+        if rate is not None and self.ceiling is not None and rate >= self.ceiling:
+            return
+        if s.algorithm == "cubic":
+            new = cubic_rate(now - self._last_cut, self._last_max, s.cubic_beta, s.cubic_scale)
+        else:
+            new = (rate or 0.0) + s.aimd_step * self._last_max * elapsed
+        if self.measured:
+            new = min(new, max(rate or 0.0, 2.0 * self.measured))
+        if rate is None or new > rate or s.algorithm == "cubic":
+            self._set_rate(new)
+
+    def _pace_to_headers(self, remaining: str, reset: str | None, now: float) -> None:
+        try:
+            left = int(float(remaining))
+            window = float(reset) if reset else 0.0
+        except ValueError:
+            return
+        if left > self._low_water or not math.isfinite(window):
+            return
+        if window > 1e9:  # an epoch timestamp rather than seconds from now
+            window -= self._wall()
+        if window <= 0:
+            return
+        self._hdr_gap = window / (left + 1)
+        self._hdr_until = now + window
+        if self._hdr_next < now:
+            self._hdr_next = now

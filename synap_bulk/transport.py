@@ -1,0 +1,224 @@
+"""The transport seam: send one HTTP request, get status, headers and the whole body back.
+
+Nothing above this module imports aiohttp. :class:`AiohttpTransport` is the only place where
+aiohttp's exceptions become :mod:`synap_bulk.errors` transport errors, so the client, the retry
+loop and the tests reason about one small set of failures. :class:`HandlerTransport` runs an async
+callable instead of a network, for unit tests of the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from msgspec import Struct
+
+from .errors import ConnectError, ConnectionDropped, RequestTimeout, TransportError
+
+__all__ = [
+    "AiohttpTransport",
+    "Handler",
+    "HandlerTransport",
+    "RawResponse",
+    "StreamedResponse",
+    "Timeouts",
+    "Transport",
+]
+
+
+class Timeouts(Struct, frozen=True, kw_only=True):
+    """Seconds: to connect, between two reads of the answer, and for the whole exchange."""
+
+    connect: float = 10.0
+    read: float = 60.0
+    total: float = 120.0
+
+
+class RawResponse(Struct):
+    """What came back: status, headers (case-insensitive mapping) and the complete body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class StreamedResponse(Struct):
+    """An answer whose body is read chunk by chunk (large export files)."""
+
+    status: int
+    headers: Mapping[str, str]
+    chunks: AsyncIterator[bytes]
+
+
+class Transport(Protocol):
+    """Send a request; raise only :class:`~synap_bulk.errors.TransportError` subclasses."""
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> RawResponse: ...
+
+    def stream(
+        self, method: str, url: str, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> AbstractAsyncContextManager[StreamedResponse]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _where(url: str) -> str:
+    """The path of a URL, without the query string (its values may be secret)."""
+    return urlsplit(url).path or "/"
+
+
+def translate(exc: BaseException, method: str, url: str) -> TransportError:
+    """Map an aiohttp/asyncio failure to our tree; the message names no header and no query."""
+    path = _where(url)
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return RequestTimeout(f"timed out ({name})", method=method, path=path)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return ConnectError(
+            f"cannot connect to {exc.host}:{exc.port}: {reason}", method=method, path=path
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return ConnectionDropped(f"connection dropped ({name})", method=method, path=path)
+    if isinstance(exc, aiohttp.ClientOSError | ConnectionError):
+        return ConnectionDropped(f"connection error ({name})", method=method, path=path)
+    return ConnectionDropped(f"exchange failed ({name})", method=method, path=path)
+
+
+class AiohttpTransport:
+    """One aiohttp session with a keep-alive pool at least as large as the concurrency."""
+
+    def __init__(self, *, limit: int = 100, session: aiohttp.ClientSession | None = None) -> None:
+        self._own = session is None
+        self._session = session
+        self._limit = limit
+        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, limit_per_host=self._limit, keepalive_timeout=30
+            )
+            # No cookies: every request authenticates with its own header.
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
+            )
+        return self._session
+
+    def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
+        ct = self._timeouts.get(t)
+        if ct is None:
+            ct = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
+            self._timeouts[t] = ct
+        return ct
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> RawResponse:
+        session = self._client()
+        try:
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=self._timeout(timeouts),
+                allow_redirects=False,
+            ) as resp:
+                data = await resp.read()
+                length = resp.content_length
+                if length is not None and len(data) < length:
+                    raise ConnectionDropped(
+                        f"body truncated ({len(data)} of {length} bytes)",
+                        method=method,
+                        path=_where(url),
+                    )
+                return RawResponse(resp.status, resp.headers, data)
+        except TransportError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise translate(exc, method, url) from exc
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> AsyncIterator[StreamedResponse]:
+        session = self._client()
+        try:
+            async with session.request(
+                method, url, headers=headers, timeout=self._timeout(timeouts)
+            ) as resp:
+
+                async def chunks() -> AsyncIterator[bytes]:
+                    try:
+                        async for chunk in resp.content.iter_chunked(1 << 16):
+                            yield chunk
+                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                        raise translate(exc, method, url) from exc
+
+                yield StreamedResponse(resp.status, resp.headers, chunks())
+        except TransportError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise translate(exc, method, url) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None and self._own:
+            await self._session.close()
+        self._session = None
+
+
+#: A unit-test server: (method, url, headers, body) -> RawResponse, or raise a TransportError.
+Handler = Callable[[str, str, Mapping[str, str], bytes | None], Awaitable[RawResponse]]
+
+
+class HandlerTransport:
+    """Calls an async handler instead of the network; records every request it saw."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, str, dict[str, str], bytes | None]] = []
+        self.closed = False
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> RawResponse:
+        self.requests.append((method, url, dict(headers), body))
+        return await self.handler(method, url, headers, body)
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> AsyncIterator[StreamedResponse]:
+        raw = await self.send(method, url, headers, None, timeouts)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(raw.body), 7):  # small chunks exercise line reassembly
+                yield raw.body[i : i + 7]
+                await asyncio.sleep(0)
+
+        yield StreamedResponse(raw.status, raw.headers, chunks())
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -1,0 +1,303 @@
+"""Rate control on a fake clock: pacing, shared pause, cut and recovery, header pacing."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import anyio
+import pytest
+
+from synap_bulk.clock import FakeClock
+from synap_bulk.ratecontrol import (
+    AiolimiterPacer,
+    ClockPacer,
+    RateController,
+    RateSettings,
+    cubic_rate,
+    parse_retry_after,
+)
+
+WALL = 1_700_000_000.0
+
+
+def http_date(offset: float) -> str:
+    return format_datetime(datetime.fromtimestamp(WALL + offset, UTC), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3", 3.0),
+        (" 2 ", 2.0),
+        ("1.5", 1.5),
+        (http_date(10), 10.0),
+        ("0", None),
+        ("-4", None),
+        (http_date(-5), None),
+        ("soon", None),
+        ("", None),
+        ("nan", None),
+        ("inf", None),
+        (None, None),
+        ("Mon, 99 Foo 2024 99:99:99 GMT", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    """Seconds and HTTP dates give a wait; zero, negative, past and garbage give None."""
+    assert parse_retry_after(value, WALL) == expected
+
+
+def controller(rate: float | str | None = 100.0, **kw: object) -> RateController:
+    clock = kw.pop("clock", None) or FakeClock()
+    return RateController(
+        rate,  # type: ignore[arg-type]
+        clock=clock,  # type: ignore[arg-type]
+        rng=random.Random(1),
+        wall=lambda: WALL,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def send(
+    rc: RateController, status: int = 200, headers: dict[str, str] | None = None
+) -> float:
+    sent = await rc.acquire()
+    rc.release()
+    rc.observe(sent, status, headers or {})
+    return sent
+
+
+async def test_ceiling_paces_evenly_with_no_initial_burst() -> None:
+    """At 10/s the 1st request leaves at once and the 11th exactly one second later."""
+    rc = controller(10.0)
+    times = [await send(rc) for _ in range(11)]
+    assert times[0] == 0.0
+    assert times[-1] == pytest.approx(1.0)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g == pytest.approx(0.1) for g in gaps)
+
+
+async def test_concurrency_cap_bounds_requests_in_flight() -> None:
+    """No more than ``concurrency`` requests hold a slot at once."""
+    clock = FakeClock()
+    rc = controller(None, clock=clock, concurrency=3)
+    peak = 0
+    gate = anyio.Event()
+
+    async def one() -> None:
+        nonlocal peak
+        await rc.acquire()
+        peak = max(peak, rc.in_flight)
+        await gate.wait()
+        rc.release()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(one)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert rc.in_flight == 3
+        gate.set()
+    assert peak == 3 and rc.in_flight == 0
+
+
+async def test_429_pauses_everyone_until_retry_after_and_cuts_once() -> None:
+    """A 429 sets one shared pause; answers to requests sent before the cut do not cut again."""
+    clock = FakeClock(auto_advance=False)
+    rc = controller(100.0, clock=clock)
+    rc.observe(0.0, 429, {"Retry-After": "2"})
+    assert rc.paused_until == 2.0 and rc.pauses == 1
+    assert rc.rate == pytest.approx(70.0)
+    rc.observe(0.0, 429, {"Retry-After": "1"})  # same round, shorter: changes nothing
+    assert rc.paused_until == 2.0 and rc.pauses == 1
+    assert rc.rate == pytest.approx(70.0)
+
+    sent: list[float] = []
+
+    async def go() -> None:
+        sent.append(await rc.acquire())
+        rc.release()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(go)
+        await anyio.lowlevel.checkpoint()
+        clock.advance(1.9)
+        await anyio.lowlevel.checkpoint()
+        assert sent == []  # nobody inside the window
+        for _ in range(10):
+            clock.advance(0.05)
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+    assert len(sent) == 3 and min(sent) >= 2.0
+
+
+@pytest.mark.parametrize("value", [None, "0", "-3", "garbage"])
+async def test_unusable_retry_after_still_pauses_with_growing_backoff(value: str | None) -> None:
+    """Missing, zero, negative or garbage Retry-After gives a computed, growing, non-zero pause."""
+    rc = controller(100.0, settings=RateSettings(pause_base=0.5, pause_cap=8.0))
+    headers = {} if value is None else {"Retry-After": value}
+    waits = []
+    for _ in range(6):
+        wait = rc.observe(rc.clock.now(), 429, headers)
+        assert wait is not None
+        waits.append(wait)
+        await rc.clock.sleep(wait)
+    assert all(w >= 0.25 for w in waits)
+    assert waits[-1] > waits[0] and max(waits) <= 8.0
+    assert rc.pauses == 6
+
+
+async def test_a_pause_holds_back_requests_that_already_had_a_slot() -> None:
+    """A request waiting for its pace slot when a 429 arrives still waits out the pause."""
+    clock = FakeClock(auto_advance=False)
+    rc = controller(1.0, clock=clock)  # one per second: the 2nd request waits a full second
+    await rc.acquire()
+    rc.release()
+    sent: list[float] = []
+
+    async def go() -> None:
+        sent.append(await rc.acquire())
+        rc.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(go)
+        await anyio.lowlevel.checkpoint()
+        rc.observe(0.0, 429, {"Retry-After": "5"})
+        for _ in range(60):
+            clock.advance(0.1)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+    assert sent and sent[0] >= 5.0
+
+
+def test_cubic_formula_returns_to_the_last_max_after_k() -> None:
+    """CUBIC starts at beta x max, is back at max after K = cbrt(max(1-beta)/C) and then probes."""
+    k = (100 * 0.3 / 0.4) ** (1 / 3)
+    assert cubic_rate(0.0, 100.0, 0.7, 0.4) == pytest.approx(70.0)
+    assert cubic_rate(k, 100.0, 0.7, 0.4) == pytest.approx(100.0)
+    assert cubic_rate(k + 2, 100.0, 0.7, 0.4) > 100.0
+
+
+async def recover(rc: RateController, seconds: float) -> list[tuple[float, float]]:
+    """Send successes for ``seconds`` of fake time; return (time, rate) samples."""
+    samples = []
+    end = rc.clock.now() + seconds
+    while rc.clock.now() < end:
+        await send(rc)
+        samples.append((rc.clock.now(), rc.rate or 0.0))
+    return samples
+
+
+async def test_cubic_recovers_to_the_ceiling_and_never_above() -> None:
+    """After a cut, CUBIC climbs back to the ceiling within a few seconds and stays capped."""
+    rc = controller(100.0)
+    await recover(rc, 1.0)
+    rc.observe(rc.clock.now(), 429, {"Retry-After": "1"})
+    assert rc.rate == pytest.approx(70.0, rel=0.05)
+    samples = await recover(rc, 8.0)
+    rates = [r for _, r in samples]
+    assert max(rates) <= 100.0
+    assert rates[-1] == 100.0
+    back = next(t for t, r in samples if r >= 99.0)
+    assert 2.5 <= back - 1.0 <= 4.5  # near K (about 4.2 s after the cut; CUBIC is flat there)
+    assert rates == sorted(rates)  # monotone climb below the ceiling
+
+
+async def test_aimd_halves_and_climbs_linearly() -> None:
+    """AIMD cuts to half and adds a constant step per second until the ceiling."""
+    rc = controller(100.0, settings=RateSettings(algorithm="aimd", aimd_step=0.1))
+    await recover(rc, 1.0)
+    rc.observe(rc.clock.now(), 429, {"Retry-After": "1"})
+    assert rc.rate == pytest.approx(50.0, rel=0.05)
+    samples = await recover(rc, 3.0)
+    t0, r0 = samples[0]
+    t1, r1 = samples[-1]
+    assert (r1 - r0) / (t1 - t0) == pytest.approx(10.0, rel=0.2)  # 10% of 100 per second
+    samples = await recover(rc, 6.0)
+    assert samples[-1][1] == 100.0
+
+
+async def test_auto_starts_modest_grows_then_cuts_on_429() -> None:
+    """``rate='auto'`` starts at a modest rate, grows while all is well and cuts on a 429."""
+    rc = controller("auto", settings=RateSettings(auto_start=10.0, auto_growth=2.0))
+    assert rc.rate == 10.0 and rc.ceiling is None
+    samples = await recover(rc, 3.0)
+    grown = samples[-1][1]
+    assert grown > 40.0
+    rc.observe(rc.clock.now(), 429, {"Retry-After": "1"})
+    assert rc.rate is not None and rc.rate < grown * 0.75
+    samples = await recover(rc, 10.0)
+    assert samples[-1][1] > rc.rate * 0.9  # it keeps probing upward after the cut
+
+
+async def test_no_ceiling_is_unpaced_until_the_first_429() -> None:
+    """Without a rate nothing is paced; a 429 turns pacing on at a cut of the measured rate."""
+    rc = controller(None)
+    for _ in range(50):
+        await send(rc)
+    assert rc.clock.now() == 0.0 and rc.rate is None
+    await rc.clock.sleep(1.0)
+    await send(rc)
+    rc.observe(rc.clock.now(), 429, {"Retry-After": "1"})
+    assert rc.rate is not None and rc.rate > 0
+
+
+async def test_low_remaining_spreads_sends_over_the_reset_window() -> None:
+    """Remaining 1 with Reset 2 s spaces the next sends a second apart, before any 429."""
+    rc = controller(None, concurrency=4)
+    await send(rc, 200, {"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "2"})
+    times = [await send(rc) for _ in range(3)]
+    assert times[1] - times[0] == pytest.approx(1.0)
+    assert times[2] - times[1] == pytest.approx(1.0)
+    assert rc.pauses == 0
+
+
+async def test_plenty_remaining_does_not_slow_anything() -> None:
+    """With a healthy X-RateLimit-Remaining, header pacing stays out of the way."""
+    rc = controller(None, concurrency=4)
+    for _ in range(20):
+        await send(rc, 200, {"X-RateLimit-Remaining": "80", "X-RateLimit-Reset": "1"})
+    assert rc.clock.now() == 0.0
+
+
+async def test_clock_pacer_rate_change_takes_effect() -> None:
+    """Lowering the pacer's rate widens the spacing of the following sends."""
+    clock = FakeClock()
+    pacer = ClockPacer(clock, 10.0)
+    await pacer.wait()
+    await pacer.wait()
+    assert clock.now() == pytest.approx(0.1)
+    pacer.set_rate(2.0)
+    await pacer.wait()
+    await pacer.wait()
+    assert clock.now() == pytest.approx(0.7)
+
+
+async def test_aiolimiter_pacer_has_a_bucket_of_one() -> None:
+    """The aiolimiter bucket holds one request: after one acquire it has no capacity left."""
+    pacer = AiolimiterPacer(1000.0)
+    await pacer.wait()
+    limiter = pacer._limiter
+    assert limiter is not None and not limiter.has_capacity()
+    pacer.set_rate(None)
+    await pacer.wait()  # no pacing at all
+
+
+def test_rejects_a_nonsense_rate() -> None:
+    """A rate must be positive, None or 'auto'."""
+    for bad in (0, -1, float("nan"), "fast"):
+        with pytest.raises(ValueError, match="rate must be"):
+            RateController(bad)  # type: ignore[arg-type]
+
+
+async def test_deadline_free_growth_is_capped_by_twice_the_measured_rate() -> None:
+    """A client that sends slowly does not inflate its allowed rate far beyond what it uses."""
+    rc = controller("auto", settings=RateSettings(auto_start=10.0))
+    for _ in range(40):
+        await rc.clock.sleep(0.5)  # 2 requests per second
+        await send(rc)
+    assert rc.rate is not None and rc.rate <= 2 * max(rc.measured, 5.0) + 1
