@@ -1,0 +1,155 @@
+"""The transport seam: aiohttp failures become our transport errors, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import aiohttp
+import pytest
+
+from synap_bulk.errors import ConnectError, ConnectionDropped, RequestTimeout, TransportError
+from synap_bulk.transport import (
+    AiohttpTransport,
+    HandlerTransport,
+    RawResponse,
+    Timeouts,
+    translate,
+)
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Serve], Awaitable[str]]]:
+    """Start a bare TCP server answering with bytes we choose; yields a starter returning a URL."""
+    servers: list[asyncio.Server] = []
+
+    async def start(serve: Serve) -> str:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v3/users?secret=1"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+async def test_complete_answer_comes_back_whole(
+    raw_server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    """A normal answer gives status, case-insensitive headers and the body."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Thing: a\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    url = await raw_server(serve)
+    transport = AiohttpTransport()
+    try:
+        raw = await transport.send("GET", url, {}, None, Timeouts())
+    finally:
+        await transport.aclose()
+    assert (raw.status, raw.body, raw.headers["x-thing"]) == (200, b"{}", "a")
+
+
+async def test_truncated_body_is_connection_dropped(
+    raw_server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    """A body shorter than its Content-Length is ConnectionDropped, naming the path only."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"data": [')
+        await writer.drain()
+        writer.close()
+
+    url = await raw_server(serve)
+    transport = AiohttpTransport()
+    try:
+        with pytest.raises(ConnectionDropped) as info:
+            await transport.send("GET", url, {}, None, Timeouts())
+    finally:
+        await transport.aclose()
+    assert str(info.value).endswith("for GET /v3/users")
+    assert "secret" not in str(info.value)
+    assert not info.value.never_sent
+
+
+async def test_server_disconnect_is_connection_dropped(
+    raw_server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    """The server closing without answering is ConnectionDropped (outcome unknown)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.close()
+
+    url = await raw_server(serve)
+    transport = AiohttpTransport()
+    try:
+        with pytest.raises(ConnectionDropped):
+            await transport.send("POST", url, {}, b"{}", Timeouts())
+    finally:
+        await transport.aclose()
+
+
+async def test_refused_connection_is_connect_error_never_sent() -> None:
+    """Nobody listening is ConnectError, flagged as never sent (safe to resend any method)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    transport = AiohttpTransport()
+    try:
+        with pytest.raises(ConnectError) as info:
+            await transport.send("POST", f"http://127.0.0.1:{port}/v3/x", {}, b"{}", Timeouts())
+    finally:
+        await transport.aclose()
+    assert info.value.never_sent
+    assert info.value.method == "POST" and info.value.path == "/v3/x"
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (TimeoutError(), RequestTimeout),
+        (aiohttp.ServerTimeoutError("read"), RequestTimeout),
+        (aiohttp.ServerDisconnectedError(), ConnectionDropped),
+        (aiohttp.ClientPayloadError("cut"), ConnectionDropped),
+        (aiohttp.ClientOSError(104, "reset"), ConnectionDropped),
+        (ConnectionResetError(), ConnectionDropped),
+    ],
+)
+def test_translate_maps_each_failure(exc: BaseException, expected: type[TransportError]) -> None:
+    """Every aiohttp/asyncio failure maps to exactly one of our transport errors."""
+    err = translate(exc, "GET", "http://127.0.0.1/v3/users?filter[emailAddress]=a@b")
+    assert type(err) is expected
+    assert err.path == "/v3/users" and "a@b" not in str(err)
+
+
+async def test_handler_transport_records_and_streams() -> None:
+    """The unit-test transport records requests and streams the body in small chunks."""
+
+    async def handler(
+        method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> RawResponse:
+        return RawResponse(200, {}, b"0123456789abcdef")
+
+    transport = HandlerTransport(handler)
+    raw = await transport.send("GET", "http://x/v3/a", {"A": "1"}, None, Timeouts())
+    assert raw.body == b"0123456789abcdef"
+    async with transport.stream("GET", "http://x/v3/b", {}, Timeouts()) as resp:
+        chunks = [c async for c in resp.chunks]
+    assert len(chunks) > 1 and b"".join(chunks) == raw.body
+    assert [r[1] for r in transport.requests] == ["http://x/v3/a", "http://x/v3/b"]
+    await transport.aclose()
+    assert transport.closed
