@@ -1,0 +1,603 @@
+"""The ledger: one SQLite file per job recording every item's state, cursors and runs.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL`` (a commit survives a killed process), on one
+connection owned by one dedicated thread so the event loop never blocks. Writes are group
+committed: :meth:`Ledger.record` only queues, and the writer thread commits whatever is queued
+in one transaction when a caller waits (:meth:`Ledger.mark_in_flight`, :meth:`Ledger.set_cursor`,
+:meth:`Ledger.flush`), when enough records are queued, or every ~50 ms. Concurrent waiters share
+one transaction, so durability costs one commit per batch, not per item.
+
+The ledger never sees the token: it stores keys, input rows, statuses and the server's errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Struct
+
+from .errors import CheckpointError
+from .tasks.base import InvalidRow, Item, ItemError, Outcome
+
+__all__ = [
+    "FailedItem",
+    "ItemState",
+    "ItemStatus",
+    "Ledger",
+    "LedgerStats",
+    "RunInfo",
+]
+
+ItemStatus = Literal["in_flight", "done", "failed", "in_doubt", "invalid"]
+_STATUSES = ("in_flight", "done", "failed", "in_doubt", "invalid")
+#: Statuses whose input row is kept, so the failures file can be rebuilt from the ledger alone.
+_KEEP_ROW = frozenset({"failed", "invalid", "in_doubt"})
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    k TEXT PRIMARY KEY,
+    v TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    line INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    action TEXT NOT NULL DEFAULT '',
+    remote_id TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    row TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL,
+    summary TEXT
+);
+"""
+
+_UPSERT = """
+INSERT INTO items (key, line, status, action, remote_id, attempts, error, row, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(key) DO UPDATE SET
+    line = excluded.line, status = excluded.status,
+    action = CASE WHEN excluded.action = '' THEN items.action ELSE excluded.action END,
+    remote_id = CASE WHEN excluded.remote_id = '' THEN items.remote_id
+                     ELSE excluded.remote_id END,
+    attempts = excluded.attempts, error = excluded.error, row = excluded.row,
+    updated_at = excluded.updated_at
+"""
+
+
+class ItemState(Struct, frozen=True, kw_only=True):
+    """What the ledger knows of one item when a run starts."""
+
+    status: str
+    attempts: int = 0
+    remote_id: str = ""
+    action: str = ""
+    #: The HTTP status (or "transport", "invalid", ...) of the last error, '' when none.
+    error_status: str = ""
+
+
+class FailedItem(Struct, frozen=True, kw_only=True):
+    """A failed, invalid or in-doubt item with its input row: one line of the failures file."""
+
+    key: str
+    line: int
+    status: str
+    row: dict[str, str]
+    error: ItemError
+    attempts: int = 0
+
+
+class RunInfo(Struct, frozen=True, kw_only=True):
+    """One ``run`` of the job, as recorded."""
+
+    id: int
+    started_at: str
+    ended_at: str | None
+    status: str
+    summary: dict[str, Any] | None = None
+
+
+class LedgerStats(Struct, frozen=True, kw_only=True):
+    """Counters for tests and benchmarks: group commit shows as records >> transactions."""
+
+    transactions: int
+    records_written: int
+    pending: int
+
+
+_encode = msgspec.json.Encoder().encode
+_error_decoder = msgspec.json.Decoder(ItemError)
+_row_decoder = msgspec.json.Decoder(dict[str, str])
+_summary_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Op:
+    """A queued unit of work for the writer thread."""
+
+    __slots__ = ("fn", "future", "record")
+
+    def __init__(
+        self,
+        record: tuple[Any, ...] | None,
+        fn: Callable[[sqlite3.Connection], Any] | None,
+        future: asyncio.Future[Any] | None,
+    ) -> None:
+        self.record = record
+        self.fn = fn
+        self.future = future
+
+
+class Ledger:
+    """The job's SQLite ledger. Open with ``await Ledger.open(...)``; use as ``async with``."""
+
+    #: Commit without waiting when this many records are queued.
+    batch_size = 512
+    #: Longest a queued record waits for its commit when nobody is waiting on it.
+    max_delay = 0.05
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.path = path
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._queue: list[_Op] = []
+        self._waiters = 0  # queued ops somebody awaits: commit at once
+        self._closing = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._transactions = 0
+        self._records_written = 0
+        self._thread = threading.Thread(
+            target=self._writer, name=f"ledger:{path.name}", daemon=True
+        )
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        job_name: str,
+        task_hash: str,
+        input_hash: str,
+        restart: bool = False,
+    ) -> Ledger:
+        """Open or create the ledger; refuse one whose task or input changed unless restarting."""
+        ledger = cls(Path(path), asyncio.get_running_loop())
+        ledger._thread.start()
+        try:
+            await ledger._call(
+                lambda db: _init_meta(db, ledger.path, job_name, task_hash, input_hash, restart)
+            )
+        except BaseException:
+            await ledger.close()
+            raise
+        return ledger
+
+    @classmethod
+    async def open_readonly(cls, path: str | Path) -> Ledger:
+        """Open an existing ledger to read it (``status``), without checking its job."""
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no ledger")
+        ledger = cls(path, asyncio.get_running_loop())
+        ledger._thread.start()
+        try:
+            await ledger._call(lambda db: None)
+        except BaseException:
+            await ledger.close()
+            raise
+        return ledger
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- items -----------------------------------------------------------------------------
+
+    def record(
+        self,
+        item: Item | InvalidRow,
+        outcome: Outcome | str,
+        attempts: int = 0,
+        error: ItemError | None = None,
+    ) -> None:
+        """Queue an item's new state (committed with the next batch); never blocks."""
+        if isinstance(outcome, Outcome):
+            status: str = outcome.status
+            action = outcome.action
+            remote_id = outcome.remote_id
+            error = outcome.error if outcome.error is not None else error
+        else:
+            status, action, remote_id = outcome, "", ""
+        row = item.row if status in _KEEP_ROW else None
+        rec = (item.key, item.line, status, action, remote_id, attempts, error, row)
+        self._enqueue(_Op(rec, None, None))
+
+    async def mark_in_flight(self, item: Item, attempts: int = 0) -> None:
+        """Record the item as in flight and return once that is committed (group commit)."""
+        rec = (item.key, item.line, "in_flight", "", "", attempts, None, None)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(_Op(rec, None, fut))
+        await fut
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed."""
+        await self._call(lambda db: None)
+
+    async def load_states(self) -> dict[str, ItemState]:
+        """Every item's state by key (the engine's resume map)."""
+
+        def read(db: sqlite3.Connection) -> dict[str, ItemState]:
+            out: dict[str, ItemState] = {}
+            cur = db.execute(
+                "SELECT key, status, attempts, remote_id, action, "
+                "CASE WHEN error IS NULL THEN '' ELSE json_extract(error, '$.status') END "
+                "FROM items"
+            )
+            for key, status, attempts, remote_id, action, err in cur:
+                out[key] = ItemState(
+                    status=status,
+                    attempts=attempts,
+                    remote_id=remote_id,
+                    action=action,
+                    error_status=err or "",
+                )
+            return out
+
+        return await self._call(read)
+
+    async def failed_items(self) -> list[FailedItem]:
+        """Failed, invalid and in-doubt items in input-line order, with rows and errors."""
+
+        def read(db: sqlite3.Connection) -> list[FailedItem]:
+            cur = db.execute(
+                "SELECT key, line, status, row, error, attempts FROM items "
+                "WHERE status IN ('failed', 'invalid', 'in_doubt') ORDER BY line, key"
+            )
+            return [
+                FailedItem(
+                    key=key,
+                    line=line,
+                    status=status,
+                    row=_row_decoder.decode(row) if row else {},
+                    error=_error_decoder.decode(error) if error else ItemError(),
+                    attempts=attempts,
+                )
+                for key, line, status, row, error, attempts in cur
+            ]
+
+        return await self._call(read)
+
+    async def counts(self) -> dict[str, int]:
+        """How many items are in each status."""
+
+        def read(db: sqlite3.Connection) -> dict[str, int]:
+            cur = db.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
+            return {status: n for status, n in cur}
+
+        return await self._call(read)
+
+    # -- cursors ---------------------------------------------------------------------------
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        """Store a named cursor; committed when this returns."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._call(write)
+
+    async def get_cursor(self, name: str) -> str | None:
+        """A named cursor's value, None when never set."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._call(read)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def begin_run(self) -> int:
+        """Record a run as started; returns its id."""
+        started = _now_iso()
+
+        def write(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "INSERT INTO runs (started_at, status) VALUES (?, 'running')", (started,)
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._call(write)
+
+    async def end_run(self, run_id: int, status: str, summary: Mapping[str, Any]) -> None:
+        """Record how a run ended (completed | stopped | aborted) and its summary."""
+        ended = _now_iso()
+        blob = _encode(summary).decode()
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE runs SET ended_at = ?, status = ?, summary = ? WHERE id = ?",
+                (ended, status, blob, run_id),
+            )
+
+        await self._call(write)
+
+    async def last_completed_run_started_at(self) -> str | None:
+        """When the last completed run started (ISO 8601, UTC): ``since: last-run`` reads it."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT started_at FROM runs WHERE status = 'completed' ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._call(read)
+
+    async def runs(self) -> list[RunInfo]:
+        """Every recorded run, oldest first."""
+
+        def read(db: sqlite3.Connection) -> list[RunInfo]:
+            cur = db.execute(
+                "SELECT id, started_at, ended_at, status, summary FROM runs ORDER BY id"
+            )
+            return [
+                RunInfo(
+                    id=rid,
+                    started_at=started,
+                    ended_at=ended,
+                    status=status,
+                    summary=_summary_decoder.decode(summary) if summary else None,
+                )
+                for rid, started, ended, status, summary in cur
+            ]
+
+        return await self._call(read)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def statistics(self) -> LedgerStats:
+        """Transactions committed, records written, records still queued."""
+        with self._cond:
+            pending = sum(1 for op in self._queue if op.record is not None)
+        return LedgerStats(
+            transactions=self._transactions,
+            records_written=self._records_written,
+            pending=pending,
+        )
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the database and stop the writer thread."""
+        if self._closed:
+            return
+        if self._thread.is_alive():
+            fut: asyncio.Future[Any] = self._loop.create_future()
+            with self._cond:
+                self._queue.append(_Op(None, None, fut))
+                self._waiters += 1
+                self._closing = True
+                self._cond.notify()
+            try:
+                await asyncio.shield(fut)
+            except CheckpointError:
+                pass
+        self._closed = True
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _enqueue(self, op: _Op) -> None:
+        if self._failure is not None:
+            raise CheckpointError(f"{self.path}: the ledger failed: {self._failure}")
+        if self._closing or self._closed:
+            raise CheckpointError(f"{self.path}: the ledger is closed")
+        with self._cond:
+            self._queue.append(op)
+            if op.future is not None:
+                self._waiters += 1
+                self._cond.notify()
+            elif len(self._queue) >= self.batch_size:
+                self._cond.notify()
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(_Op(None, fn, fut))
+        result: _T = await fut
+        return result
+
+    def _writer(self) -> None:
+        db: sqlite3.Connection | None = None
+        try:
+            db = _connect(self.path)
+        except CheckpointError as exc:
+            self._failure = exc
+        except Exception as exc:
+            self._failure = CheckpointError(f"{self.path}: cannot open the ledger: {exc}")
+        while True:
+            with self._cond:
+                first_wait = time.monotonic()
+                while not self._waiters and len(self._queue) < self.batch_size:
+                    if self._queue:
+                        left = self.max_delay - (time.monotonic() - first_wait)
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    else:
+                        first_wait = time.monotonic()
+                        self._cond.wait()
+                batch = self._queue
+                self._queue = []
+                self._waiters = 0
+                closing = self._closing
+            self._commit(db, batch)
+            if closing:
+                if db is not None:
+                    db.close()
+                return
+
+    def _commit(self, db: sqlite3.Connection | None, batch: list[_Op]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        failure: BaseException | None = self._failure
+        written = 0
+        if db is not None and failure is None:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                records: list[tuple[Any, ...]] = []
+                now = time.time()
+                for op in batch:
+                    if op.record is not None:
+                        key, line, status, action, rid, attempts, err, row = op.record
+                        records.append(
+                            (
+                                key,
+                                line,
+                                status,
+                                action,
+                                rid,
+                                attempts,
+                                None if err is None else _encode(err).decode(),
+                                None if row is None else _encode(dict(row)).decode(),
+                                now,
+                            )
+                        )
+                        if op.future is not None:
+                            results.append((op.future, None, None))
+                        continue
+                    if records:
+                        db.executemany(_UPSERT, records)
+                        written += len(records)
+                        records = []
+                    value: Any = None
+                    error: BaseException | None = None
+                    if op.fn is not None:
+                        try:
+                            value = op.fn(db)
+                        except sqlite3.Error:
+                            raise
+                        except Exception as exc:  # e.g. a refused open: for its caller only
+                            error = exc
+                    if op.future is not None:
+                        results.append((op.future, value, error))
+                if records:
+                    db.executemany(_UPSERT, records)
+                    written += len(records)
+                db.execute("COMMIT")
+                self._transactions += 1
+                self._records_written += written
+            except sqlite3.Error as exc:
+                _rollback(db)
+                failure = CheckpointError(f"{self.path}: {exc}")
+                self._failure = failure
+                results = []
+        if failure is not None:
+            results = [(op.future, None, failure) for op in batch if op.future is not None]
+        if results:
+            self._resolve(results)
+
+    def _resolve(
+        self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        def settle() -> None:
+            for fut, value, exc in results:
+                if fut.done():
+                    continue
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(value)
+
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is gone: nobody is waiting any more
+            pass
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
+        db.execute("PRAGMA busy_timeout = 5000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise CheckpointError(f"{path}: cannot use WAL mode (journal_mode is {mode})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error as exc:
+        raise CheckpointError(f"{path}: not a usable ledger: {exc}") from None
+    return db
+
+
+def _init_meta(
+    db: sqlite3.Connection,
+    path: Path,
+    job_name: str,
+    task_hash: str,
+    input_hash: str,
+    restart: bool,
+) -> None:
+    meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+    if meta and not restart:
+        changed = []
+        if meta.get("task_hash") != task_hash:
+            changed.append("the job's task section")
+        if meta.get("input_hash", "") != input_hash:
+            changed.append("the input file")
+        if changed:
+            raise CheckpointError(
+                f"{path}: {' and '.join(changed)} changed since this ledger was started "
+                f"({meta.get('created', '?')}); run with --restart to start the job afresh "
+                "(this forgets its progress), or restore the previous version to resume"
+            )
+    if restart:
+        db.execute("DELETE FROM items")
+        db.execute("DELETE FROM cursors")
+    if restart or not meta:
+        values = {
+            "job_name": job_name,
+            "task_hash": task_hash,
+            "input_hash": input_hash,
+            "created": _now_iso(),
+        }
+        db.executemany(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            list(values.items()),
+        )
+    elif meta.get("job_name") != job_name:
+        db.execute("UPDATE meta SET v = ? WHERE k = 'job_name'", (job_name,))
