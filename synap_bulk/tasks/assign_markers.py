@@ -26,7 +26,7 @@ import io
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -40,18 +40,18 @@ from ..allocation import (
     Allocation,
     AttemptSlot,
     MarkerInfo,
-    Strategy,
     allocate,
     id_sort_key,
 )
 from ..errors import NotFound, SourceError, SpecError
-from ..jsonapi import UNSET, ResourceIdentifier
+from ..jsonapi import UNSET, Resource, ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Attempt, Exam, MarkerRole, User, UserGroup
 from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 
 if TYPE_CHECKING:
     from ..client import SynapClient
+    from ..spec import AssignMarkersSpec, JobFile
 
 __all__ = [
     "AssignMarkersTask",
@@ -72,46 +72,6 @@ _MARKER_COLUMNS = ("marker", "email", "emailAddress", "id", "marker_id")
 #: Above this many users to resolve, one directory listing replaces per-value lookups.
 _LISTING_THRESHOLD = 200
 _PARALLEL_READS = 16
-
-
-class AssignMarkersSettings(Protocol):
-    """The fields of the job file's ``task`` section this task reads (spec.AssignMarkersSpec)."""
-
-    @property
-    def role(self) -> str: ...
-    @property
-    def action(self) -> str: ...
-    @property
-    def exams(self) -> Sequence[str]: ...
-    @property
-    def statuses(self) -> Sequence[str]: ...
-    @property
-    def mapping(self) -> str | None: ...
-    @property
-    def mapping_columns(self) -> Any: ...
-    @property
-    def strategy(self) -> str | None: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def per_attempt(self) -> int: ...
-    @property
-    def max_per_marker(self) -> int | None: ...
-    @property
-    def exclusions(self) -> str | None: ...
-    @property
-    def exclusion_columns(self) -> Any: ...
-    @property
-    def markers(self) -> str | None: ...
-
-
-class JobLike(Protocol):
-    """What the task needs of the loaded job file (spec.JobFile)."""
-
-    @property
-    def path(self) -> Path: ...
-    def resolve(self, path: str) -> Path: ...
-    def line_of(self, path: str) -> int | None: ...
 
 
 class MarkerLoad(Struct, frozen=True, kw_only=True):
@@ -260,7 +220,7 @@ class AssignMarkersTask:
     kind = "assign-markers"
     safety = Safety.IDEMPOTENT
 
-    def __init__(self, spec: AssignMarkersSettings, job: JobLike, profile: ApiProfile) -> None:
+    def __init__(self, spec: AssignMarkersSpec, job: JobFile, profile: ApiProfile) -> None:
         self.spec = spec
         self.job = job
         self.profile = profile
@@ -338,7 +298,8 @@ class AssignMarkersTask:
         self._allocation: Allocation | None = None
         self._applied: Counter[str] = Counter()
         self._mapping_before: Counter[str] = Counter()
-        self._exams: dict[str, Exam] = {}
+        self._exams: dict[str, Exam | str] = {}
+        self._exam_list: list[Exam] | None = None
         self._pools: dict[str, _Pool] = {}
         self._users_by_email: dict[str, str | None] = {}
         self._users_by_external: dict[str, str | None] = {}
@@ -368,12 +329,39 @@ class AssignMarkersTask:
 
     # -- reading the server ----------------------------------------------------------------
 
+    async def _find_exam(self, client: SynapClient, ref: str) -> Exam | str:
+        """The exam with id (or else exact name) ``ref``; a message when there is none or many."""
+        ref = ref.strip()
+        found = self._exams.get(ref)
+        if found is not None:
+            return found
+        result: Exam | str
+        try:
+            if any(c.isspace() for c in ref) or not ref:
+                raise LookupError
+            result = await client.get(self.profile.exams_path, ref, Exam)
+        except (NotFound, LookupError):
+            if self._exam_list is None:
+                self._exam_list = [
+                    e async for e in client.paginate(self.profile.exams_path, None, Exam)
+                ]
+            named = [e for e in self._exam_list if (e.attributes.name or "").strip() == ref]
+            if len(named) == 1:
+                result = named[0]
+            elif named:
+                ids = ", ".join(e.id for e in named)
+                result = f"{len(named)} exams are named {ref!r} ({ids}); give the id"
+            else:
+                result = f"no exam with id or name {ref!r}"
+        self._exams[ref] = result
+        return result
+
     async def _exam(self, client: SynapClient, exam_id: str) -> Exam:
-        exam = self._exams.get(exam_id)
-        if exam is None:
-            exam = await client.get(self.profile.exams_path, exam_id, Exam)
-            self._exams[exam_id] = exam
-        return exam
+        """An exam known to exist (its id came from the server)."""
+        found = await self._find_exam(client, exam_id)
+        if isinstance(found, str):
+            raise LookupError(found)
+        return found
 
     def _exam_problem(self, exam: Exam) -> str | None:
         """Why markers cannot be given on this exam (draft, no pool), or None."""
@@ -571,10 +559,9 @@ class AssignMarkersTask:
         out: list[tuple[Exam, _Pool | None]] = []
         for i, exam_id in enumerate(self.spec.exams):
             at = f"task.exams[{i}]"
-            try:
-                exam = await self._exam(client, str(exam_id))
-            except NotFound:
-                raise self._error(f"no exam with id {exam_id!r}", at) from None
+            exam = await self._find_exam(client, str(exam_id))
+            if isinstance(exam, str):
+                raise self._error(exam, at)
             problem = self._exam_problem(exam)
             if problem is not None and (self.assign or exam.attributes.status == "draft"):
                 raise self._error(problem, at)
@@ -646,7 +633,7 @@ class AssignMarkersTask:
         result = allocate(
             slots,
             markers,
-            strategy=cast(Strategy, self.spec.strategy),
+            strategy=self.spec.strategy,
             per_attempt=self.spec.per_attempt,
             max_per_marker=self.spec.max_per_marker,
             exclusions=exclusions,
@@ -756,11 +743,10 @@ class AssignMarkersTask:
             exam_id = (r.get(cols["exam"], "") if has_exam else "").strip() or default_exam
             if exam_id and exam_id not in by_exam:
                 index: dict[str, list[_AttemptInfo]] = {}
-                try:
-                    await self._exam(client, exam_id)
-                    listed = await self._attempts_of(client, exam_id, [])
-                except NotFound:
-                    listed = []
+                exam = await self._find_exam(client, exam_id)
+                listed = (
+                    [] if isinstance(exam, str) else await self._attempts_of(client, exam.id, [])
+                )
                 for info in listed:
                     index.setdefault(info.candidate, []).append(info)
                 by_exam[exam_id] = index
@@ -845,8 +831,10 @@ class AssignMarkersTask:
             exam_id = row.get(cols["exam"], "").strip() or default_exam
             if not exam_id:
                 return invalid("required", cols["exam"], "which exam? (no exam given)")
-            if exam_id not in self._exams:
-                return invalid("not-found", cols["exam"], f"no exam with id {exam_id!r}")
+            exam_or_why = self._exams.get(exam_id)
+            if not isinstance(exam_or_why, Resource):
+                why = exam_or_why or f"no exam with id or name {exam_id!r}"
+                return invalid("not-found", cols["exam"], why)
             cand = self._user_id(cand_value, external=True)
             if cand is None:
                 return invalid("not-found", cols["candidate"], f"no user {cand_value!r}")
