@@ -99,6 +99,8 @@ class PageCursor(Struct, frozen=True, omit_defaults=True):
     number: int | None = None
     offset: int | None = None
     url: str | None = None
+    #: The page size in use, so that a resume cuts the listing at the same places.
+    size: int | None = None
 
 
 class ClientStatistics(Struct, frozen=True):
@@ -540,12 +542,12 @@ class SynapClient:
             out[p.page_offset_param] = str(position)
         return out, size
 
-    def _cursor(self, position: int | None, url: str | None) -> PageCursor:
+    def _cursor(self, position: int | None, url: str | None, size: int) -> PageCursor:
         if position is None:
-            return PageCursor(url=url)
+            return PageCursor(url=url, size=size)
         if self.profile.pagination == "page-number":
-            return PageCursor(number=position, url=url)
-        return PageCursor(offset=position, url=url)
+            return PageCursor(number=position, url=url, size=size)
+        return PageCursor(offset=position, url=url, size=size)
 
     async def pages(
         self,
@@ -568,6 +570,7 @@ class SynapClient:
             position = start.number if by_number else start.offset
             if position is None and not start.url:
                 position = first
+            page_size = page_size or start.size
         qp, size = self._page_params(params, page_size, position or first)
         step = 1 if by_number else size
         if position is None and start is not None and start.url:
@@ -582,10 +585,10 @@ class SynapClient:
                     path, params, page_size, tp, position + step, last, step, parallel
                 )
                 async with aclosing(rest):
-                    yield self._cursor(position + step, None), doc
+                    yield self._cursor(position + step, None, size), doc
                     async for position, doc in rest:
                         if position < last:
-                            yield self._cursor(position + step, None), doc
+                            yield self._cursor(position + step, None, size), doc
         # Follow links.next (also after the last counted page, in case the listing grew).
         while True:
             has_links = "next" in doc.links
@@ -596,7 +599,7 @@ class SynapClient:
                 yield None, doc
                 return
             position = None if position is None else position + step
-            yield self._cursor(position, nxt), doc
+            yield self._cursor(position, nxt, size), doc
             if nxt:
                 doc = await self.get_page(nxt, None, tp)
             else:
