@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from synap_bulk.errors import SpecError
+from synap_bulk.spec import load_job
 from synap_bulk.templates import TemplateValueError, compile_template
 
 BODY = {
@@ -20,37 +20,13 @@ BODY = {
 }
 
 
-class FakeJob:
-    """A job file stand-in: line numbers from PyYAML marks of a real YAML text."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.text = text
-        self.data: Any = yaml.safe_load(text)
-        self._lines: dict[str, int] = {}
-        self._walk(yaml.compose(text), "")
-
-    def _walk(self, node: Any, at: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                sub = f"{at}.{k.value}" if at else k.value
-                self._lines[sub] = k.start_mark.line + 1
-                self._walk(v, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                sub = f"{at}[{i}]"
-                self._lines[sub] = v.start_mark.line + 1
-                self._walk(v, sub)
-
-    def line_of(self, path: str) -> int | None:
-        return self._lines.get(path)
-
-
 JOB_TEXT = """\
 version: 1
 name: extra-time
+api: {base_url: sandbox}
 task:
   kind: request
+  source: rows.csv
   method: POST
   path: attempt-timer-resets
   body:
@@ -109,24 +85,28 @@ def test_bad_values_name_the_column() -> None:
 
 def test_unknown_placeholder_is_reported_at_its_job_file_line(tmp_path: Path) -> None:
     """An unknown column names the job file, the line of its string, its path and the columns."""
-    job = FakeJob(tmp_path / "extra-time.yaml", JOB_TEXT)
-    t = compile_template(job.data["task"]["body"], job=job, at="task.body")
+    (tmp_path / "extra-time.yaml").write_text(JOB_TEXT)
+    job = load_job(tmp_path / "extra-time.yaml")
+    t = compile_template(job.spec.task.body, job=job, at="task.body")  # type: ignore[union-attr]
     with pytest.raises(SpecError) as info:
         t.validate(["attempt_id", "extra_minutes", "note"], source="arrangements.csv")
     assert str(info.value) == (
-        f"{tmp_path / 'extra-time.yaml'}:12: task.body.data.attributes.reason: "
+        f"{tmp_path / 'extra-time.yaml'}:14: task.body.data.attributes.reason: "
         "unknown column {reason}; arrangements.csv has: attempt_id, extra_minutes, note"
     )
-    assert info.value.line == 12
+    assert info.value.line == 14
 
 
 def test_syntax_errors_name_the_line(tmp_path: Path) -> None:
     """Unclosed braces and conversions inside longer text are job-file errors at their line."""
-    job = FakeJob(tmp_path / "j.yaml", "task:\n  path: 'attempts/{id'\n  body: ['{n:int} min']\n")
-    with pytest.raises(SpecError, match=r"j\.yaml:2: task\.path: unclosed '\{'"):
-        compile_template(job.data["task"]["path"], job=job, at="task.path")
-    with pytest.raises(SpecError, match=r"j\.yaml:3: task\.body\[0\]: a conversion \(:int\)"):
-        compile_template(job.data["task"]["body"], job=job, at="task.body")
+    text = JOB_TEXT.split("  path:")[0] + "  path: 'attempts/{id'\n  body: ['{n:int} min']\n"
+    (tmp_path / "j.yaml").write_text(text)
+    job = load_job(tmp_path / "j.yaml")
+    spec: Any = job.spec.task
+    with pytest.raises(SpecError, match=r"j\.yaml:8: task\.path: unclosed '\{'"):
+        compile_template(spec.path, job=job, at="task.path")
+    with pytest.raises(SpecError, match=r"j\.yaml:9: task\.body\[0\]: a conversion \(:int\)"):
+        compile_template(spec.body, job=job, at="task.body")
     with pytest.raises(SpecError, match="placeholders are not allowed in mapping keys"):
         compile_template({"{k}": 1}, job=None, at="task.body")
 

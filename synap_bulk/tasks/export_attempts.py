@@ -176,18 +176,6 @@ def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _as_rfc3339(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    if isinstance(value, (int, float)):
-        return _as_rfc3339(datetime.fromtimestamp(value, UTC))
-    return str(value)
-
-
 def _load(raw: Any, tp: type[Any]) -> Any:
     if raw is None or raw == "":
         return None
@@ -357,7 +345,7 @@ class _Exporter:
             if previous is not None and previous.last_complete_started_at:
                 since = previous.last_complete_started_at
             else:
-                since = _as_rfc3339(await self.ledger.last_completed_run_started_at())
+                since = await self.ledger.last_completed_run_started_at()
         elif self.s.since is not None:
             since = self.s.since
         meta = _Meta(

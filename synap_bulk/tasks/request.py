@@ -1,0 +1,288 @@
+"""``kind: request``: one templated API request per CSV row, with the engine's safety.
+
+The job gives a method, a path template and a JSON:API body template (``templates.py``), filled
+from each row by plain substitution; the key template names the item in the ledger (by default
+the method, the rendered path and a hash of the rendered body, so identical rows collapse into
+one and are reported as duplicates).
+
+How a request may be repeated is the job's declaration (``safety``), defaulting by method:
+
+- ``idempotent`` (default for GET, PUT, PATCH, DELETE): retried freely, re-sent on resume.
+- ``reconcilable``: needs a ``lookup`` (a GET whose non-empty result means "already done");
+  an ambiguous failure or an item found in flight on resume is looked up before anything is
+  re-sent, and ``plan`` uses the same lookup to show what is already done.
+- ``unsafe`` (default for POST): sent at most once; an item whose outcome is unknown is reported
+  for review, never re-sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..errors import NotFound, SpecError
+from ..jsonapi import encode
+from ..profile import ApiProfile
+from ..sources import CsvSource, DuplicateTracker
+from ..templates import Template, TemplateValueError, compile_template
+from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+
+if TYPE_CHECKING:
+    from ..client import SynapClient
+    from ..spec import JobFile, RequestSpec
+
+__all__ = ["METHODS", "RequestTask", "default_safety"]
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+_ACTIONS = {"GET": "fetched", "PUT": "updated", "PATCH": "updated", "DELETE": "deleted"}
+
+
+def default_safety(method: str) -> Safety:
+    """POST creates something each time it is sent; the other methods can be repeated."""
+    return Safety.UNSAFE if method.upper() == "POST" else Safety.IDEMPOTENT
+
+
+class _Doc(msgspec.Struct):
+    """Just enough of a response document to find the primary data's id(s)."""
+
+    data: Any = None
+
+
+def _first_id(body: bytes) -> str | None:
+    """The id of a response's primary data (first of a list); None when there is none."""
+    if not body:
+        return None
+    try:
+        doc = msgspec.json.decode(body, type=_Doc)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    data = doc.data
+    if isinstance(data, list):
+        data = data[0] if data else None
+    if isinstance(data, dict):
+        ident = data.get("id")
+        return str(ident) if ident is not None else ""
+    return None
+
+
+class RequestTask:
+    """One request per CSV row; see the module docstring."""
+
+    kind = "request"
+
+    def __init__(self, spec: RequestSpec, job: JobFile, profile: ApiProfile) -> None:
+        self.spec = spec
+        self.job = job
+        self.profile = profile
+        self.method = spec.method.upper()
+        if self.method not in METHODS:
+            raise self._error("task.method", f"expected one of {', '.join(METHODS)}")
+        safety = spec.safety
+        self.safety: Safety = Safety(safety) if safety is not None else default_safety(self.method)
+        self._path = compile_template(spec.path, job=job, at="task.path")
+        self._body: Template | None = None
+        if spec.body is not None:
+            if self.method in ("GET", "DELETE"):
+                raise self._error("task.body", f"a {self.method} request has no body")
+            self._body = compile_template(spec.body, job=job, at="task.body")
+        self._key = compile_template(spec.key, job=job, at="task.key") if spec.key else None
+        self._lookup_path: Template | None = None
+        self._lookup_params: Template | None = None
+        lookup = spec.lookup
+        if lookup is not None:
+            self._lookup_path = compile_template(lookup.path, job=job, at="task.lookup.path")
+            self._lookup_params = compile_template(
+                dict(lookup.params or {}), job=job, at="task.lookup.params"
+            )
+        if self.safety is Safety.RECONCILABLE and lookup is None:
+            raise self._error(
+                "task.safety",
+                "reconcilable requests need a lookup (a GET whose non-empty result means the "
+                "request already took effect)",
+            )
+        delimiter = getattr(spec, "delimiter", ",") or ","
+        self._source = CsvSource(job.resolve(spec.source), delimiter=delimiter)
+        source_name = getattr(self._source, "display_name", str(spec.source))
+        for template in self._templates():
+            template.validate(self._source.header, source=source_name)
+        self._counts: dict[str, int] = {}
+
+    def _error(self, at: str, message: str) -> SpecError:
+        return SpecError(message, file=str(self.job.path), line=self.job.line_of(at), path=at)
+
+    def _templates(self) -> list[Template]:
+        out = [self._path]
+        for t in (self._body, self._key, self._lookup_path, self._lookup_params):
+            if t is not None:
+                out.append(t)
+        return out
+
+    # -- what the runner reads ----------------------------------------------------------------
+
+    def input_hash(self) -> str:
+        return str(self._source.sha256())
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self._source.header)
+
+    async def prepare(self, client: SynapClient) -> None:
+        """Nothing to read beforehand: every row stands alone."""
+
+    # -- items --------------------------------------------------------------------------------
+
+    def _render(self, values: Mapping[str, str]) -> dict[str, Any]:
+        path = str(self._path.render(values)).strip()
+        payload: dict[str, Any] = {"path": path.lstrip("/")}
+        if self._body is not None:
+            payload["body"] = self._body.render(values)
+        if self._lookup_path is not None and self._lookup_params is not None:
+            payload["lookup_path"] = str(self._lookup_path.render(values)).strip().lstrip("/")
+            params = self._lookup_params.render(values)
+            payload["lookup_params"] = {str(k): str(v) for k, v in params.items()}
+        return payload
+
+    def _item_key(self, values: Mapping[str, str], payload: Mapping[str, Any]) -> str:
+        if self._key is not None:
+            return str(self._key.render(values)).strip()
+        key = f"{self.method} {payload['path']}"
+        if "body" in payload:
+            digest = hashlib.sha256(encode(payload["body"])).hexdigest()[:16]
+            key = f"{key} {digest}"
+        return key
+
+    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        seen = DuplicateTracker()
+        for row in self._source:
+            values = row.values
+            hint = f"line:{row.line}"
+            if row.problem:
+                yield InvalidRow(
+                    key=hint,
+                    line=row.line,
+                    row=values,
+                    error=ItemError(status="invalid", code="row", detail=row.problem),
+                )
+                continue
+            try:
+                payload = self._render(values)
+                key = self._item_key(values, payload)
+            except TemplateValueError as exc:
+                yield InvalidRow(
+                    key=hint,
+                    line=row.line,
+                    row=values,
+                    error=ItemError(
+                        status="invalid", code="value", field=exc.column, detail=str(exc)
+                    ),
+                )
+                continue
+            problem = self._row_problem(payload, key)
+            if problem is not None:
+                yield InvalidRow(key=hint, line=row.line, row=values, error=problem)
+                continue
+            earlier = seen.seen(key, row.line)
+            if earlier is not None:
+                yield InvalidRow(
+                    key=hint,
+                    line=row.line,
+                    row=values,
+                    error=ItemError(
+                        status="invalid",
+                        code="duplicate",
+                        field=(self._key.columns[0] if self._key and self._key.columns else ""),
+                        detail=f"the same request as line {earlier}",
+                    ),
+                )
+                continue
+            yield Item(key=key, line=row.line, row=values, payload=payload)
+
+    def _row_problem(self, payload: Mapping[str, Any], key: str) -> ItemError | None:
+        path: str = payload["path"]
+        column = self._path.columns[0] if self._path.columns else ""
+        if not path or "//" in path or path.endswith("/"):
+            return ItemError(
+                status="invalid",
+                code="required",
+                field=column,
+                detail=f"the path {path!r} has an empty segment",
+            )
+        if any(seg in (".", "..") for seg in path.split("/")) or "?" in path or "#" in path:
+            return ItemError(
+                status="invalid", code="path", field=column, detail=f"unsafe path {path!r}"
+            )
+        if not key:
+            return ItemError(status="invalid", code="required", detail="the key is empty")
+        return None
+
+    # -- plan / execute / reconcile -------------------------------------------------------------
+
+    async def plan(self, item: Item, client: SynapClient) -> PlanRow:
+        detail = f"{self.method} {item.payload['path']}"
+        if self.safety is Safety.RECONCILABLE:
+            found = await self._look_up(item, client)
+            if found is not None:
+                return PlanRow(
+                    key=item.key,
+                    line=item.line,
+                    action="unchanged",
+                    detail=f"{detail}: already done",
+                    remote_id=found,
+                )
+        return PlanRow(key=item.key, line=item.line, action=self.method.lower(), detail=detail)
+
+    async def execute(self, item: Item, client: SynapClient) -> Outcome:
+        payload = item.payload
+        resp = await client.request(
+            self.method,
+            payload["path"],
+            body=payload.get("body"),
+            idempotent=self.safety is Safety.IDEMPOTENT,
+        )
+        remote = _first_id(resp.body) or ""
+        if self.method == "POST":
+            action = "created" if resp.status == 201 else "sent"
+        else:
+            action = _ACTIONS.get(self.method, "sent")
+        return self._count(Outcome(status="done", action=action, remote_id=remote))
+
+    async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
+        if self.safety is not Safety.RECONCILABLE:
+            return None
+        found = await self._look_up(item, client)
+        if found is None:
+            return None
+        return self._count(Outcome(status="done", action="found", remote_id=found))
+
+    async def _look_up(self, item: Item, client: SynapClient) -> str | None:
+        """The id the lookup finds ('' if the result has no id), None when it finds nothing."""
+        path = item.payload.get("lookup_path")
+        if not path:
+            return None
+        try:
+            resp = await client.request(
+                "GET", path, params=item.payload.get("lookup_params") or None, idempotent=True
+            )
+        except NotFound:
+            return None
+        return _first_id(resp.body)
+
+    def column_for_pointer(self, pointer: str) -> str:
+        if self._body is None:
+            return ""
+        return self._body.column_for_pointer(pointer)
+
+    def _count(self, outcome: Outcome) -> Outcome:
+        self._counts[outcome.action] = self._counts.get(outcome.action, 0) + 1
+        return outcome
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.method, "safety": self.safety.value, **sorted_counts(self._counts)}
+
+
+def sorted_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items()))
