@@ -1,0 +1,356 @@
+"""CSV input: rows with the line they start on, header checks, per-row helpers, ``{column}`` text.
+
+A source is read whole at construction: the bytes are hashed (the ledger's input hash) and
+decoded once, so the rows a run processes are exactly the bytes it hashed, and a file that cannot
+be used at all (missing, not UTF-8, header lacking a column, unclosed quote) fails before any
+request with a :class:`~synap_bulk.errors.SourceError` naming the place. Problems of one row
+(too many fields, malformed quoting) are not exceptions: they travel on :attr:`CsvRow.problem`
+so the task can send that row to the failures file while the others proceed.
+
+Line numbers are physical: the header is line 1, a record with a quoted newline spans several
+lines and the next record starts after them; ``\\r\\n``, ``\\n`` and a lone ``\\r`` each end one
+line (spreadsheet exports use all three).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import functools
+import hashlib
+import io
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from msgspec import Struct
+
+from .errors import SourceError
+
+if TYPE_CHECKING:
+    from _csv import Reader
+
+__all__ = [
+    "CsvRow",
+    "CsvSource",
+    "DuplicateTracker",
+    "is_email",
+    "missing_values",
+    "normalize_email",
+    "read_table",
+    "render_template",
+    "template_fields",
+]
+
+#: How many header names a "missing column" message lists before eliding the rest.
+_HEADER_SHOWN = 12
+
+
+class CsvRow(Struct, frozen=True, gc=False):
+    """One record: the physical line it starts on, its values by column, and what is wrong with it.
+
+    ``values`` always holds every header column (a short record is padded with ``""``), so
+    failure files can write the row back whatever happened to it. ``problem`` is ``None`` for a
+    well-formed row; otherwise a sentence for the failures file's ``_error_detail``.
+    """
+
+    line: int
+    values: dict[str, str]
+    problem: str | None = None
+
+
+class CsvSource:
+    """A UTF-8 CSV file (BOM optional; CRLF, LF or CR line ends) read as :class:`CsvRow` records.
+
+    Iterating yields the data rows in file order and may be repeated (a task may count rows in
+    ``prepare`` and stream them again later). Blank records (every value empty or spaces) are
+    skipped. Header names are stripped of surrounding spaces; a blank or repeated name is refused,
+    as is a header lacking any of ``required``.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        required: Iterable[str] = (),
+        delimiter: str = ",",
+        display_name: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.display_name = display_name or self.path.name
+        if len(delimiter) != 1 or delimiter in '\r\n"':
+            raise ValueError(
+                f"a CSV delimiter is one character other than a quote or newline, got {delimiter!r}"
+            )
+        self.delimiter = delimiter
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise SourceError(f"{self.display_name}: cannot read: {exc.strerror or exc}") from None
+        self._sha256 = hashlib.sha256(data).hexdigest()
+        self.has_bom = data.startswith(codecs.BOM_UTF8)
+        skip = len(codecs.BOM_UTF8) if self.has_bom else 0
+        try:
+            self._text = data[skip:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            offset = skip + exc.start
+            raise SourceError(
+                f"{self.display_name}: not valid UTF-8 at byte {offset} "
+                f"(line {_line_of_offset(data, offset)}); save the file as UTF-8"
+            ) from None
+        self.header, self.header_line, self._body_start = self._read_header()
+        self.check_columns(required)
+
+    # -- header -------------------------------------------------------------------------------
+
+    def _reader(self, text: str) -> Reader:
+        # strict: malformed quoting is reported (per row) instead of silently merged.
+        return csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter, strict=True)
+
+    def _read_header(self) -> tuple[list[str], int, int]:
+        """The header names, the line they are on, and the line the data starts after."""
+        reader = self._reader(self._text)
+        last = 0
+        try:
+            for record in reader:
+                start, last = last + 1, reader.line_num
+                if not "".join(record).strip():
+                    continue
+                header = [name.strip() for name in record]
+                self._check_header(header, start)
+                return header, start, last
+        except csv.Error as exc:
+            raise SourceError(
+                f"{self.display_name}:{last + 1}: the header cannot be read: {exc}"
+            ) from None
+        raise SourceError(f"{self.display_name}: empty file (no header row)")
+
+    def _check_header(self, header: list[str], line: int) -> None:
+        where: dict[str, int] = {}
+        for index, name in enumerate(header, start=1):
+            if not name:
+                raise SourceError(
+                    f"{self.display_name}:{line}: blank column name in the header (column {index})"
+                )
+            if name in where:
+                raise SourceError(
+                    f"{self.display_name}:{line}: duplicate column name {name!r} in the header "
+                    f"(columns {where[name]} and {index})"
+                )
+            where[name] = index
+
+    def check_columns(self, required: Iterable[str]) -> None:
+        """Refuse a header that lacks any of ``required``, naming them all in one message."""
+        present = set(self.header)
+        missing = [c for c in dict.fromkeys(required) if c not in present]
+        if not missing:
+            return
+        shown = ", ".join(self.header[:_HEADER_SHOWN])
+        if len(self.header) > _HEADER_SHOWN:
+            shown += ", ..."
+        raise SourceError(
+            f"{self.display_name}: missing column(s): {', '.join(missing)} (header: {shown})"
+        )
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def sha256(self) -> str:
+        """Hex SHA-256 of the file's bytes as read (the ledger refuses to resume if it changes)."""
+        return self._sha256
+
+    def __iter__(self) -> Iterator[CsvRow]:
+        header = self.header
+        width = len(header)
+        reader = self._reader(self._text)
+        name = self.display_name
+        last = 0  # reader.line_num after the previous record
+        # Skip up to the end of the header record (leading blank lines included).
+        while last < self._body_start:
+            next(reader)
+            last = reader.line_num
+        while True:
+            try:
+                for record in reader:
+                    start, last = last + 1, reader.line_num
+                    if len(record) == width:
+                        if not "".join(record).strip():
+                            continue
+                        yield CsvRow(start, dict(zip(header, record, strict=True)))
+                    elif len(record) < width:
+                        if not "".join(record).strip():
+                            continue
+                        values = dict(zip(header, record, strict=False))
+                        for column in header[len(record) :]:
+                            values[column] = ""
+                        yield CsvRow(start, values)
+                    else:
+                        if not "".join(record).strip():
+                            continue
+                        extra = record[width:]
+                        shown = ", ".join(repr(v) for v in extra[:3])
+                        if len(extra) > 3:
+                            shown += ", ..."
+                        yield CsvRow(
+                            start,
+                            dict(zip(header, record[:width], strict=True)),
+                            f"{len(record)} fields but the header has {width} columns "
+                            f"(extra: {shown})",
+                        )
+                return
+            except csv.Error as exc:
+                start, last = last + 1, reader.line_num
+                message = str(exc)
+                if message == "unexpected end of data":
+                    raise SourceError(
+                        f"{name}:{start}: a quoted field is never closed "
+                        "(it runs to the end of the file)"
+                    ) from None
+                if message.startswith("field larger than field limit"):
+                    raise SourceError(f"{name}:{start}: {message}; is a quote left open?") from None
+                # The reader drops the rest of the bad line and resumes at the next one.
+                yield CsvRow(
+                    start,
+                    dict.fromkeys(header, ""),
+                    f"malformed quoting: {message} (lines {start}-{last})"
+                    if last > start
+                    else f"malformed quoting: {message}",
+                )
+
+
+def _line_of_offset(data: bytes, offset: int) -> int:
+    """The physical line (from 1) holding byte ``offset``; CRLF, LF and CR each end a line."""
+    head = data[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def read_table(
+    path: Path | str, required: Iterable[str] = (), *, delimiter: str = ","
+) -> list[CsvRow]:
+    """Every row of a small CSV (mappings, exclusions, marker lists), header checked."""
+    return list(CsvSource(path, required=required, delimiter=delimiter))
+
+
+# -- per-row checks ----------------------------------------------------------------------------
+
+#: Pragmatic, not RFC 5322: one ``@``, no spaces, a domain of non-empty dot-separated labels.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+
+
+def normalize_email(value: str) -> str:
+    """The form emails are compared in: trimmed and lower-cased (Synap matches them so)."""
+    return value.strip().lower()
+
+
+def is_email(value: str) -> bool:
+    """Whether ``value`` looks like an address the server would accept (catches typos early)."""
+    return len(value) <= 254 and _EMAIL.fullmatch(value) is not None
+
+
+def missing_values(row: CsvRow | Mapping[str, str], columns: Iterable[str]) -> list[str]:
+    """The columns among ``columns`` whose value is empty or only spaces, in the order given."""
+    values = row.values if isinstance(row, CsvRow) else row
+    return [c for c in columns if not (values.get(c) or "").strip()]
+
+
+class DuplicateTracker:
+    """Remembers the first line each key was seen on, to name it when the key repeats."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, int] = {}
+
+    def seen(self, key: str, line: int) -> int | None:
+        """The earlier line of ``key``, or ``None`` (and ``line`` is remembered) if it is new."""
+        earlier = self._first.setdefault(key, line)
+        return None if earlier == line else earlier
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._first
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+
+# -- {column} text templates -------------------------------------------------------------------
+
+_Part = tuple[str, str | None]  # literal text, then a column name (None: literal only)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(template: str) -> tuple[_Part, ...]:
+    """Split a template into (literal, column) parts; ValueError says what is wrong and where."""
+    parts: list[_Part] = []
+    literal: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        ch = template[i]
+        if ch == "}":
+            if i + 1 < n and template[i + 1] == "}":
+                literal.append("}")
+                i += 2
+                continue
+            raise ValueError(
+                f"template {template!r}: unmatched '}}' at position {i} "
+                "(write '}}' for a literal brace)"
+            )
+        if ch != "{":
+            literal.append(ch)
+            i += 1
+            continue
+        if i + 1 < n and template[i + 1] == "{":
+            literal.append("{")
+            i += 2
+            continue
+        end = template.find("}", i + 1)
+        if end < 0:
+            raise ValueError(
+                f"template {template!r}: unmatched '{{' at position {i} "
+                "(write '{{' for a literal brace)"
+            )
+        name = template[i + 1 : end]
+        _check_name(template, name)
+        parts.append(("".join(literal), name))
+        literal = []
+        i = end + 1
+    if literal or not parts:
+        parts.append(("".join(literal), None))
+    return tuple(parts)
+
+
+def _check_name(template: str, name: str) -> None:
+    placeholder = "{" + name + "}"
+    if not name.strip():
+        raise ValueError(
+            f"template {template!r}: empty placeholder {placeholder}; "
+            "write {column} with a column name, or '{{' and '}}' for literal braces"
+        )
+    if "{" in name:
+        raise ValueError(f"template {template!r}: '{{' inside placeholder {placeholder}")
+    if "." in name or "[" in name or "]" in name:
+        raise ValueError(
+            f"template {template!r}: placeholder {placeholder} must be a bare column name "
+            "(no attribute or index access)"
+        )
+    if "!" in name or ":" in name:
+        raise ValueError(
+            f"template {template!r}: placeholder {placeholder} must be a bare column name "
+            "(no conversion or format spec)"
+        )
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a template uses, each once, in order of first use."""
+    return list(dict.fromkeys(name for _, name in _compile(template) if name is not None))
+
+
+def render_template(template: str, values: Mapping[str, str]) -> str:
+    """Fill ``{column}`` placeholders from ``values`` as plain text (nothing is evaluated)."""
+    out: list[str] = []
+    for literal, name in _compile(template):
+        out.append(literal)
+        if name is not None:
+            try:
+                out.append(values[name])
+            except KeyError:
+                raise ValueError(f"template {template!r}: no column {name!r} in the row") from None
+    return "".join(out)

@@ -1,0 +1,278 @@
+"""CSV sources: line numbers, encodings, header checks, per-row problems and ``{column}`` text."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from synap_bulk.errors import SourceError
+from synap_bulk.sources import (
+    CsvRow,
+    CsvSource,
+    DuplicateTracker,
+    is_email,
+    missing_values,
+    normalize_email,
+    read_table,
+    render_template,
+    template_fields,
+)
+
+
+def write(tmp_path: Path, data: bytes | str, name: str = "candidates.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def lines_and_values(source: CsvSource) -> list[tuple[int, dict[str, str]]]:
+    return [(row.line, row.values) for row in source]
+
+
+def test_quoted_newlines_give_each_record_its_starting_line(tmp_path: Path) -> None:
+    """A record with quoted newlines spans lines and the next record's line counts them."""
+    path = write(
+        tmp_path,
+        'email,note\r\na@x.io,"one\r\ntwo\nthree"\r\nb@x.io,plain\r\nc@x.io,"x\ry"\nd@x.io,z\n',
+    )
+    assert lines_and_values(CsvSource(path)) == [
+        (2, {"email": "a@x.io", "note": "one\r\ntwo\nthree"}),
+        (5, {"email": "b@x.io", "note": "plain"}),
+        (6, {"email": "c@x.io", "note": "x\ry"}),
+        (8, {"email": "d@x.io", "note": "z"}),
+    ]
+
+
+def test_bom_and_crlf_are_transparent(tmp_path: Path) -> None:
+    """A BOM is not part of the first column name and CRLF does not leak into values."""
+    path = write(tmp_path, b"\xef\xbb\xbfemail,name\r\na@x.io,Ann\r\nb@x.io,Bob\r\n")
+    source = CsvSource(path, required=["email"])
+    assert source.header == ["email", "name"]
+    assert source.has_bom
+    assert lines_and_values(source) == [
+        (2, {"email": "a@x.io", "name": "Ann"}),
+        (3, {"email": "b@x.io", "name": "Bob"}),
+    ]
+
+
+def test_lone_cr_line_ends_are_lines(tmp_path: Path) -> None:
+    """Old Mac-style CR-only files are split into lines and numbered like any other."""
+    path = write(tmp_path, "email\ra@x.io\rb@x.io\r")
+    assert [(r.line, r.values["email"]) for r in CsvSource(path)] == [(2, "a@x.io"), (3, "b@x.io")]
+
+
+def test_blank_rows_are_skipped_but_keep_counting_lines(tmp_path: Path) -> None:
+    """Blank lines and rows of empty cells are skipped; later rows keep their physical lines."""
+    path = write(tmp_path, "\nemail,name\n\n , \n,,\na@x.io,Ann\n")
+    source = CsvSource(path)
+    assert source.header_line == 2
+    assert lines_and_values(source) == [(6, {"email": "a@x.io", "name": "Ann"})]
+
+
+def test_iteration_can_be_repeated(tmp_path: Path) -> None:
+    """A task may count the rows in prepare and stream them again."""
+    path = write(tmp_path, "email\na@x.io\nb@x.io\n")
+    source = CsvSource(path)
+    assert list(source) == list(source)
+    assert len(list(source)) == 2
+
+
+def test_not_utf8_names_byte_offset_and_line(tmp_path: Path) -> None:
+    """A Latin-1 byte is a SourceError naming its byte offset and line."""
+    data = b"email,name\r\na@x.io,Ann\r\nb@x.io,Ren" + b"\xe9e\r\n"
+    path = write(tmp_path, data)
+    with pytest.raises(SourceError) as info:
+        CsvSource(path)
+    offset = data.index(b"\xe9")
+    assert str(info.value) == (
+        f"candidates.csv: not valid UTF-8 at byte {offset} (line 3); save the file as UTF-8"
+    )
+
+
+def test_not_utf8_offset_counts_the_bom(tmp_path: Path) -> None:
+    """The byte offset is into the file as stored, BOM included."""
+    path = write(tmp_path, b"\xef\xbb\xbfemail\n\xff\n")
+    with pytest.raises(SourceError, match=r"not valid UTF-8 at byte 9 \(line 2\)"):
+        CsvSource(path)
+
+
+def test_missing_columns_are_named_together(tmp_path: Path) -> None:
+    """Every missing required column is named in one message, with the header."""
+    path = write(tmp_path, "first_name,last_name,candidate_no\nA,B,1\n")
+    with pytest.raises(SourceError) as info:
+        CsvSource(path, required=["email", "first_name", "cohort"])
+    assert str(info.value) == (
+        "candidates.csv: missing column(s): email, cohort "
+        "(header: first_name, last_name, candidate_no)"
+    )
+
+
+def test_long_header_is_elided_in_messages(tmp_path: Path) -> None:
+    """A very wide header is shortened in the message rather than flooding the screen."""
+    path = write(tmp_path, ",".join(f"c{i}" for i in range(20)) + "\n")
+    with pytest.raises(SourceError) as info:
+        CsvSource(path, required=["email"], display_name="wide.csv")
+    assert str(info.value) == (
+        "wide.csv: missing column(s): email "
+        "(header: c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, ...)"
+    )
+
+
+def test_blank_and_duplicate_header_names_are_refused(tmp_path: Path) -> None:
+    """A header cell that is blank, or repeats another after trimming, is refused."""
+    with pytest.raises(SourceError) as info:
+        CsvSource(write(tmp_path, "email,,name\n"))
+    assert str(info.value) == "candidates.csv:1: blank column name in the header (column 2)"
+    with pytest.raises(SourceError) as info:
+        CsvSource(write(tmp_path, "email,name, email\n"))
+    assert str(info.value) == (
+        "candidates.csv:1: duplicate column name 'email' in the header (columns 1 and 3)"
+    )
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    """An empty file and a missing one are SourceErrors naming the file."""
+    with pytest.raises(SourceError, match=r"^candidates.csv: empty file \(no header row\)$"):
+        CsvSource(write(tmp_path, "\r\n\r\n"))
+    with pytest.raises(SourceError, match=r"^nope.csv: cannot read: No such file"):
+        CsvSource(tmp_path / "nope.csv")
+
+
+def test_too_many_fields_is_a_row_problem(tmp_path: Path) -> None:
+    """A row with extra fields carries a problem; the rows around it are fine."""
+    path = write(tmp_path, "email,name\na@x.io,Ann\nb@x.io,Bob,extra,more\nc@x.io\n")
+    rows = list(CsvSource(path))
+    assert rows == [
+        CsvRow(2, {"email": "a@x.io", "name": "Ann"}),
+        CsvRow(
+            3,
+            {"email": "b@x.io", "name": "Bob"},
+            "4 fields but the header has 2 columns (extra: 'extra', 'more')",
+        ),
+        CsvRow(4, {"email": "c@x.io", "name": ""}),
+    ]
+
+
+def test_malformed_quoting_is_a_row_problem(tmp_path: Path) -> None:
+    """Text after a closing quote spoils that row only, and later lines stay numbered."""
+    path = write(tmp_path, 'email,name\na@x.io,"Ann"x\nb@x.io,Bob\n')
+    rows = list(CsvSource(path))
+    assert rows[0].line == 2
+    assert rows[0].problem == "malformed quoting: ',' expected after '\"'"
+    assert rows[1] == CsvRow(3, {"email": "b@x.io", "name": "Bob"})
+
+
+def test_unclosed_quote_is_a_source_error(tmp_path: Path) -> None:
+    """A quote never closed would swallow the rest of the file: refuse it, naming the line."""
+    path = write(tmp_path, 'email,name\na@x.io,Ann\nb@x.io,"Bob\nc@x.io,Cy\n')
+    with pytest.raises(SourceError) as info:
+        list(CsvSource(path))
+    assert str(info.value) == (
+        "candidates.csv:3: a quoted field is never closed (it runs to the end of the file)"
+    )
+
+
+def test_delimiter_and_sha256(tmp_path: Path) -> None:
+    """Semicolon files read with delimiter=';'; sha256 is of the file's bytes."""
+    data = b"email;name\na@x.io;Ann, Jr\n"
+    source = CsvSource(write(tmp_path, data), delimiter=";")
+    assert [r.values for r in source] == [{"email": "a@x.io", "name": "Ann, Jr"}]
+    assert source.sha256() == hashlib.sha256(data).hexdigest()
+
+
+def test_read_table_checks_the_header(tmp_path: Path) -> None:
+    """read_table returns every row and applies the required-column check."""
+    path = write(tmp_path, "marker,max\nm1@x.io,3\n", name="markers.csv")
+    assert [r.values for r in read_table(path, ["marker"])] == [{"marker": "m1@x.io", "max": "3"}]
+    with pytest.raises(SourceError, match=r"markers\.csv: missing column"):
+        read_table(path, ["email"])
+
+
+def test_email_helpers() -> None:
+    """Emails are compared trimmed and lower-cased; the format check is pragmatic."""
+    assert normalize_email("  Ann.Smith@Example.COM ") == "ann.smith@example.com"
+    for good in ["a@b.co", "first.last+tag@sub.example.ac.uk", "o'neil@x.io"]:
+        assert is_email(good), good
+    for bad in ["", "a", "a@b", "a@@b.co", "a b@c.io", "a@b .io", "@b.io", "a@.b.io", "a@b.io."]:
+        assert not is_email(bad), bad
+
+
+def test_duplicate_tracker_names_the_first_line() -> None:
+    """A repeated key returns the line it was first seen on; new keys return None."""
+    seen = DuplicateTracker()
+    assert seen.seen("a", 2) is None
+    assert seen.seen("b", 3) is None
+    assert seen.seen("a", 7) == 2
+    assert seen.seen("a", 9) == 2
+    assert "a" in seen and len(seen) == 2
+
+
+def test_missing_values_lists_blank_required_cells() -> None:
+    """Empty or whitespace-only cells (and absent ones) are missing, in the order asked."""
+    row = CsvRow(2, {"email": " ", "name": "Ann", "cohort": ""})
+    assert missing_values(row, ["cohort", "name", "email", "absent"]) == [
+        "cohort",
+        "email",
+        "absent",
+    ]
+    assert missing_values({"name": "Ann"}, ["name"]) == []
+
+
+def test_render_template_fills_and_escapes() -> None:
+    """Placeholders are replaced as text; doubled braces are literal braces."""
+    values = {"first name": "Ann", "last": "{Smith}", "n": "0"}
+    assert render_template("{first name} {last}", values) == "Ann {Smith}"
+    assert render_template("{{literal}} {n}}}", values) == "{literal} 0}"
+    assert render_template("no fields", values) == "no fields"
+    assert render_template("", values) == ""
+    assert template_fields("{a}-{b}-{a} {{c}}") == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            "{a.b}",
+            "template '{a.b}': placeholder {a.b} must be a bare column name "
+            "(no attribute or index access)",
+        ),
+        (
+            "{a[0]}",
+            "template '{a[0]}': placeholder {a[0]} must be a bare column name "
+            "(no attribute or index access)",
+        ),
+        (
+            "x {}",
+            "template 'x {}': empty placeholder {}; write {column} with a column name, "
+            "or '{{' and '}}' for literal braces",
+        ),
+        (
+            "{a!r}",
+            "template '{a!r}': placeholder {a!r} must be a bare column name "
+            "(no conversion or format spec)",
+        ),
+        (
+            "{a:>5}",
+            "template '{a:>5}': placeholder {a:>5} must be a bare column name "
+            "(no conversion or format spec)",
+        ),
+        ("{a", "template '{a': unmatched '{' at position 0 (write '{{' for a literal brace)"),
+        ("a}", "template 'a}': unmatched '}' at position 1 (write '}}' for a literal brace)"),
+        ("{a{b}", "template '{a{b}': '{' inside placeholder {a{b}"),
+    ],
+)
+def test_unsafe_or_malformed_templates_are_refused(template: str, message: str) -> None:
+    """Anything but a bare {column} is a ValueError that says what is wrong."""
+    with pytest.raises(ValueError) as info:
+        template_fields(template)
+    assert str(info.value) == message
+    with pytest.raises(ValueError):
+        render_template(template, {"a": "1", "b": "2"})
+
+
+def test_render_template_names_an_absent_column() -> None:
+    """A column missing from the row is a ValueError naming it."""
+    with pytest.raises(ValueError, match="no column 'email' in the row"):
+        render_template("{email}", {"name": "Ann"})
