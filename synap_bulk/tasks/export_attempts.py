@@ -23,7 +23,8 @@ after it completed starts a new generation (a new file), whereas a stopped or ki
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -391,7 +392,7 @@ class _Exporter:
 
     async def _page_stream(self, name: str, st: _Stream, since: str | None) -> None:
         p = self.profile
-        pages: AsyncIterator[tuple[Any, Any]] = self.client.pages(
+        pages = self.client.pages(
             p.attempts_path,
             self._params(name, since),
             self.sink.row_type,
@@ -399,20 +400,22 @@ class _Exporter:
             parallel=self.s.parallel,
         )
         self._report("paging", name)
-        async for cursor, page in pages:
-            if self.total is None:
-                total = page.meta.get("total") if isinstance(page.meta, Mapping) else None
-                if isinstance(total, int):
-                    self.total = total
-            rows: list[Any] = page.data
-            self.sink.write_page(rows)
-            st.cursor = _cursor_out(cursor)
-            # The last page says so in the same durable record, or a resume would start over.
-            st.done = cursor is None
-            await self._commit(name, st, len(rows))
-            self._report("paging", name)
-        st.done = True
-        await self._save(name, st)
+        async with aclosing(pages):
+            async for cursor, page in pages:
+                if self.total is None:
+                    total = page.meta.get("total")
+                    if isinstance(total, int):
+                        self.total = total
+                rows: list[Any] = page.data
+                self.sink.write_page(rows)
+                st.cursor = _cursor_out(cursor)
+                # The last page says so in the same durable record, or a resume starts over.
+                st.done = cursor is None
+                await self._commit(name, st, len(rows))
+                self._report("paging", name)
+        if not st.done:  # an empty listing
+            st.done = True
+            await self._save(name, st)
 
     # -- mode server ------------------------------------------------------------------------
 
@@ -485,18 +488,20 @@ class _Exporter:
         batch: list[Any] = []
         seen = 0  # lines of the file kept by the filter, so that a resume can skip them
         self._report("downloading", name)
-        async for line in _lines(self.client, url):
-            if not line.strip() or (keep is not None and not keep(line)):
-                continue
-            seen += 1
-            if seen <= skip:
-                continue
-            batch.append(decode_row(line))
-            if len(batch) >= DOWNLOAD_CHUNK:
-                self.sink.write_page(batch)
-                await self._commit(name, st, len(batch))
-                self._report("downloading", name)
-                batch = []
+        lines = self.client.stream_lines(url)
+        async with aclosing(lines):
+            async for line in lines:
+                if not line.strip() or (keep is not None and not keep(line)):
+                    continue
+                seen += 1
+                if seen <= skip:
+                    continue
+                batch.append(decode_row(line))
+                if len(batch) >= DOWNLOAD_CHUNK:
+                    self.sink.write_page(batch)
+                    await self._commit(name, st, len(batch))
+                    self._report("downloading", name)
+                    batch = []
         if batch:
             self.sink.write_page(batch)
             await self._commit(name, st, len(batch))
@@ -550,12 +555,6 @@ def _cursor_in(raw: Any) -> Any:
     from ..client import PageCursor
 
     return msgspec.convert(raw, PageCursor)
-
-
-async def _lines(client: SynapClient, url: str) -> AsyncIterator[bytes]:
-    """The lines of a downloaded export file, streamed."""
-    async for line in client.stream_lines(url):
-        yield line
 
 
 # --- the job runner -----------------------------------------------------------------------
