@@ -1,0 +1,390 @@
+"""What a run leaves behind: the summary, the failures file, the success file and the plan file.
+
+The failures file is built to be fixed and fed straight back as the next run's source: the
+input's own columns, in the input's order and delimiter, values exactly as read, then
+``_line``, ``_error_status``, ``_error_code``, ``_error_field`` and ``_error_detail``. Reading it
+back with :class:`~synap_bulk.sources.CsvSource` gives the same values, so a re-run sends the
+same data; the ``_`` columns are ignored by tasks, and dropped from the input columns when a
+failures file is itself the input (so the header never grows run after run).
+
+Files are written to a temporary name and renamed when complete, so a crash never leaves half a
+report and a reader never sees one. A :class:`FailuresWriter` that received no row removes the
+file (and any stale one from an earlier run) instead of leaving an empty file that looks like
+"something failed".
+
+Nothing here ever receives the API token: writers get rows and errors, the summary gets counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Protocol, Self
+
+import msgspec
+from msgspec import Struct
+
+from .tasks.base import ItemError, PlanRow
+
+if TYPE_CHECKING:
+    from _csv import Writer
+
+__all__ = [
+    "COUNT_KEYS",
+    "FAILURE_COLUMNS",
+    "PLAN_COLUMNS",
+    "RESERVED_COLUMNS",
+    "SUCCESS_COLUMNS",
+    "ClientFigures",
+    "FailuresWriter",
+    "PlanWriter",
+    "SuccessWriter",
+    "Summary",
+    "csv_safe",
+    "format_duration",
+]
+
+FAILURE_COLUMNS = ("_line", "_error_status", "_error_code", "_error_field", "_error_detail")
+SUCCESS_COLUMNS = ("_line", "_action", "_remote_id")
+PLAN_COLUMNS = ("_line", "key", "action", "remote_id", "detail")
+#: Columns the writers add; taken out of the input's columns so re-runs keep one header.
+RESERVED_COLUMNS = frozenset(FAILURE_COLUMNS + SUCCESS_COLUMNS)
+
+#: Characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: str) -> str:
+    """``value`` with a leading single quote if a spreadsheet would run it as a formula.
+
+    Applied to text that comes from elsewhere (the server's error detail, task messages), never
+    to the input's own columns: those must read back unchanged so a fixed failures file re-runs
+    with the same data (``'+44 20 7946 0958`` would be sent as a different phone number), and
+    they are the user's own values, no riskier than the file they came from.
+    """
+    if value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+class _CsvWriter:
+    """A CSV written to ``<name>.tmp`` and renamed into place on a clean close."""
+
+    #: Whether a file with no data row is kept (header only) or removed.
+    keep_empty = True
+
+    def __init__(self, path: Path | str, columns: Sequence[str], *, delimiter: str = ",") -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.delimiter = delimiter
+        self.rows = 0
+        self.closed = False
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file: IO[str] | None = None
+        self._writer: Writer | None = None
+
+    def open(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._tmp.open("w", encoding="utf-8", newline="")
+        self._writer = csv.writer(
+            self._file, delimiter=self.delimiter, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL
+        )
+        self._writer.writerow(self.columns)
+        return self
+
+    def _row(self, values: Iterable[str]) -> None:
+        if self.closed:
+            raise ValueError(f"{self.path.name}: write after close")
+        if self._writer is None:
+            self.open()
+        assert self._writer is not None
+        self._writer.writerow(values)
+        self.rows += 1
+
+    def close(self) -> None:
+        """Finish the file: rename it into place, or remove it (and a stale one) if empty."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._file is None:
+            self.open()
+        assert self._file is not None
+        self._file.close()
+        self._file = self._writer = None
+        if self.rows or self.keep_empty:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Drop the partial file, leaving whatever was at ``path`` before."""
+        self.closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _input_columns(columns: Iterable[str]) -> list[str]:
+    return [c for c in columns if c not in RESERVED_COLUMNS]
+
+
+class FailuresWriter(_CsvWriter):
+    """The rows that need fixing: input columns as read, then line and error columns.
+
+    Removed at close when no row was written, so an old failures file never outlives the
+    failures it listed.
+    """
+
+    keep_empty = False
+
+    def __init__(
+        self, path: Path | str, input_columns: Iterable[str], *, delimiter: str = ","
+    ) -> None:
+        self.input_columns = _input_columns(input_columns)
+        super().__init__(path, [*self.input_columns, *FAILURE_COLUMNS], delimiter=delimiter)
+
+    def write(self, line: int, row: Mapping[str, str], error: ItemError) -> None:
+        self._row(
+            [
+                *(row.get(c, "") for c in self.input_columns),
+                str(line),
+                csv_safe(error.status),
+                csv_safe(error.code),
+                csv_safe(error.field),
+                csv_safe(error.detail),
+            ]
+        )
+
+
+class SuccessWriter(_CsvWriter):
+    """Each line that is done, with what was done and the remote id (header kept when empty)."""
+
+    def __init__(
+        self, path: Path | str, input_columns: Iterable[str], *, delimiter: str = ","
+    ) -> None:
+        self.input_columns = _input_columns(input_columns)
+        super().__init__(path, [*self.input_columns, *SUCCESS_COLUMNS], delimiter=delimiter)
+
+    def write(self, line: int, row: Mapping[str, str], action: str, remote_id: str) -> None:
+        self._row(
+            [
+                *(row.get(c, "") for c in self.input_columns),
+                str(line),
+                csv_safe(action),
+                csv_safe(remote_id),
+            ]
+        )
+
+
+class PlanWriter(_CsvWriter):
+    """One line per planned item. Not an input for anything, so every text cell is made safe."""
+
+    def __init__(self, path: Path | str, *, delimiter: str = ",") -> None:
+        super().__init__(path, PLAN_COLUMNS, delimiter=delimiter)
+
+    def write(self, row: PlanRow) -> None:
+        self._row(
+            [
+                str(row.line),
+                csv_safe(row.key),
+                csv_safe(row.action),
+                csv_safe(row.remote_id),
+                csv_safe(row.detail),
+            ]
+        )
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+#: Counts every summary carries (0 when nothing happened), in display order.
+COUNT_KEYS = (
+    "done",
+    "created",
+    "updated",
+    "unchanged",
+    "failed",
+    "invalid",
+    "in_doubt",
+    "skipped",
+)
+
+
+class ClientFigures(Protocol):
+    """What the summary reads of ``client.ClientStatistics`` (structural, to keep layers apart)."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def throttled(self) -> int: ...
+    @property
+    def pauses(self) -> int: ...
+    @property
+    def latency_ms_p50(self) -> float: ...
+    @property
+    def latency_ms_p95(self) -> float: ...
+    @property
+    def latency_ms_p99(self) -> float: ...
+
+
+class Summary(Struct, kw_only=True):
+    """The outcome of one run, printed at the end and written as ``summary.json``.
+
+    ``status`` is ``completed``, ``stopped`` (interrupted or circuit breaker: resumable) or
+    ``aborted`` (401 or a second signal). ``counts`` always holds :data:`COUNT_KEYS` and any
+    further per-status or per-action counts the ledger gave. ``skipped`` counts items already
+    done in an earlier run. ``achieved_rate`` is requests per second of elapsed time.
+    """
+
+    job_name: str
+    kind: str
+    status: str
+    reason: str = ""
+    counts: dict[str, int] = {}
+    elapsed_s: float = 0.0
+    requests: int = 0
+    achieved_rate: float = 0.0
+    latency_ms_p50: float = 0.0
+    latency_ms_p95: float = 0.0
+    latency_ms_p99: float = 0.0
+    retries: int = 0
+    throttled: int = 0
+    pauses: int = 0
+    task: dict[str, Any] = {}
+    failures_file: str = ""
+    success_file: str = ""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        job_name: str,
+        kind: str,
+        status: str,
+        reason: str = "",
+        counts: Mapping[str, int] | None = None,
+        skipped: int | None = None,
+        elapsed_s: float,
+        client: ClientFigures | None = None,
+        task: Mapping[str, Any] | None = None,
+        failures_file: str = "",
+        success_file: str = "",
+    ) -> Summary:
+        """Assemble a summary from the ledger's counts and the client's statistics."""
+        merged = dict.fromkeys(COUNT_KEYS, 0)
+        for key, value in (counts or {}).items():
+            merged[key] = int(value)
+        if skipped is not None:
+            merged["skipped"] = skipped
+        requests = client.requests if client is not None else 0
+        return cls(
+            job_name=job_name,
+            kind=kind,
+            status=status,
+            reason=reason,
+            counts=merged,
+            elapsed_s=round(elapsed_s, 3),
+            requests=requests,
+            achieved_rate=round(requests / elapsed_s, 2) if elapsed_s > 0 else 0.0,
+            latency_ms_p50=client.latency_ms_p50 if client is not None else 0.0,
+            latency_ms_p95=client.latency_ms_p95 if client is not None else 0.0,
+            latency_ms_p99=client.latency_ms_p99 if client is not None else 0.0,
+            retries=client.retries if client is not None else 0,
+            throttled=client.throttled if client is not None else 0,
+            pauses=client.pauses if client is not None else 0,
+            task=dict(task or {}),
+            failures_file=failures_file,
+            success_file=success_file,
+        )
+
+    def to_builtins(self) -> dict[str, Any]:
+        """The summary as plain dicts and numbers (for the ledger's run record)."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    def write(self, path: Path | str) -> None:
+        """Write indented JSON atomically (temporary name, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(msgspec.json.format(self.to_json(), indent=2) + b"\n")
+        os.replace(tmp, path)
+
+    def render(self) -> str:
+        """A few aligned plain-text lines for the end of a run (no rich markup: print it raw)."""
+        c = self.counts
+        lines = [
+            f"{self.job_name} ({self.kind}): {self.status} in {format_duration(self.elapsed_s)}"
+        ]
+        if self.reason:
+            lines[0] += f" - {self.reason}"
+        actions = [f"{c[k]:,} {k}" for k in ("created", "updated", "unchanged") if c.get(k)]
+        items = f"{c.get('done', 0):,} done"
+        if actions:
+            items += f" ({', '.join(actions)})"
+        items += " · " + " · ".join(
+            f"{c.get(k, 0):,} {k.replace('_', ' ')}" for k in ("failed", "invalid", "in_doubt")
+        )
+        if c.get("skipped"):
+            items += f" · {c['skipped']:,} already done"
+        extra = [f"{v:,} {k.replace('_', ' ')}" for k, v in c.items() if k not in COUNT_KEYS and v]
+        if extra:
+            items += " · " + " · ".join(extra)
+        rows: list[tuple[str, str]] = [("items", items)]
+        rows.append(
+            (
+                "requests",
+                f"{self.requests:,} at {self.achieved_rate:.1f} req/s"
+                f" · latency p50 {self.latency_ms_p50:.0f} ms, p95 {self.latency_ms_p95:.0f} ms,"
+                f" p99 {self.latency_ms_p99:.0f} ms"
+                f" · {self.retries:,} retries · {self.throttled:,} throttled (429)"
+                f" · {self.pauses:,} pauses",
+            )
+        )
+        scalars = [
+            f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
+            for k, v in self.task.items()
+            if isinstance(v, (str, int, float, bool))
+        ]
+        if scalars:
+            rows.append(("task", " · ".join(scalars)))
+        if self.failures_file:
+            rows.append(("failures", self.failures_file))
+        if self.success_file:
+            rows.append(("success", self.success_file))
+        width = max(len(label) for label, _ in rows)
+        lines += [f"  {label:<{width}}  {text}" for label, text in rows]
+        return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    """``42.3s``, ``6m12s``, ``2h05m``: short enough for a progress line."""
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
