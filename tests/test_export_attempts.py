@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from synap_bulk.client import PageCursor
 from synap_bulk.clock import FakeClock
 from synap_bulk.jsonapi import ListDocument
 from synap_bulk.profile import DEFAULT_PROFILE
@@ -66,7 +67,7 @@ class FakeLedger:
 
 
 class FakeClient:
-    """Serves attempts by page like the API (filters, sort by id), cursor = next page number."""
+    """Serves attempts by page like the API (filters, sort by id), with the client's cursors."""
 
     def __init__(self, attempts: list[dict[str, Any]]) -> None:
         self.attempts = attempts
@@ -98,7 +99,7 @@ class FakeClient:
         assert path == "attempts"
         rows = self._select(params)
         size = int(params[self.profile.page_size_param])
-        number = start or 1
+        number = start.number if start is not None else 1
         while True:
             chunk = rows[(number - 1) * size : number * size]
             if not chunk and number > 1:
@@ -110,7 +111,8 @@ class FakeClient:
             self.page_requests.append((params.get(self.profile.filter_exam, ""), number))
             last = number * size >= len(rows)
             body = msgspec.json.encode({"data": chunk, "meta": {"total": len(rows)}})
-            yield (None if last else number + 1), msgspec.json.decode(body, type=ListDocument[tp])
+            cursor = None if last else PageCursor(number=number + 1, size=size)
+            yield cursor, msgspec.json.decode(body, type=ListDocument[tp])
             if last:
                 return
             number += 1
@@ -146,12 +148,6 @@ class _Resp:
     def __init__(self, status: int, body: bytes) -> None:
         self.status = status
         self.body = body
-
-
-@pytest.fixture(autouse=True)
-def plain_cursors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake client's cursors are plain page numbers."""
-    monkeypatch.setattr(ex, "_cursor_in", lambda raw: raw)
 
 
 def settings(tmp_path: Path, **kw: Any) -> ExportSettings:
@@ -323,3 +319,137 @@ async def test_server_mode_polls_the_job_and_downloads_the_file(tmp_path: Path) 
     assert clock.slept == [1.0, 1.0, 1.0, 1.0]
     waits = [p.job_progress for p in seen if p.phase == "waiting"]
     assert waits[:3] == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+
+
+# --- against the sandbox, with the real client and ledger ----------------------------------
+
+CHILD = r"""
+import os, sys
+import anyio
+from pathlib import Path
+from synap_bulk import sinks
+from synap_bulk.checkpoint import Ledger
+from synap_bulk.client import SynapClient
+from synap_bulk.tasks.export_attempts import ExportSettings, run_export
+
+url, out, ledger_path, fmt, kill_at = sys.argv[1:6]
+calls = 0
+real_commit = sinks._FileSink.commit
+
+def commit(self):
+    # On the chosen page: the page is in the file but not committed; wait to be killed.
+    global calls
+    calls += 1
+    if calls == int(kill_at):
+        self._out().flush()
+        print("ready", flush=True)
+        sys.stdin.read()
+    return real_commit(self)
+
+sinks._FileSink.commit = commit
+
+async def main():
+    s = ExportSettings(exams=(), statuses=(), format=fmt, output=Path(out), columns=None,
+                       since=None, mode="pages", page_size=40, parallel=3)
+    async with SynapClient(url, token=os.environ["SYNAP_TOKEN"]) as client, await Ledger.open(
+        ledger_path, job_name="kill", task_hash="t", input_hash=""
+    ) as ledger:
+        await run_export(s, None, client, ledger)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A process SIGKILLed with an uncommitted page in its file, then resumed, leaves exactly the
+    sandbox's attempts in the file, each once."""
+    import os
+    import subprocess
+    import sys
+
+    import anyio
+
+    from synap_bulk.checkpoint import Ledger
+    from synap_bulk.client import SynapClient
+    from synap_bulk.sandbox import Sandbox, SandboxConfig
+
+    out = tmp_path / f"attempts.{fmt}"
+    ledger_path = tmp_path / "ledger.sqlite"
+    root = Path(__file__).resolve().parent.parent
+    async with Sandbox(SandboxConfig(seed=3, users=50, exams=3, attempts_per_exam=150)) as sb:
+        env = dict(os.environ, SYNAP_TOKEN=sb.token, PYTHONPATH=str(root))
+        cmd = [sys.executable, "-c", CHILD, sb.url, str(out), str(ledger_path), fmt, "5"]
+        async with await anyio.open_process(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        ) as proc:
+            assert proc.stdout is not None
+            seen = b""
+            async for chunk in proc.stdout:
+                seen += chunk
+                if b"ready" in seen:
+                    break
+            proc.kill()
+            await proc.wait()
+        size_at_kill = out.stat().st_size
+        s = ExportSettings(
+            exams=(),
+            statuses=(),
+            format=fmt,
+            output=out,
+            columns=None,
+            since=None,
+            mode="pages",
+            page_size=40,
+            parallel=3,
+        )
+        async with (
+            SynapClient(sb.url, token=sb.token) as client,
+            await Ledger.open(ledger_path, job_name="kill", task_hash="t", input_hash="") as led,
+        ):
+            committed = json.loads(await led.get_cursor(f"export:{ex.ALL_EXAMS}") or "{}")
+            assert committed["pages"] == 4 and size_at_kill > committed["offset"]
+            result = await run_export(s, None, client, led)
+        assert result.status == "completed" and result.resumed
+        ids = ids_in(out, fmt)
+        assert len(ids) == len(set(ids)) == 450
+        assert set(ids) == set(sb.store.attempts)
+
+
+async def test_server_mode_against_the_sandbox_filters_like_pages(tmp_path: Path) -> None:
+    """mode server (job, polling, signed file download) yields the same rows as mode pages."""
+    from synap_bulk.checkpoint import Ledger
+    from synap_bulk.client import SynapClient
+    from synap_bulk.sandbox import Sandbox, SandboxConfig
+
+    async with Sandbox(SandboxConfig(seed=4, users=40, exams=2, attempts_per_exam=120)) as sb:
+        exam = next(iter(sb.store.exams))
+        results: dict[str, list[str]] = {}
+        for mode in ("pages", "server"):
+            s = settings(
+                tmp_path,
+                exams=(exam,),
+                statuses=("submitted", "inProgress"),
+                format="csv",
+                output=tmp_path / f"{mode}.csv",
+                mode=mode,
+                page_size=25,
+            )
+            async with (
+                SynapClient(sb.url, token=sb.token) as client,
+                await Ledger.open(
+                    tmp_path / f"{mode}.sqlite", job_name="s", task_hash="t", input_hash=""
+                ) as led,
+            ):
+                await run_export(s, None, client, led, poll_interval=0.0)
+            results[mode] = ids_in(tmp_path / f"{mode}.csv", "csv")
+        want = {
+            a.id
+            for a in sb.store.attempts.values()
+            if a.exam_id == exam and a.exam_status in ("submitted", "inProgress")
+        }
+        assert want and set(results["pages"]) == set(results["server"]) == want
+        assert len(results["server"]) == len(want)
+        assert sb.statistics().file_downloads == 1

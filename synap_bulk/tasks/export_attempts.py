@@ -35,7 +35,7 @@ from msgspec import Struct
 
 from ..clock import Clock, SystemClock
 from ..errors import CheckpointError, Forbidden, NotFound, SpecError, SynapBulkError
-from ..jsonapi import AnyResource, Document, NewResource, Relationship, ResourceIdentifier
+from ..jsonapi import UNSET, AnyResource, Document, NewResource, Relationship, ResourceIdentifier
 from ..resources import (
     TYPE_BACKGROUND_JOB,
     TYPE_EXAM,
@@ -420,8 +420,6 @@ class _Exporter:
     # -- mode server ------------------------------------------------------------------------
 
     async def _server_stream(self, name: str, st: _Stream, since: str | None) -> None:
-        if name == ALL_EXAMS:
-            raise SpecError("mode: server exports per exam: list the exams", path="task.exams")
         job_id = st.job
         url: str | None = None
         if job_id is not None:
@@ -436,7 +434,7 @@ class _Exporter:
                     f"the server export job {job_id} of exam {name} is gone and its file was "
                     "partly written; run again with --restart"
                 )
-            job_id = await self._create_job(name)
+            job_id = await self._create_job(name, since)
             st.job = job_id
             await self._save(name, st)
             url = await self._wait(name, job_id)
@@ -444,13 +442,21 @@ class _Exporter:
         st.done = True
         await self._save(name, st)
 
-    async def _create_job(self, exam: str) -> str:
+    async def _create_job(self, exam: str, since: str | None) -> str:
+        """POST the export; its filters mirror the page mode's query parameters."""
         p = self.profile
+        filters: dict[str, str] = {}
+        if self.s.statuses:
+            filters["status"] = ",".join(self.s.statuses)
+        if since:
+            filters["updatedSince"] = since
+        rels: dict[str, Relationship] = {}
+        if exam != ALL_EXAMS:
+            rels["examV2"] = Relationship(data=ResourceIdentifier(type=TYPE_EXAM, id=exam))
         body = NewResource(
             type=TYPE_EXPORT_ENRICHED_ATTEMPT,
-            relationships={
-                "examV2": Relationship(data=ResourceIdentifier(type=TYPE_EXAM, id=exam)),
-            },
+            attributes={"filter": filters} if filters else UNSET,
+            relationships=rels or UNSET,
         )
         resp = await self.client.request(
             "POST", p.exports_path, body={"data": body}, idempotent=True
