@@ -1,0 +1,506 @@
+"""Runs a task: skip what is done, run the rest concurrently, record outcomes, stop cleanly.
+
+One anyio task group per run: a producer streams the task's items through a bounded memory
+stream (backpressure) to ``concurrency`` workers. The ledger decides what to skip; each item's
+:class:`~synap_bulk.tasks.base.Safety` decides what may be repeated (DESIGN.md, promise 1):
+
+- IDEMPOTENT items are simply run again after a crash or an ambiguous failure.
+- RECONCILABLE items are marked in flight (durably) before sending; after a crash or an
+  ambiguous failure (timeout, dropped connection, 5xx) the task's ``reconcile`` looks the result
+  up before anything is re-sent.
+- UNSAFE items are marked in flight before sending; one found in flight, or whose attempt ended
+  ambiguously, is recorded ``in_doubt`` for a person to review and is never re-sent.
+
+A 401 aborts the run at once; other 4xx fail the item with the server's error kept; a circuit
+breaker stops the run (resumably) when too many recent attempts failed on the server side.
+The engine itself never touches the disk or the network: the ledger and the task do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from msgspec import Struct
+
+from .clock import Clock, SystemClock
+from .errors import (
+    ApiError,
+    MalformedResponse,
+    RateLimited,
+    RetryBudgetExhausted,
+    ServerError,
+    TransportError,
+    Unauthorized,
+)
+from .tasks.base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety, Task
+
+if TYPE_CHECKING:
+    from .checkpoint import ItemState, Ledger
+    from .client import SynapClient
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "RunResult"]
+
+#: Failures after which the request may or may not have taken effect.
+_AMBIGUOUS = (TransportError, ServerError, RateLimited, RetryBudgetExhausted)
+
+IN_DOUBT_AFTER_CRASH = (
+    "in flight when a previous run stopped: it may have reached the server; check there "
+    "before sending it again"
+)
+
+
+class EngineConfig(Struct, frozen=True, kw_only=True):
+    """How the engine runs; the job file's ``api`` and ``run`` sections fill it."""
+
+    concurrency: int = 16
+    grace_seconds: float = 10.0
+    max_item_attempts: int = 5
+    retry_failed: bool = False
+    breaker_window: int = 200
+    breaker_min_requests: int = 50
+    breaker_threshold: float = 0.5
+    #: Backoff between attempts of one item: full jitter over base * 2**(attempt-1), capped.
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    #: Items buffered between the reader and the workers (0: twice the concurrency).
+    queue_size: int = 0
+
+
+class EngineStats(Struct, frozen=True, kw_only=True):
+    """A snapshot of this run's counters (the ledger holds the totals across runs)."""
+
+    done: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    invalid: int = 0
+    in_doubt: int = 0
+    retried: int = 0
+    reconciled: int = 0
+    in_flight: int = 0
+    total_seen: int = 0
+
+
+class RunResult(Struct, frozen=True, kw_only=True):
+    """How a run ended: completed, stopped (resumable) or aborted (e.g. 401), and why."""
+
+    status: Literal["completed", "stopped", "aborted"]
+    reason: str = ""
+    stats: EngineStats
+
+
+class _NullLedger:
+    """Stands in for the ledger when none is given (plan, tests): remembers nothing."""
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def mark_in_flight(self, item: Item, attempts: int = 0) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def load_states(self) -> dict[str, ItemState]:
+        return {}
+
+
+class Engine:
+    """Drives one task against one client, recording every item in the ledger."""
+
+    def __init__(
+        self,
+        task: Task,
+        client: SynapClient,
+        ledger: Ledger | None,
+        *,
+        config: EngineConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.task = task
+        self.client = client
+        self.config = config or EngineConfig()
+        self._ledger: Ledger | _NullLedger = ledger if ledger is not None else _NullLedger()
+        self._clock: Clock = clock or SystemClock()
+        self._random = random.Random()
+        self._states: dict[str, ItemState] = {}
+        # counters
+        self._done = self._failed = self._skipped_done = self._skipped_failed = 0
+        self._invalid = self._in_doubt = self._retried = self._reconciled = 0
+        self._in_flight = self._total_seen = 0
+        # breaker: a sliding window of finished attempts, True = server/transport failure
+        self._window: deque[bool] = deque()
+        self._bad = 0
+        # stopping
+        self._stop_requested = False
+        self._hard_stop = False
+        self._stop_reason = ""
+        self._abort_reason = ""
+        self._unfinished = False
+        self._crash: BaseException | None = None
+        self._stop_event: anyio.Event | None = None
+        self._work_scope: anyio.CancelScope | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    def statistics(self) -> EngineStats:
+        """This run's counters, cheap enough to poll for a progress bar."""
+        return EngineStats(
+            done=self._done,
+            failed=self._failed,
+            skipped_done=self._skipped_done,
+            skipped_failed=self._skipped_failed,
+            invalid=self._invalid,
+            in_doubt=self._in_doubt,
+            retried=self._retried,
+            reconciled=self._reconciled,
+            in_flight=self._in_flight,
+            total_seen=self._total_seen,
+        )
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop admitting items; graceful lets in-flight ones finish within the grace period,
+        otherwise they are cancelled now (and reconciled on resume)."""
+        self._request_stop("stopped on request", hard=not graceful)
+
+    async def run(self) -> RunResult:
+        """Run (or resume) the task to the end, or until stopped or aborted."""
+        self._states = await self._ledger.load_states()
+        try:
+            await self.task.prepare(self.client)
+        except Unauthorized as exc:
+            return RunResult(status="aborted", reason=str(exc), stats=self.statistics())
+        self._stop_event = anyio.Event()
+        if self._stop_requested:
+            self._stop_event.set()
+        size = self.config.queue_size or 2 * self.config.concurrency
+        send, recv = anyio.create_memory_object_stream[Item](size)
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._grace_watch)
+                async with anyio.create_task_group() as tg:
+                    self._work_scope = tg.cancel_scope
+                    if self._hard_stop:
+                        tg.cancel_scope.cancel()
+                    tg.start_soon(self._produce, send)
+                    for _ in range(max(1, self.config.concurrency)):
+                        tg.start_soon(self._work, recv.clone())
+                    recv.close()
+                outer.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._ledger.flush()
+        if self._crash is not None:
+            raise self._crash
+        stats = self.statistics()
+        if self._abort_reason:
+            return RunResult(status="aborted", reason=self._abort_reason, stats=stats)
+        if self._stop_requested and (self._unfinished or self._hard_stop):
+            return RunResult(status="stopped", reason=self._stop_reason, stats=stats)
+        return RunResult(status="completed", stats=stats)
+
+    async def plan(self) -> list[PlanRow]:
+        """What a run would do with each item, in input order, without writing anything."""
+        await self.task.prepare(self.client)
+        rows: list[PlanRow | None] = []
+        send, recv = anyio.create_memory_object_stream[tuple[int, Item]](
+            2 * self.config.concurrency
+        )
+
+        async def produce() -> None:
+            async with send:
+                items = self.task.items()
+                try:
+                    async for it in items:
+                        idx = len(rows)
+                        if isinstance(it, InvalidRow):
+                            err = it.error
+                            rows.append(
+                                PlanRow(
+                                    key=it.key,
+                                    line=it.line,
+                                    action="invalid",
+                                    detail=_join(err.field, err.detail or err.code),
+                                )
+                            )
+                            continue
+                        rows.append(None)
+                        await send.send((idx, it))
+                finally:
+                    await _aclose(items)
+
+        async def work(stream: ObjectReceiveStream[tuple[int, Item]]) -> None:
+            async with stream:
+                async for idx, it in stream:
+                    try:
+                        rows[idx] = await self.task.plan(it, self.client)
+                    except Unauthorized:
+                        raise
+                    except (ApiError, TransportError, MalformedResponse, RetryBudgetExhausted) as e:
+                        rows[idx] = PlanRow(key=it.key, line=it.line, action="error", detail=str(e))
+
+        await self._guarded_group(produce, [work] * max(1, self.config.concurrency), recv)
+        return [r for r in rows if r is not None]
+
+    # -- run internals ---------------------------------------------------------------------
+
+    async def _guarded_group(self, produce: Any, workers: list[Any], recv: Any) -> None:
+        """Run producer and workers; re-raise the first error itself, not an ExceptionGroup."""
+        failure: list[BaseException] = []
+
+        async def guard(fn: Any, *args: Any) -> None:
+            try:
+                await fn(*args)
+            except Exception as exc:
+                if not failure:
+                    failure.append(exc)
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(guard, produce)
+            for w in workers:
+                tg.start_soon(guard, w, recv.clone())
+            recv.close()
+        if failure:
+            raise failure[0]
+
+    def _request_stop(self, reason: str, *, hard: bool = False) -> None:
+        if not self._stop_requested:
+            self._stop_requested = True
+            self._stop_reason = reason
+        if hard:
+            self._hard_stop = True
+            if self._work_scope is not None:
+                self._work_scope.cancel()
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def _abort(self, reason: str) -> None:
+        if not self._abort_reason:
+            self._abort_reason = reason
+        self._request_stop(reason, hard=True)
+
+    def _fail_run(self, exc: BaseException) -> None:
+        if self._crash is None:
+            self._crash = exc
+        self._request_stop(f"error: {exc}", hard=True)
+
+    async def _grace_watch(self) -> None:
+        assert self._stop_event is not None
+        await self._stop_event.wait()
+        if self._hard_stop:
+            return
+        await self._clock.sleep(self.config.grace_seconds)
+        if self._work_scope is not None and self._in_flight:
+            self._unfinished = True
+            self._work_scope.cancel()
+
+    async def _produce(self, send: ObjectSendStream[Item]) -> None:
+        states = self._states
+        retry_failed = self.config.retry_failed
+        items: AsyncIterator[Item | InvalidRow] = self.task.items()
+        try:
+            async with send:
+                async for it in items:
+                    if self._stop_requested:
+                        self._unfinished = True
+                        return
+                    self._total_seen += 1
+                    if isinstance(it, InvalidRow):
+                        self._invalid += 1
+                        self._ledger.record(it, "invalid", 0, it.error)
+                        continue
+                    state = states.get(it.key)
+                    if state is not None:
+                        status = state.status
+                        if status == "done":
+                            self._skipped_done += 1
+                            continue
+                        if status == "in_doubt" or (
+                            status in ("failed", "invalid") and not retry_failed
+                        ):
+                            self._skipped_failed += 1
+                            continue
+                    await send.send(it)
+        except anyio.BrokenResourceError:
+            self._unfinished = True  # every worker left: the run is stopping
+        except Exception as exc:
+            self._fail_run(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _aclose(items)
+
+    async def _work(self, recv: ObjectReceiveStream[Item]) -> None:
+        async with recv:
+            async for it in recv:
+                if self._stop_requested:
+                    self._unfinished = True
+                    return
+                self._in_flight += 1
+                try:
+                    await self._process(it)
+                except Exception as exc:
+                    self._fail_run(exc)
+                    return
+                finally:
+                    self._in_flight -= 1
+
+    async def _process(self, item: Item) -> None:
+        """One item from ledger state to recorded outcome, honouring its safety."""
+        safety = self.task.safety
+        state = self._states.get(item.key)
+        attempts = 0
+        marked = False
+        reconcile_first = False
+        if state is not None:
+            attempts = state.attempts
+            if state.status == "in_flight":
+                if safety is Safety.UNSAFE:
+                    self._record_in_doubt(item, attempts, "in-flight", IN_DOUBT_AFTER_CRASH)
+                    return
+                marked = True
+                reconcile_first = safety is Safety.RECONCILABLE
+            elif safety is Safety.RECONCILABLE and _was_ambiguous(state.error_status):
+                reconcile_first = True  # --retry-failed after an unknown outcome
+        max_tries = max(1, self.config.max_item_attempts)
+        tries = 0
+        task, client, ledger = self.task, self.client, self._ledger
+        while True:
+            tries += 1
+            try:
+                if reconcile_first:
+                    found = await task.reconcile(item, client)
+                    if found is not None:
+                        self._reconciled += 1
+                        self._finish(item, found, attempts)
+                        return
+                    reconcile_first = False
+                if not marked and safety is not Safety.IDEMPOTENT:
+                    await ledger.mark_in_flight(item, attempts)
+                    marked = True
+                attempts += 1
+                outcome = await task.execute(item, client)
+            except Unauthorized as exc:
+                self._abort(str(exc))
+                return
+            except _AMBIGUOUS as exc:
+                self._note(True)
+                if not _never_sent(exc):
+                    if safety is Safety.UNSAFE:
+                        self._record_in_doubt(
+                            item,
+                            attempts,
+                            "ambiguous",
+                            f"outcome unknown ({exc}); check on the server before sending it again",
+                        )
+                        return
+                    if safety is Safety.RECONCILABLE:
+                        reconcile_first = True
+                if tries >= max_tries:
+                    self._failed += 1
+                    ledger.record(
+                        item, "failed", attempts, ItemError(status=_status_of(exc), detail=str(exc))
+                    )
+                    return
+                self._retried += 1
+                await self._clock.sleep(self._backoff(tries))
+                continue
+            except ApiError as exc:  # 4xx: the server refused this item
+                self._note(False)
+                self._failed += 1
+                ledger.record(item, "failed", attempts, self._api_item_error(exc))
+                return
+            except MalformedResponse as exc:
+                self._note(True)
+                if safety is Safety.UNSAFE:  # a 2xx we cannot read: it probably took effect
+                    self._record_in_doubt(item, attempts, "malformed-response", str(exc))
+                    return
+                self._failed += 1
+                ledger.record(
+                    item,
+                    "failed",
+                    attempts,
+                    ItemError(status="malformed", code="malformed-response", detail=str(exc)),
+                )
+                return
+            self._note(False)
+            self._finish(item, outcome, attempts)
+            return
+
+    def _finish(self, item: Item, outcome: Outcome, attempts: int) -> None:
+        if outcome.status == "done":
+            self._done += 1
+        else:
+            self._failed += 1
+        self._ledger.record(item, outcome, attempts)
+
+    def _record_in_doubt(self, item: Item, attempts: int, code: str, detail: str) -> None:
+        self._in_doubt += 1
+        error = ItemError(status="in-doubt", code=code, detail=detail)
+        self._ledger.record(item, "in_doubt", attempts, error)
+
+    def _api_item_error(self, exc: ApiError) -> ItemError:
+        pointer = exc.first_pointer
+        field = self.task.column_for_pointer(pointer) if pointer else ""
+        texts = [e.detail or e.title or e.code or "" for e in exc.errors]
+        detail = "; ".join(t for t in texts if t) or str(exc)
+        return ItemError(status=str(exc.status), code=exc.code or "", field=field, detail=detail)
+
+    def _note(self, failure: bool) -> None:
+        """Feed the circuit breaker one finished attempt."""
+        window = self._window
+        if len(window) >= self.config.breaker_window and window.popleft():
+            self._bad -= 1
+        window.append(failure)
+        if failure:
+            self._bad += 1
+            n = len(window)
+            if (
+                n >= self.config.breaker_min_requests
+                and self._bad >= self.config.breaker_threshold * n
+                and not self._stop_requested
+            ):
+                self._request_stop(
+                    f"circuit breaker: {self._bad} of the last {n} attempts failed with server "
+                    "or transport errors"
+                )
+
+    def _backoff(self, tries: int) -> float:
+        cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (tries - 1))
+        return self._random.uniform(0, cap)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    if isinstance(exc, RetryBudgetExhausted):
+        exc = exc.last
+    return isinstance(exc, TransportError) and exc.never_sent
+
+
+def _status_of(exc: BaseException) -> str:
+    if isinstance(exc, RetryBudgetExhausted):
+        exc = exc.last
+    if isinstance(exc, ApiError):
+        return str(exc.status)
+    if isinstance(exc, TransportError):
+        return "transport"
+    return "error"
+
+
+def _was_ambiguous(error_status: str) -> bool:
+    """A failure whose request may have taken effect (so reconcile before re-sending)."""
+    return error_status in ("transport", "malformed", "429") or error_status.startswith("5")
+
+
+def _join(field: str, text: str) -> str:
+    return f"{field}: {text}" if field and text else field or text
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()

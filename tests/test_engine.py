@@ -1,0 +1,461 @@
+"""The engine: resume, safety classes after a crash or an ambiguous failure, 401, validation
+errors, retry of failed items, circuit breaker, graceful and hard stops, plan."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from synap_bulk.checkpoint import Ledger
+from synap_bulk.clock import FakeClock
+from synap_bulk.engine import Engine, EngineConfig
+from synap_bulk.errors import (
+    BadRequest,
+    ConnectError,
+    RequestTimeout,
+    ServerError,
+    SourceError,
+    Unauthorized,
+)
+from synap_bulk.jsonapi import ErrorObject, ErrorSource
+from synap_bulk.tasks.base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+
+CLIENT: Any = object()  # the engine only passes the client through to the task
+COMMIT_THEN_500 = "commit-then-500"
+
+
+def server_error() -> ServerError:
+    return ServerError(method="POST", path="/v3/things", status=500, trace_id="t-1")
+
+
+class FakeTask:
+    """A task over keys k0..k{n-1} whose 'server' is a set of keys that took effect."""
+
+    kind = "fake"
+
+    def __init__(
+        self,
+        n: int = 10,
+        *,
+        safety: Safety = Safety.IDEMPOTENT,
+        invalid: tuple[int, ...] = (),
+        faults: dict[str, list[Any]] | None = None,
+        ledger_path: Path | None = None,
+    ) -> None:
+        self.n = n
+        self.safety = safety
+        self.invalid = invalid
+        self.faults = faults or {}
+        self.server: set[str] = set()
+        self.executed: list[str] = []
+        self.reconciled: list[str] = []
+        self.ledger_path = ledger_path
+        self.seen_status: dict[str, str | None] = {}
+        self.gate: anyio.Event | None = None
+        self.started = 0
+        self.started_enough = anyio.Event()
+        self.wait_for = 0
+
+    async def prepare(self, client: Any) -> None:
+        return None
+
+    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        for i in range(self.n):
+            row = {"email": f"u{i}@x.org"}
+            if i in self.invalid:
+                err = ItemError(status="invalid", field="email", detail="not an email address")
+                yield InvalidRow(key=f"k{i}", line=i + 2, row=row, error=err)
+            else:
+                yield Item(key=f"k{i}", line=i + 2, row=row)
+
+    async def execute(self, item: Item, client: Any) -> Outcome:
+        self.executed.append(item.key)
+        if self.ledger_path is not None:
+            self.seen_status[item.key] = committed_status(self.ledger_path, item.key)
+        self.started += 1
+        if self.wait_for and self.started >= self.wait_for:
+            self.started_enough.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        plan = self.faults.get(item.key)
+        if plan:
+            fault = plan.pop(0)
+            if fault == COMMIT_THEN_500:
+                self.server.add(item.key)
+                raise server_error()
+            if fault is not None:
+                raise fault
+        self.server.add(item.key)
+        return Outcome(status="done", action="created", remote_id=f"r-{item.key}")
+
+    async def reconcile(self, item: Item, client: Any) -> Outcome | None:
+        self.reconciled.append(item.key)
+        if item.key in self.server:
+            return Outcome(status="done", action="found", remote_id=f"r-{item.key}")
+        return None
+
+    async def plan(self, item: Item, client: Any) -> PlanRow:
+        return PlanRow(key=item.key, line=item.line, action="create")
+
+    def column_for_pointer(self, pointer: str) -> str:
+        return {"/data/attributes/emailAddress": "email"}.get(pointer, "")
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
+def committed_status(path: Path, key: str) -> str | None:
+    """What another connection sees in the ledger: proves a mark is committed."""
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT status FROM items WHERE key = ?", (key,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
+async def open_ledger(path: Path, task_hash: str = "t") -> Ledger:
+    return await Ledger.open(path, job_name="j", task_hash=task_hash, input_hash="i")
+
+
+def engine(task: FakeTask, ledger: Ledger | None, **config: Any) -> Engine:
+    cfg = EngineConfig(**{"concurrency": 4, "max_item_attempts": 3, **config})
+    return Engine(task, CLIENT, ledger, config=cfg, clock=FakeClock())  # type: ignore[arg-type]
+
+
+async def test_run_then_resume_skips_done_items(tmp_path: Path) -> None:
+    """A completed run records every item; running again executes nothing and skips them all."""
+    path = tmp_path / "l.sqlite"
+    task = FakeTask(20, invalid=(3,))
+    async with await open_ledger(path) as ledger:
+        result = await engine(task, ledger).run()
+        assert result.status == "completed"
+        assert result.stats.done == 19
+        assert result.stats.invalid == 1
+        assert result.stats.total_seen == 20
+        assert await ledger.counts() == {"done": 19, "invalid": 1}
+        failed = await ledger.failed_items()
+        assert [(f.line, f.row["email"], f.error.detail) for f in failed] == [
+            (5, "u3@x.org", "not an email address")
+        ]
+    async with await open_ledger(path) as ledger:
+        again = FakeTask(20, invalid=(3,))
+        result = await engine(again, ledger).run()
+        assert again.executed == []
+        assert result.stats.skipped_done == 19
+        assert result.status == "completed"
+
+
+async def test_in_flight_reconcilable_item_is_reconciled_not_resent(tmp_path: Path) -> None:
+    """After a crash, an in-flight RECONCILABLE item that took effect is found, not re-sent; one
+    that did not is sent once."""
+    path = tmp_path / "l.sqlite"
+    task = FakeTask(4, safety=Safety.RECONCILABLE)
+    task.server.add("k1")  # the crashed run's request reached the server
+    async with await open_ledger(path) as ledger:
+        await ledger.mark_in_flight(Item(key="k1", line=3))
+        await ledger.mark_in_flight(Item(key="k2", line=4))
+        result = await engine(task, ledger).run()
+        states = await ledger.load_states()
+    assert result.stats.reconciled == 1
+    assert sorted(task.reconciled) == ["k1", "k2"]
+    assert sorted(task.executed) == ["k0", "k2", "k3"]
+    assert states["k1"].status == "done"
+    assert states["k1"].action == "found"
+    assert all(s.status == "done" for s in states.values())
+
+
+async def test_in_flight_unsafe_item_is_in_doubt_and_not_executed(tmp_path: Path) -> None:
+    """After a crash, an in-flight UNSAFE item is reported for review and never re-sent, on this
+    run or the next."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        await ledger.mark_in_flight(Item(key="k2", line=4))
+        task = FakeTask(4, safety=Safety.UNSAFE)
+        result = await engine(task, ledger).run()
+        assert "k2" not in task.executed
+        assert result.stats.in_doubt == 1
+        failed = await ledger.failed_items()
+        assert [(f.key, f.status, f.error.status) for f in failed] == [
+            ("k2", "in_doubt", "in-doubt")
+        ]
+        assert failed[0].row == {"email": "u2@x.org"}
+        task2 = FakeTask(4, safety=Safety.UNSAFE)
+        await engine(task2, ledger, retry_failed=True).run()
+        assert task2.executed == []
+
+
+async def test_marks_are_durable_before_sending_and_group_committed(tmp_path: Path) -> None:
+    """A RECONCILABLE item's in-flight mark is committed before execute runs; many concurrent
+    marks share few transactions."""
+    path = tmp_path / "l.sqlite"
+    task = FakeTask(200, safety=Safety.RECONCILABLE, ledger_path=path)
+    async with await open_ledger(path) as ledger:
+        before = ledger.statistics().transactions
+        result = await engine(task, ledger, concurrency=50).run()
+        stats = ledger.statistics()
+    assert result.stats.done == 200
+    assert set(task.seen_status.values()) == {"in_flight"}
+    assert stats.records_written == 400  # one mark and one outcome per item
+    assert stats.transactions - before < 100
+
+
+async def test_ambiguous_failure_then_reconcile_finds_it(tmp_path: Path) -> None:
+    """A create that committed but answered 500 is reconciled and never sent a second time."""
+    task = FakeTask(3, safety=Safety.RECONCILABLE, faults={"k1": [COMMIT_THEN_500]})
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        result = await engine(task, ledger).run()
+        states = await ledger.load_states()
+    assert task.executed.count("k1") == 1
+    assert task.reconciled == ["k1"]
+    assert result.stats.reconciled == 1
+    assert states["k1"].status == "done"
+    assert states["k1"].remote_id == "r-k1"
+
+
+async def test_ambiguous_failure_by_safety(tmp_path: Path) -> None:
+    """A timeout is retried for IDEMPOTENT, reconciled-then-retried for RECONCILABLE, in doubt
+    for UNSAFE; a connect error (never sent) is retried even for UNSAFE."""
+    timeout = RequestTimeout("timed out", method="POST", path="/v3/x")
+    idem = FakeTask(2, faults={"k0": [timeout]})
+    async with await open_ledger(tmp_path / "a.sqlite") as ledger:
+        r = await engine(idem, ledger).run()
+    assert idem.executed.count("k0") == 2
+    assert r.stats.retried == 1
+    assert r.stats.done == 2
+
+    rec = FakeTask(2, safety=Safety.RECONCILABLE, faults={"k0": [timeout]})
+    async with await open_ledger(tmp_path / "b.sqlite") as ledger:
+        r = await engine(rec, ledger).run()
+    assert rec.executed.count("k0") == 2
+    assert rec.reconciled == ["k0"]
+    assert r.stats.done == 2
+
+    unsafe = FakeTask(2, safety=Safety.UNSAFE, faults={"k0": [timeout]})
+    async with await open_ledger(tmp_path / "c.sqlite") as ledger:
+        r = await engine(unsafe, ledger).run()
+        failed = await ledger.failed_items()
+    assert unsafe.executed.count("k0") == 1
+    assert r.stats.in_doubt == 1
+    assert failed[0].status == "in_doubt"
+    assert "timed out" in failed[0].error.detail
+
+    refused = ConnectError("connection refused", method="POST", path="/v3/x")
+    unsafe2 = FakeTask(2, safety=Safety.UNSAFE, faults={"k0": [refused]})
+    async with await open_ledger(tmp_path / "d.sqlite") as ledger:
+        r = await engine(unsafe2, ledger).run()
+    assert unsafe2.executed.count("k0") == 2
+    assert r.stats.done == 2
+
+
+async def test_attempts_run_out_then_failed(tmp_path: Path) -> None:
+    """An item that keeps failing with 5xx is failed after max_item_attempts, with backoff."""
+    task = FakeTask(1, faults={"k0": [server_error()] * 5})
+    clock = FakeClock()
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        cfg = EngineConfig(concurrency=1, max_item_attempts=3)
+        r = await Engine(task, CLIENT, ledger, config=cfg, clock=clock).run()  # type: ignore[arg-type]
+        failed = await ledger.failed_items()
+    assert task.executed == ["k0"] * 3
+    assert r.stats.failed == 1
+    assert r.stats.retried == 2
+    assert len(clock.slept) == 2
+    assert failed[0].error.status == "500"
+    assert failed[0].attempts == 3
+
+
+async def test_401_aborts_at_once(tmp_path: Path) -> None:
+    """Unauthorized aborts the run: no further item starts and the item is not failed."""
+    unauthorized = Unauthorized(method="POST", path="/v3/x", status=401)
+    task = FakeTask(50, safety=Safety.RECONCILABLE, faults={"k5": [unauthorized]})
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r = await engine(task, ledger, concurrency=1).run()
+        states = await ledger.load_states()
+    assert r.status == "aborted"
+    assert r.reason.startswith("401 Unauthorized for POST /v3/x")
+    assert task.executed[-1] == "k5"
+    assert len(task.executed) == 6
+    assert states["k5"].status == "in_flight"
+
+
+async def test_validation_error_is_failed_with_field_mapped(tmp_path: Path) -> None:
+    """A 400 fails the item with the server's code and text, its pointer mapped to the column."""
+    err = BadRequest(
+        method="POST",
+        path="/v3/user-registrations",
+        status=400,
+        errors=[
+            ErrorObject(
+                status="400",
+                code="taken",
+                detail="email already registered",
+                source=ErrorSource(pointer="/data/attributes/emailAddress"),
+            )
+        ],
+    )
+    task = FakeTask(3, safety=Safety.RECONCILABLE, faults={"k1": [err]})
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r = await engine(task, ledger).run()
+        failed = await ledger.failed_items()
+    assert task.executed.count("k1") == 1
+    assert r.stats.failed == 1
+    assert r.status == "completed"
+    assert failed[0].error == ItemError(
+        status="400", code="taken", field="email", detail="email already registered"
+    )
+    assert failed[0].row == {"email": "u1@x.org"}
+
+
+async def test_retry_failed(tmp_path: Path) -> None:
+    """Failed items are skipped on resume unless retry_failed, which runs them again."""
+    err = BadRequest(method="POST", path="/v3/x", status=400)
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        await engine(FakeTask(3, faults={"k1": [err]}), ledger).run()
+        plain = FakeTask(3)
+        r = await engine(plain, ledger).run()
+        assert plain.executed == []
+        assert r.stats.skipped_failed == 1
+        retry = FakeTask(3)
+        r = await engine(retry, ledger, retry_failed=True).run()
+        assert retry.executed == ["k1"]
+        assert await ledger.counts() == {"done": 3}
+
+
+async def test_retry_failed_reconciles_an_unknown_outcome_first(tmp_path: Path) -> None:
+    """A RECONCILABLE item that failed after 5xx is looked up before --retry-failed re-sends it."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        first = FakeTask(2, safety=Safety.RECONCILABLE, faults={"k1": [server_error()] * 3})
+        await engine(first, ledger).run()
+        assert (await ledger.load_states())["k1"].status == "failed"
+        retry = FakeTask(2, safety=Safety.RECONCILABLE)
+        retry.server.add("k1")  # one of those 500s had committed after all
+        r = await engine(retry, ledger, retry_failed=True).run()
+    assert retry.executed == []
+    assert r.stats.reconciled == 1
+
+
+async def test_circuit_breaker_stops_the_run(tmp_path: Path) -> None:
+    """When most recent attempts fail on the server side, the run stops (resumable)."""
+    task = FakeTask(100, faults={f"k{i}": [server_error()] for i in range(100)})
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r = await engine(
+            task,
+            ledger,
+            concurrency=1,
+            max_item_attempts=1,
+            breaker_window=20,
+            breaker_min_requests=10,
+            breaker_threshold=0.5,
+        ).run()
+    assert r.status == "stopped"
+    assert r.reason == (
+        "circuit breaker: 10 of the last 10 attempts failed with server or transport errors"
+    )
+    assert len(task.executed) == 10
+
+
+async def test_graceful_stop_lets_in_flight_items_finish(tmp_path: Path) -> None:
+    """stop(graceful=True) starts no new item, lets in-flight ones finish and records them."""
+    path = tmp_path / "l.sqlite"
+    task = FakeTask(50, safety=Safety.RECONCILABLE)
+    task.gate = anyio.Event()
+    task.wait_for = 4
+    clock = FakeClock(auto_advance=False)
+    async with await open_ledger(path) as ledger:
+        eng = Engine(task, CLIENT, ledger, config=EngineConfig(concurrency=4), clock=clock)  # type: ignore[arg-type]
+        async with anyio.create_task_group() as tg:
+            results: list[Any] = []
+
+            async def go() -> None:
+                results.append(await eng.run())
+
+            tg.start_soon(go)
+            await task.started_enough.wait()
+            assert eng.statistics().in_flight == 4
+            eng.stop(graceful=True)
+            task.gate.set()
+        assert results[0].status == "stopped"
+        assert results[0].reason == "stopped on request"
+        assert len(task.executed) == 4
+        assert await ledger.counts() == {"done": 4}
+
+
+async def test_grace_expiry_and_hard_stop_leave_items_in_flight(tmp_path: Path) -> None:
+    """When the grace period runs out, in-flight items are cancelled and stay in flight (to be
+    reconciled on resume); nothing is half-recorded."""
+    path = tmp_path / "l.sqlite"
+    task = FakeTask(50, safety=Safety.RECONCILABLE)
+    task.gate = anyio.Event()  # never set: the requests hang
+    task.wait_for = 4
+    clock = FakeClock(auto_advance=False)
+    async with await open_ledger(path) as ledger:
+        cfg = EngineConfig(concurrency=4, grace_seconds=10)
+        eng = Engine(task, CLIENT, ledger, config=cfg, clock=clock)  # type: ignore[arg-type]
+        results: list[Any] = []
+        async with anyio.create_task_group() as tg:
+
+            async def go() -> None:
+                results.append(await eng.run())
+
+            tg.start_soon(go)
+            await task.started_enough.wait()
+            eng.stop(graceful=True)
+            while clock.sleepers == 0:
+                await anyio.lowlevel.checkpoint()
+            clock.advance(10)
+        assert results[0].status == "stopped"
+        assert await ledger.counts() == {"in_flight": 4}
+
+        resumed = FakeTask(50, safety=Safety.RECONCILABLE)
+        r = await engine(resumed, ledger).run()
+        assert sorted(resumed.reconciled) == ["k0", "k1", "k2", "k3"]
+        assert r.status == "completed"
+        assert await ledger.counts() == {"done": 50}
+
+    hard = FakeTask(50, safety=Safety.RECONCILABLE)
+    hard.gate = anyio.Event()
+    hard.wait_for = 2
+    async with await open_ledger(tmp_path / "h.sqlite") as ledger:
+        eng = engine(hard, ledger, concurrency=2)
+        results = []
+        async with anyio.create_task_group() as tg:
+
+            async def go2() -> None:
+                results.append(await eng.run())
+
+            tg.start_soon(go2)
+            await hard.started_enough.wait()
+            eng.stop(graceful=False)
+        assert results[0].status == "stopped"
+        assert await ledger.counts() == {"in_flight": 2}
+
+
+async def test_errors_from_the_source_propagate_unwrapped(tmp_path: Path) -> None:
+    """A source that fails mid-way raises its own error from run(), not an exception group."""
+
+    class Broken(FakeTask):
+        async def items(self) -> AsyncIterator[Item | InvalidRow]:
+            yield Item(key="k0", line=2)
+            raise SourceError("candidates.csv: not UTF-8 at byte 120")
+
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        with pytest.raises(SourceError, match="not UTF-8"):
+            await engine(Broken(1), ledger).run()
+
+
+async def test_plan_in_input_order_with_invalid_rows() -> None:
+    """plan() gives one row per item in input order, invalid rows included, with no ledger."""
+    task = FakeTask(30, invalid=(0, 7))
+    rows = await engine(task, None, concurrency=8).plan()
+    assert [r.key for r in rows] == [f"k{i}" for i in range(30)]
+    assert rows[7].action == "invalid"
+    assert rows[7].detail == "email: not an email address"
+    assert rows[8].action == "create"
+    assert task.executed == []
