@@ -323,6 +323,8 @@ async def test_server_mode_polls_the_job_and_downloads_the_file(tmp_path: Path) 
 
 # --- against the sandbox, with the real client and ledger ----------------------------------
 
+ROOT = Path(__file__).resolve().parent.parent
+
 CHILD = r"""
 import os, sys
 import anyio
@@ -378,7 +380,7 @@ async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
 
     out = tmp_path / f"attempts.{fmt}"
     ledger_path = tmp_path / "ledger.sqlite"
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     async with Sandbox(SandboxConfig(seed=3, users=50, exams=3, attempts_per_exam=150)) as sb:
         env = dict(os.environ, SYNAP_TOKEN=sb.token, PYTHONPATH=str(root))
         cmd = [sys.executable, "-c", CHILD, sb.url, str(out), str(ledger_path), fmt, "5"]
