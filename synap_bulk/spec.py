@@ -319,10 +319,7 @@ def _check(job: JobFile, data: dict[str, Any], reader: _Reader) -> None:
 
     task = spec.task
     if isinstance(task, AssignMarkersSpec):
-        if task.mapping is not None and task.strategy is not None:
-            raise err("task.strategy", "give either mapping or strategy, not both")
-        if task.action == "assign" and task.mapping is None and task.strategy is None:
-            raise err("task", "give either mapping (a CSV) or strategy to assign markers")
+        # "mapping or strategy, not both" is checked by the task itself, at the same line.
         for name, allowed in (
             ("mapping_columns", _MAPPING_COLUMN_KEYS),
             ("exclusion_columns", _EXCLUSION_COLUMN_KEYS),
