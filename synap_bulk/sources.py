@@ -99,6 +99,7 @@ class CsvSource:
                 f"{self.display_name}: not valid UTF-8 at byte {offset} "
                 f"(line {_line_of_offset(data, offset)}); save the file as UTF-8"
             ) from None
+        self._lines: list[str] | None = None  # physical lines, split only if a row is malformed
         self.header, self.header_line, self._body_start = self._read_header()
         self.check_columns(required)
 
@@ -208,14 +209,26 @@ class CsvSource:
                     ) from None
                 if message.startswith("field larger than field limit"):
                     raise SourceError(f"{name}:{start}: {message}; is a quote left open?") from None
-                # The reader drops the rest of the bad line and resumes at the next one.
+                # The reader drops the rest of the bad line and resumes at the next one; the
+                # failures file still gets the row's values, read leniently from its lines.
                 yield CsvRow(
                     start,
-                    dict.fromkeys(header, ""),
+                    self._lenient_values(start, last),
                     f"malformed quoting: {message} (lines {start}-{last})"
                     if last > start
                     else f"malformed quoting: {message}",
                 )
+
+    def _lenient_values(self, first: int, last: int) -> dict[str, str]:
+        """Best-effort values of physical lines ``first..last`` (only for rows already in error)."""
+        if self._lines is None:
+            self._lines = io.StringIO(self._text, newline="").readlines()
+        raw = "".join(self._lines[first - 1 : last])
+        records = list(csv.reader(io.StringIO(raw, newline=""), delimiter=self.delimiter))
+        fields = [v for record in records[:1] for v in record]
+        values = dict.fromkeys(self.header, "")
+        values.update(zip(self.header, fields, strict=False))
+        return values
 
 
 def _line_of_offset(data: bytes, offset: int) -> int:

@@ -161,6 +161,7 @@ def test_malformed_quoting_is_a_row_problem(tmp_path: Path) -> None:
     rows = list(CsvSource(path))
     assert rows[0].line == 2
     assert rows[0].problem == "malformed quoting: ',' expected after '\"'"
+    assert rows[0].values == {"email": "a@x.io", "name": "Annx"}
     assert rows[1] == CsvRow(3, {"email": "b@x.io", "name": "Bob"})
 
 
@@ -276,3 +277,15 @@ def test_render_template_names_an_absent_column() -> None:
     """A column missing from the row is a ValueError naming it."""
     with pytest.raises(ValueError, match="no column 'email' in the row"):
         render_template("{email}", {"name": "Ann"})
+
+
+def test_malformed_multiline_row_keeps_its_values_and_later_lines(tmp_path: Path) -> None:
+    """A malformed multi-line record names its lines and keeps its values; the next row follows."""
+    path = write(tmp_path, 'email,note\na@x.io,"x\ny"z\nb@x.io,ok\n')
+    bad, good = list(CsvSource(path))
+    assert bad == CsvRow(
+        2,
+        {"email": "a@x.io", "note": "x\nyz"},
+        "malformed quoting: ',' expected after '\"' (lines 2-3)",
+    )
+    assert good == CsvRow(4, {"email": "b@x.io", "note": "ok"})
