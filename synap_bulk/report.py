@@ -7,10 +7,11 @@ back with :class:`~synap_bulk.sources.CsvSource` gives the same values, so a re-
 same data; the ``_`` columns are ignored by tasks, and dropped from the input columns when a
 failures file is itself the input (so the header never grows run after run).
 
-Files are written to a temporary name and renamed when complete, so a crash never leaves half a
-report and a reader never sees one. A :class:`FailuresWriter` that received no row removes the
-file (and any stale one from an earlier run) instead of leaving an empty file that looks like
-"something failed".
+Files are UTF-8 (``bom=True`` adds a BOM, e.g. to mirror an input that had one so a spreadsheet
+opens both alike), quoted where needed, with CRLF line ends as RFC 4180 says. They are written
+to a temporary name and renamed when complete, so a crash never leaves half a report. A
+:class:`FailuresWriter` that received no row removes the file (and any stale one from an earlier
+run) instead of leaving an empty file that looks like "something failed".
 
 Nothing here ever receives the API token: writers get rows and errors, the summary gets counts.
 """
@@ -26,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, Self
 
 import msgspec
 from msgspec import Struct
+from rich.text import Text
 
 from .tasks.base import ItemError, PlanRow
 
@@ -76,10 +78,13 @@ class _CsvWriter:
     #: Whether a file with no data row is kept (header only) or removed.
     keep_empty = True
 
-    def __init__(self, path: Path | str, columns: Sequence[str], *, delimiter: str = ",") -> None:
+    def __init__(
+        self, path: Path | str, columns: Sequence[str], *, delimiter: str = ",", bom: bool = False
+    ) -> None:
         self.path = Path(path)
         self.columns = list(columns)
         self.delimiter = delimiter
+        self.encoding = "utf-8-sig" if bom else "utf-8"
         self.rows = 0
         self.closed = False
         self._tmp = self.path.with_name(self.path.name + ".tmp")
@@ -88,7 +93,7 @@ class _CsvWriter:
 
     def open(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self._tmp.open("w", encoding="utf-8", newline="")
+        self._file = self._tmp.open("w", encoding=self.encoding, newline="")
         self._writer = csv.writer(
             self._file, delimiter=self.delimiter, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL
         )
@@ -157,10 +162,17 @@ class FailuresWriter(_CsvWriter):
     keep_empty = False
 
     def __init__(
-        self, path: Path | str, input_columns: Iterable[str], *, delimiter: str = ","
+        self,
+        path: Path | str,
+        input_columns: Iterable[str],
+        *,
+        delimiter: str = ",",
+        bom: bool = False,
     ) -> None:
         self.input_columns = _input_columns(input_columns)
-        super().__init__(path, [*self.input_columns, *FAILURE_COLUMNS], delimiter=delimiter)
+        super().__init__(
+            path, [*self.input_columns, *FAILURE_COLUMNS], delimiter=delimiter, bom=bom
+        )
 
     def write(self, line: int, row: Mapping[str, str], error: ItemError) -> None:
         self._row(
@@ -179,10 +191,17 @@ class SuccessWriter(_CsvWriter):
     """Each line that is done, with what was done and the remote id (header kept when empty)."""
 
     def __init__(
-        self, path: Path | str, input_columns: Iterable[str], *, delimiter: str = ","
+        self,
+        path: Path | str,
+        input_columns: Iterable[str],
+        *,
+        delimiter: str = ",",
+        bom: bool = False,
     ) -> None:
         self.input_columns = _input_columns(input_columns)
-        super().__init__(path, [*self.input_columns, *SUCCESS_COLUMNS], delimiter=delimiter)
+        super().__init__(
+            path, [*self.input_columns, *SUCCESS_COLUMNS], delimiter=delimiter, bom=bom
+        )
 
     def write(self, line: int, row: Mapping[str, str], action: str, remote_id: str) -> None:
         self._row(
@@ -198,8 +217,8 @@ class SuccessWriter(_CsvWriter):
 class PlanWriter(_CsvWriter):
     """One line per planned item. Not an input for anything, so every text cell is made safe."""
 
-    def __init__(self, path: Path | str, *, delimiter: str = ",") -> None:
-        super().__init__(path, PLAN_COLUMNS, delimiter=delimiter)
+    def __init__(self, path: Path | str, *, delimiter: str = ",", bom: bool = False) -> None:
+        super().__init__(path, PLAN_COLUMNS, delimiter=delimiter, bom=bom)
 
     def write(self, row: PlanRow) -> None:
         self._row(
@@ -333,8 +352,16 @@ class Summary(Struct, kw_only=True):
         tmp.write_bytes(msgspec.json.format(self.to_json(), indent=2) + b"\n")
         os.replace(tmp, path)
 
+    def __rich__(self) -> Text:
+        """``console.print(summary)`` shows :meth:`render` verbatim (brackets are not markup)."""
+        return Text(self.render())
+
     def render(self) -> str:
-        """A few aligned plain-text lines for the end of a run (no rich markup: print it raw)."""
+        """A few aligned plain-text lines for the end of a run.
+
+        Plain text, not rich markup: print it with ``console.print(summary)`` or
+        ``markup=False``, since a job name or reason may hold ``[brackets]``.
+        """
         c = self.counts
         lines = [
             f"{self.job_name} ({self.kind}): {self.status} in {format_duration(self.elapsed_s)}"

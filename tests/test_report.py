@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import msgspec
 import pytest
+from rich.console import Console
 
 from synap_bulk.report import (
     COUNT_KEYS,
@@ -232,3 +234,24 @@ def test_format_duration() -> None:
     assert format_duration(59.96) == "1m00s"
     assert format_duration(372) == "6m12s"
     assert format_duration(7500) == "2h05m"
+
+
+def test_bom_mirrors_the_input(tmp_path: Path) -> None:
+    """With bom=True the file starts with a BOM and still reads back with the same header."""
+    path = tmp_path / "failures.csv"
+    with FailuresWriter(path, ["email"], bom=True) as fw:
+        fw.write(2, {"email": "é@x.io"}, ItemError(status="invalid"))
+    assert path.read_bytes().startswith(b"\xef\xbb\xbfemail,_line,")
+    source = CsvSource(path)
+    assert source.has_bom
+    assert [r.values["email"] for r in source] == ["é@x.io"]
+
+
+def test_summary_prints_verbatim_through_rich() -> None:
+    """Brackets in a reason are shown as text, not taken for rich markup."""
+    summary = Summary.build(
+        job_name="j", kind="request", status="aborted", reason="401 [traceId abc]", elapsed_s=1
+    )
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(summary)
+    assert out.getvalue().splitlines()[0] == "j (request): aborted in 1.0s - 401 [traceId abc]"
