@@ -125,10 +125,12 @@ class State:
         config: SandboxConfig,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.clock = clock
         self.wall = wall
+        self.sleep = sleep
         self.root = f"http://{config.host}:{config.port}"
         self.counters = Counters()
         self.limiter = RateLimiter(self.counters, clock, wall)
@@ -538,7 +540,7 @@ class SandboxApp:
                 if name in ("user-groups.members.add", "user-groups.members.replace"):
                     delay += cfg.join_latency_ms
                 if delay > 0:
-                    await asyncio.sleep(delay / 1000.0)
+                    await state.sleep(delay / 1000.0)
                 if kind is not None and kind not in WRITE_FAULTS and kind != "truncate":
                     c.fault(kind)
                     status, response = self._fault(request, kind, trace_id)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -20,8 +21,8 @@ __all__ = ["Sandbox"]
 class Sandbox:
     """A seeded Synap simulator listening on ``config.host`` (an ephemeral port by default).
 
-    ``clock`` (monotonic seconds) drives the rate limit and ``wall`` (epoch seconds) the
-    timestamps, so tests of the limiter can move time without sleeping.
+    ``clock`` (monotonic seconds) drives the rate limit, ``wall`` (epoch seconds) the timestamps
+    and ``sleep`` the injected latency, so tests can move time and record delays without waiting.
     """
 
     def __init__(
@@ -30,8 +31,9 @@ class Sandbox:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._state = State(config or SandboxConfig(), clock, wall)
+        self._state = State(config or SandboxConfig(), clock, wall, sleep)
         self._app = SandboxApp(self._state)
         self._runner: web.AppRunner | None = None
         self._port = 0
