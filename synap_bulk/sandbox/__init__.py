@@ -81,9 +81,10 @@ need the token too; they are never rate limited or faulted and are not counted i
 
 from __future__ import annotations
 
+from . import cli
 from .behaviour import SandboxStats
 from .config import FAULT_KINDS, SandboxConfig
 from .server import Sandbox
 from .store import Store
 
-__all__ = ["FAULT_KINDS", "Sandbox", "SandboxConfig", "SandboxStats", "Store"]
+__all__ = ["FAULT_KINDS", "Sandbox", "SandboxConfig", "SandboxStats", "Store", "cli"]
