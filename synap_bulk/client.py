@@ -240,6 +240,7 @@ class SynapClient:
             rng=self._rng,
             remaining_header=profile.ratelimit_remaining_header,
             reset_header=profile.ratelimit_reset_header,
+            limit_header=profile.ratelimit_limit_header,
             retry_after_header=profile.retry_after_header,
         )
         self._budget = RetryBudget(self.retry, self.clock)

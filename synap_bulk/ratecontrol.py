@@ -65,6 +65,9 @@ class RateSettings(Struct, frozen=True, kw_only=True):
     max_pause: float = 300.0
     #: How often the rate is recomputed while recovering (seconds).
     update_interval: float = 0.1
+    #: Who spaces the sends: aiolimiter (on the system clock) or the clock pacer (GCRA on the
+    #: injected clock). "auto": aiolimiter for real runs, the clock pacer under a fake clock.
+    pacer: Literal["auto", "aiolimiter", "clock"] = "auto"
     #: With ``X-RateLimit-Remaining`` at or below this, sends are spread over the reset window.
     #: None means the concurrency (what may already be on its way).
     low_water: int | None = None
@@ -112,19 +115,26 @@ class Pacer(Protocol):
 
 
 class AiolimiterPacer:
-    """aiolimiter's leaky bucket with a capacity of one: steady spacing, no initial burst.
+    """aiolimiter's leaky bucket holding ``burst_s`` seconds of sends (at least one).
 
-    It reads the event loop's clock, which is the system clock; use :class:`ClockPacer` with an
-    injected clock.
+    A bucket of ``rate`` per second would let a fresh client fire a whole second of requests at
+    once (the initial-burst surprise); a bucket of exactly one cannot keep up above ~800/s here
+    (each send waits on a loop timer), so the default 20 ms is both. It reads the event loop's
+    clock, which is the system clock: with an injected clock use :class:`ClockPacer`.
     """
 
-    def __init__(self, rate: float | None = None) -> None:
+    def __init__(self, rate: float | None = None, *, burst_s: float = 0.02) -> None:
         self._limiter: AsyncLimiter | None = None
+        self._burst_s = burst_s
         self.set_rate(rate)
 
     def set_rate(self, rate: float | None) -> None:
         # A new bucket per change: waiters on the old one finish at the old spacing (one slot).
-        self._limiter = None if rate is None else AsyncLimiter(1, 1.0 / rate)
+        if rate is None:
+            self._limiter = None
+            return
+        capacity = max(1.0, rate * self._burst_s)
+        self._limiter = AsyncLimiter(capacity, capacity / rate)
 
     async def wait(self) -> None:
         if self._limiter is not None:
@@ -171,6 +181,7 @@ class RateController:
         wall: Callable[[], float] = time.time,
         remaining_header: str = "X-RateLimit-Remaining",
         reset_header: str = "X-RateLimit-Reset",
+        limit_header: str = "X-RateLimit-Limit",
         retry_after_header: str = "Retry-After",
     ) -> None:
         if concurrency < 1:
@@ -185,12 +196,17 @@ class RateController:
         self.ceiling: float | None = None if rate is None or self.auto else float(rate)
         self.concurrency = concurrency
         if pacer is None:
-            pacer = AiolimiterPacer() if type(self.clock) is SystemClock else ClockPacer(self.clock)
+            real = type(self.clock) is SystemClock
+            if s.pacer == "aiolimiter" or (s.pacer == "auto" and real):
+                pacer = AiolimiterPacer()
+            else:
+                pacer = ClockPacer(self.clock)
         self._pacer = pacer
         self._rng = rng or random.Random()
         self._wall = wall
         self._remaining_header = remaining_header
         self._reset_header = reset_header
+        self._limit_header = limit_header
         self._retry_after_header = retry_after_header
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._low_water = s.low_water if s.low_water is not None else concurrency
@@ -256,7 +272,9 @@ class RateController:
             return self._throttle(sent_at, headers.get(self._retry_after_header), now)
         remaining = headers.get(self._remaining_header)
         if remaining is not None:
-            self._pace_to_headers(remaining, headers.get(self._reset_header), now)
+            self._pace_to_headers(
+                remaining, headers.get(self._reset_header), headers.get(self._limit_header), now
+            )
         self._consecutive = 0
         elapsed = now - self._last_update
         if elapsed >= self.settings.update_interval:
@@ -340,10 +358,19 @@ class RateController:
         if rate is None or new > rate or s.algorithm == "cubic":
             self._set_rate(new)
 
-    def _pace_to_headers(self, remaining: str, reset: str | None, now: float) -> None:
+    def _pace_to_headers(
+        self, remaining: str, reset: str | None, limit: str | None, now: float
+    ) -> None:
+        """Near the end of the allowance, space sends at the rate the server gives it back.
+
+        With a limit L, remaining R and reset S, ``(L - R) / S`` is the refill rate of a token
+        bucket (the usual limiter; S rounded up makes it an underestimate, on the safe side).
+        Without L, the R requests left are spread over the S seconds (a fixed window).
+        """
         try:
             left = int(float(remaining))
             window = float(reset) if reset else 0.0
+            cap = int(float(limit)) if limit else None
         except ValueError:
             return
         if left > self._low_water or not math.isfinite(window):
@@ -352,7 +379,8 @@ class RateController:
             window -= self._wall()
         if window <= 0:
             return
-        self._hdr_gap = window / (left + 1)
+        used = cap - left if cap is not None else 0
+        self._hdr_gap = window / used if used > 0 else window / (left + 1)
         self._hdr_until = now + window
         if self._hdr_next < now:
             self._hdr_next = now

@@ -256,6 +256,15 @@ async def test_low_remaining_spreads_sends_over_the_reset_window() -> None:
     assert rc.pauses == 0
 
 
+async def test_low_remaining_with_a_limit_paces_at_the_refill_rate() -> None:
+    """With X-RateLimit-Limit, a draining token bucket is paced at (limit - remaining) / reset."""
+    rc = controller(None, concurrency=4)
+    headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}
+    await send(rc, 200, headers)
+    times = [await send(rc, 200, headers) for _ in range(5)]
+    assert times[-1] - times[0] == pytest.approx(0.04)  # 10 ms apart: 100 per second
+
+
 async def test_plenty_remaining_does_not_slow_anything() -> None:
     """With a healthy X-RateLimit-Remaining, header pacing stays out of the way."""
     rc = controller(None, concurrency=4)
@@ -277,12 +286,16 @@ async def test_clock_pacer_rate_change_takes_effect() -> None:
     assert clock.now() == pytest.approx(0.7)
 
 
-async def test_aiolimiter_pacer_has_a_bucket_of_one() -> None:
-    """The aiolimiter bucket holds one request: after one acquire it has no capacity left."""
+async def test_aiolimiter_pacer_has_no_initial_burst() -> None:
+    """The aiolimiter bucket holds 20 ms of sends (at least one), never a second's worth."""
     pacer = AiolimiterPacer(1000.0)
-    await pacer.wait()
+    for _ in range(20):
+        await pacer.wait()
     limiter = pacer._limiter
     assert limiter is not None and not limiter.has_capacity()
+    slow = AiolimiterPacer(10.0)
+    await slow.wait()
+    assert slow._limiter is not None and not slow._limiter.has_capacity()
     pacer.set_rate(None)
     await pacer.wait()  # no pacing at all
 

@@ -1,0 +1,489 @@
+"""Benchmark the client's rate control and its CPU cost against a standalone sandbox.
+
+Variants (each client run in its own process, each scenario against a fresh sandbox process
+started with ``python -m synap_bulk sandbox``; traffic only to 127.0.0.1):
+
+* ``ceiling``: client ``rate=100`` against sandbox ``--rate 100``: achieved rate and 429 share
+  (target >= 97 % of the limit, <= 1 % 429s), for CUBIC and AIMD recovery.
+* ``auto``: client ``rate="auto"`` against sandbox ``--rate 100`` (target >= 90 %, <= 3 % 429s),
+  for CUBIC and AIMD, with the sandbox's X-RateLimit-* headers off (the recovery algorithm
+  alone) and on (header pacing).
+* ``cpu``: unthrottled sandbox, 20,000 GETs: client CPU ms per request for a bare aiohttp loop,
+  ``client.request`` and ``client.get`` (typed decode); target <= 2x the bare loop.
+* ``pacer``: CPU per throttled acquire of aiolimiter (bucket of one) and of the clock pacer, no
+  HTTP (asyncio event loop).
+
+``--quick`` shortens every duration for a smoke run. Prints a table and, with ``--json``, the raw
+figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "p:sandbox"
+CONCURRENCY = 16
+
+
+# --- the sandbox process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def sandbox(*extra: str) -> Iterator[str]:
+    """Start ``python -m synap_bulk sandbox`` and yield its base URL once it says it listens."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "synap_bulk",
+        "sandbox",
+        "--port",
+        str(free_port()),
+        "--seed",
+        "1",
+        "--users",
+        "200",
+        "--token",
+        TOKEN,
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        url = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"sandbox exited early ({proc.poll()}): {' '.join(cmd)}")
+            if line.startswith("sandbox listening on "):
+                url = line.split("sandbox listening on ", 1)[1].strip()
+                break
+        if not url:
+            raise RuntimeError("sandbox did not say it was listening within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def control(url: str, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+    """Call a /_sandbox control route (stats, config)."""
+    root = url.rsplit("/v3", 1)[0]
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"{root}/_sandbox/{route}",
+        data=data,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/vnd.api+json",
+            "Accept": "application/vnd.api+json",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def child(args: list[str]) -> dict[str, Any]:
+    """Run one variant in a fresh interpreter; it prints one JSON line."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- children -----------------------------------------------------------------------------
+
+
+def cpu_now() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def user_ids(url: str) -> list[str]:
+    """Ids of the seeded users (one listing page), so the runs GET real resources."""
+    from synap_bulk.client import SynapClient
+    from synap_bulk.jsonapi import AnyResource
+
+    async with SynapClient(url, token=TOKEN) as client:
+        page = await client.get_page("users", {"page[size]": "100"}, AnyResource)
+    return [r.id for r in page.data]
+
+
+async def run_rate(url: str, rate: str, duration: float, algorithm: str) -> dict[str, Any]:
+    """Hammer GET users/{id} with CONCURRENCY workers for ``duration`` seconds."""
+    from synap_bulk.client import SynapClient
+    from synap_bulk.errors import SynapBulkError
+    from synap_bulk.ratecontrol import RateSettings
+
+    limit: float | str = rate if rate == "auto" else float(rate)
+    ids = await user_ids(url)
+    ok = 0
+    failed = 0
+    samples: list[tuple[float, float]] = []
+    async with SynapClient(
+        url,
+        token=TOKEN,
+        rate=limit,  # type: ignore[arg-type]
+        concurrency=CONCURRENCY,
+        rate_settings=RateSettings(algorithm=algorithm),  # type: ignore[arg-type]
+    ) as client:
+        start = time.monotonic()
+        end = start + duration
+
+        async def worker(i: int) -> None:
+            nonlocal ok, failed
+            n = i
+            while time.monotonic() < end:
+                n += CONCURRENCY
+                try:
+                    await client.request("GET", f"users/{ids[n % len(ids)]}")
+                    ok += 1
+                except SynapBulkError:
+                    failed += 1
+
+        async def sampler() -> None:
+            while time.monotonic() < end:
+                await asyncio.sleep(1.0)
+                samples.append((time.monotonic() - start, client.rate.rate or 0.0))
+
+        await asyncio.gather(sampler(), *(worker(i) for i in range(CONCURRENCY)))
+        wall = time.monotonic() - start
+        s = client.statistics()
+    return {
+        "ok": ok,
+        "failed": failed,
+        "wall_s": wall,
+        "requests": s.requests,
+        "by_status": {str(k): v for k, v in s.by_status.items()},
+        "throttled": s.throttled,
+        "pauses": s.pauses,
+        "retries": s.retries,
+        "p50_ms": s.latency_ms_p50,
+        "p99_ms": s.latency_ms_p99,
+        "rate_samples": samples,
+    }
+
+
+async def run_cpu(url: str, mode: str, total: int) -> dict[str, Any]:
+    """``total`` GETs with CONCURRENCY workers; CPU seconds of this process during the loop."""
+    import aiohttp
+
+    from synap_bulk.client import SynapClient
+    from synap_bulk.resources import User
+
+    ids = await user_ids(url)
+    counter = iter(range(total))
+    done = 0
+    warm = min(500, total // 10)
+
+    if mode == "bare":
+        headers = {
+            "Authorization": f"Bearer {TOKEN}",
+            "Accept": "application/vnd.api+json",
+        }
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY + 4)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(i: int) -> None:
+                async with session.get(f"{url}/users/{ids[i % len(ids)]}", headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"status {r.status}")
+
+            for i in range(warm):
+                await one(i)
+            cpu0, t0 = cpu_now(), time.perf_counter()
+
+            async def worker() -> None:
+                nonlocal done
+                for i in counter:
+                    await one(i)
+                    done += 1
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            cpu1, t1 = cpu_now(), time.perf_counter()
+    else:
+        async with SynapClient(url, token=TOKEN, concurrency=CONCURRENCY) as client:
+
+            async def one(i: int) -> None:
+                if mode == "get":
+                    await client.get("users", ids[i % len(ids)], User)
+                else:
+                    await client.request("GET", f"users/{ids[i % len(ids)]}")
+
+            for i in range(warm):
+                await one(i)
+            cpu0, t0 = cpu_now(), time.perf_counter()
+
+            async def worker() -> None:
+                nonlocal done
+                for i in counter:
+                    await one(i)
+                    done += 1
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            cpu1, t1 = cpu_now(), time.perf_counter()
+    return {
+        "requests": done,
+        "cpu_ms_per_request": (cpu1 - cpu0) * 1000 / done,
+        "wall_s": t1 - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+async def run_pacer(kind: str, rate: float, seconds: float) -> dict[str, Any]:
+    """CPU per throttled acquire: 16 tasks pulling from a pacer at ``rate``, no HTTP."""
+    from synap_bulk.clock import SystemClock
+    from synap_bulk.ratecontrol import AiolimiterPacer, ClockPacer, Pacer
+
+    pacer: Pacer
+    if kind == "aiolimiter-1":
+        pacer = AiolimiterPacer(rate, burst_s=0.0)  # a bucket of exactly one
+    elif kind == "aiolimiter":
+        pacer = AiolimiterPacer(rate)
+    else:
+        pacer = ClockPacer(SystemClock(), rate)
+    acquires = int(rate * seconds)
+    left = acquires
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await pacer.wait()
+
+    cpu0, t0 = cpu_now(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    cpu1, t1 = cpu_now(), time.perf_counter()
+    return {
+        "cpu_us_per_acquire": (cpu1 - cpu0) * 1e6 / acquires,
+        "achieved_per_s": acquires / (t1 - t0),
+    }
+
+
+def child_main(ns: argparse.Namespace) -> None:
+    if ns.kind == "rate":
+        result = asyncio.run(run_rate(ns.url, ns.rate, ns.duration, ns.algorithm))
+    elif ns.kind == "cpu":
+        result = asyncio.run(run_cpu(ns.url, ns.mode, ns.total))
+    else:
+        result = asyncio.run(run_pacer(ns.mode, float(ns.rate), ns.duration))
+    print(json.dumps(result))
+
+
+# --- the parent: scenarios and the table --------------------------------------------------
+
+
+def rate_scenario(
+    name: str, rate: str, duration: float, algorithm: str, headers: bool
+) -> dict[str, Any]:
+    flags = ["--rate", "100", "--burst", "100"]
+    if not headers:
+        flags.append("--no-ratelimit-headers")
+    with sandbox(*flags) as url:
+        before = control(url, "GET", "stats")
+        got = child(
+            ["--kind", "rate", "--url", url, "--rate", rate, "--duration", str(duration),
+             "--algorithm", algorithm]
+        )  # fmt: skip
+        after = control(url, "GET", "stats")
+    server = _stats(after)
+    base = _stats(before)
+    requests = server["requests"] - base["requests"]
+    throttled = server["throttled"] - base["throttled"]
+    inside = server["inside"] - base["inside"]
+    achieved = got["ok"] / got["wall_s"]
+    return {
+        "scenario": name,
+        "algorithm": algorithm,
+        "headers": headers,
+        "duration_s": round(got["wall_s"], 1),
+        "achieved_per_s": round(achieved, 1),
+        "share_of_limit": round(achieved / 100.0, 3),
+        "share_429": round(throttled / requests, 4) if requests else 0.0,
+        "server_requests": requests,
+        "inside_retry_after": inside,
+        "pauses": got["pauses"],
+        "failed": got["failed"],
+        "rate_samples": got["rate_samples"],
+    }
+
+
+def _stats(doc: Any) -> dict[str, int]:
+    """Pull the counters we need out of /_sandbox/stats (plain or JSON:API-wrapped)."""
+    if isinstance(doc, dict) and "data" in doc and isinstance(doc["data"], dict):
+        doc = doc["data"].get("attributes", doc["data"])
+    return {
+        "requests": int(doc.get("requests", 0)),
+        "throttled": int(doc.get("throttled", 0)),
+        "inside": int(doc.get("requests_inside_retry_after", 0)),
+    }
+
+
+def cpu_scenario(total: int, repeats: int) -> list[dict[str, Any]]:
+    rows: dict[str, list[dict[str, Any]]] = {"bare": [], "request": [], "get": []}
+    with sandbox("--rate", "0") as url:
+        for _ in range(repeats):
+            for mode in rows:  # interleaved so drift hits every variant alike
+                rows[mode].append(
+                    child(["--kind", "cpu", "--url", url, "--mode", mode, "--total", str(total)])
+                )
+    bare = statistics.median(r["cpu_ms_per_request"] for r in rows["bare"])
+    out = []
+    for mode, runs in rows.items():
+        cpu = statistics.median(r["cpu_ms_per_request"] for r in runs)
+        out.append(
+            {
+                "variant": {"bare": "bare aiohttp loop", "request": "client.request",
+                            "get": "client.get (typed)"}[mode],
+                "requests": runs[0]["requests"],
+                "cpu_ms_per_request": round(cpu, 4),
+                "ratio_to_bare": round(cpu / bare, 2),
+                "req_per_s": round(statistics.median(r["requests"] / r["wall_s"] for r in runs)),
+                "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+                "runs": len(runs),
+            }
+        )  # fmt: skip
+    return out
+
+
+def pacer_scenario(seconds: float, repeats: int) -> list[dict[str, Any]]:
+    out = []
+    for rate in (100, 1000, 5000):
+        for kind in ("aiolimiter-1", "aiolimiter", "clock"):
+            runs = [
+                child(["--kind", "pacer", "--mode", kind, "--rate", str(rate),
+                       "--duration", str(seconds)])
+                for _ in range(repeats)
+            ]  # fmt: skip
+            out.append(
+                {
+                    "pacer": {"aiolimiter-1": "aiolimiter, bucket of 1",
+                              "aiolimiter": "aiolimiter, 20 ms bucket (default)",
+                              "clock": "clock pacer (GCRA)"}[kind],
+                    "target_per_s": rate,
+                    "achieved_per_s": round(
+                        statistics.median(r["achieved_per_s"] for r in runs)
+                    ),
+                    "cpu_us_per_acquire": round(
+                        statistics.median(r["cpu_us_per_acquire"] for r in runs), 1
+                    ),
+                }
+            )  # fmt: skip
+    return out
+
+
+def print_table(title: str, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    parser.add_argument(
+        "--only",
+        default="ceiling,auto,cpu,pacer",
+        help="comma-separated scenarios: ceiling, auto, cpu, pacer",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--algorithm", default="cubic", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    if ns.child:
+        child_main(ns)
+        return
+    only = set(ns.only.split(","))
+    ceiling_s, auto_s = (6.0, 10.0) if ns.quick else (30.0, 60.0)
+    gets, repeats = (2000, 1) if ns.quick else (20000, 3)
+    pacer_s = 1.0 if ns.quick else 3.0
+    figures: dict[str, Any] = {"quick": ns.quick, "python": sys.version.split()[0]}
+    keys = ["scenario", "algorithm", "headers", "duration_s", "achieved_per_s",
+            "share_of_limit", "share_429", "server_requests", "inside_retry_after", "pauses",
+            "failed"]  # fmt: skip
+    if "ceiling" in only:
+        rows = [
+            rate_scenario("rate=100 vs limit 100", "100", ceiling_s, alg, headers)
+            for alg in ("cubic", "aimd")
+            for headers in (False, True)
+        ]
+        figures["ceiling"] = rows
+        print_table(f"Known ceiling, {ceiling_s:.0f} s", rows, keys)
+    if "auto" in only:
+        rows = [
+            rate_scenario('rate="auto" vs limit 100', "auto", auto_s, alg, headers)
+            for alg in ("cubic", "aimd")
+            for headers in (False, True)
+        ]
+        figures["auto"] = rows
+        print_table(f"rate=auto, {auto_s:.0f} s", rows, keys)
+    if "cpu" in only:
+        rows = cpu_scenario(gets, repeats)
+        figures["cpu"] = rows
+        print_table(
+            f"CPU per request, unthrottled, {gets} GETs, median of {repeats}",
+            rows,
+            ["variant", "requests", "cpu_ms_per_request", "ratio_to_bare", "req_per_s",
+             "peak_rss_mb", "runs"],
+        )  # fmt: skip
+    if "pacer" in only:
+        rows = pacer_scenario(pacer_s, repeats)
+        figures["pacer"] = rows
+        print_table(
+            f"Pacers alone: 16 tasks, asyncio loop, {pacer_s:.0f} s each, median of {repeats}",
+            rows,
+            ["pacer", "target_per_s", "achieved_per_s", "cpu_us_per_acquire"],
+        )
+    if ns.json:
+        ns.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
