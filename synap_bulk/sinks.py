@@ -152,8 +152,9 @@ class Columns:
 
     Resources are decoded straight into msgspec Structs generated for exactly the chosen
     paths (unknown members are skipped by the decoder), and one ``operator.attrgetter`` reads
-    all columns of a row in a single C call. Only a row with an explicit ``null`` in the middle
-    of a path takes the slow, per-column route.
+    all columns of a row in a single C call; only columns below a nested attribute object take
+    a few Python steps more. A row with an explicit ``null`` where an object was expected
+    (``"attributes": null``) takes the slow, per-column route.
     """
 
     def __init__(self, columns: Sequence[str]) -> None:
@@ -171,24 +172,35 @@ class Columns:
             node[_LEAF] = True
         self._counter = 0
         self.row_type: type[Any] = self._struct(tree)
-        # Each column: its attribute path through the Structs, then any dict keys below a node
-        # that is both a column and a parent of columns (decoded as a plain value).
+        # Each column: the attribute path one attrgetter reads, then the steps left to take
+        # per row. The attrgetter stops at a nested attribute object (``attributes.marks``),
+        # which is often null; below it, and below a node that is itself a column (decoded as a
+        # plain value), the steps are None-safe getattr / dict lookups.
         attr_paths: list[str] = []
-        self._fixups: list[tuple[int, list[str], bool]] = []
+        self._fixups: list[tuple[int, list[tuple[bool, str]], bool]] = []
         for i, (path, link) in enumerate(paths):
             node = tree
             names: list[str] = []
-            rest: list[str] = []
+            steps: list[tuple[bool, str]] = []  # (is attribute, name or key)
+            mode = "getter"
             for j, part in enumerate(path):
-                names.append(node[part]["__name__"])
+                if mode == "dict":
+                    steps.append((False, part))
+                    continue
                 child = node[part]
-                if _LEAF in child and _has_children(child) and j < len(path) - 1:
-                    rest = path[j + 1 :]
-                    break
+                if mode == "getter":
+                    names.append(child["__name__"])
+                else:
+                    steps.append((True, child["__name__"]))
+                if _LEAF in child:
+                    mode = "dict"  # decoded as a plain value; any deeper part is a dict key
+                    continue
+                if mode == "getter" and j >= 1 and path[0] != "relationships":
+                    mode = "attr"
                 node = child
             attr_paths.append(".".join(names))
-            if rest or link:
-                self._fixups.append((i, rest, link))
+            if steps or link:
+                self._fixups.append((i, steps, link))
         self._attr_paths = attr_paths
         self._get = operator.attrgetter(*attr_paths) if len(attr_paths) > 1 else None
         self._single = operator.attrgetter(attr_paths[0])
@@ -244,10 +256,15 @@ class Columns:
         fixups = self._fixups
         if fixups:
             for v in out:
-                for i, rest, link in fixups:
+                for i, steps, link in fixups:
                     x = v[i]
-                    for key in rest:
-                        x = x.get(key) if x.__class__ is dict else None
+                    for is_attr, key in steps:
+                        if x is None:
+                            break
+                        if is_attr:
+                            x = getattr(x, key, None)
+                        else:
+                            x = x.get(key) if x.__class__ is dict else None
                     v[i] = _linkage(x) if link else x
         return out
 

@@ -101,6 +101,11 @@ def test_columns_survive_null_in_the_middle_of_a_path() -> None:
     cols = ["id", "attributes.marks.points", "relationships.user.id", "relationships.examV2.id"]
     assert read(cols, r) == ["1", None, None, None]
     assert read(["id"], {"id": "9", "type": "Attempt"}) == ["9"]
+    graded = attempt(2, grade={"letter": "B", "band": {"n": 2}})
+    cols = ["attributes.grade.letter", "attributes.grade.band.n", "attributes.marks.maxPoints"]
+    assert read(cols, graded) == ["B", 2, 10]
+    assert read(cols, attempt(3, grade=None, marks=None)) == [None, None, None]
+    assert read(["attributes", "meta.x"], {"id": "1", "attributes": None}) == [None, None]
 
 
 def test_neutralise_prefixes_formula_text_but_keeps_numbers() -> None:
