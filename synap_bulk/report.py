@@ -199,11 +199,14 @@ class SuccessWriter(_CsvWriter):
         bom: bool = False,
     ) -> None:
         self.input_columns = _input_columns(input_columns)
+        #: Lines written per action (created, updated, ...): the summary's action counts.
+        self.actions: dict[str, int] = {}
         super().__init__(
             path, [*self.input_columns, *SUCCESS_COLUMNS], delimiter=delimiter, bom=bom
         )
 
     def write(self, line: int, row: Mapping[str, str], action: str, remote_id: str) -> None:
+        self.actions[action] = self.actions.get(action, 0) + 1
         self._row(
             [
                 *(row.get(c, "") for c in self.input_columns),
@@ -325,9 +328,9 @@ class Summary(Struct, kw_only=True):
             elapsed_s=round(elapsed_s, 3),
             requests=requests,
             achieved_rate=round(requests / elapsed_s, 2) if elapsed_s > 0 else 0.0,
-            latency_ms_p50=client.latency_ms_p50 if client is not None else 0.0,
-            latency_ms_p95=client.latency_ms_p95 if client is not None else 0.0,
-            latency_ms_p99=client.latency_ms_p99 if client is not None else 0.0,
+            latency_ms_p50=round(client.latency_ms_p50, 2) if client is not None else 0.0,
+            latency_ms_p95=round(client.latency_ms_p95, 2) if client is not None else 0.0,
+            latency_ms_p99=round(client.latency_ms_p99, 2) if client is not None else 0.0,
             retries=client.retries if client is not None else 0,
             throttled=client.throttled if client is not None else 0,
             pauses=client.pauses if client is not None else 0,
@@ -384,13 +387,18 @@ class Summary(Struct, kw_only=True):
         rows.append(
             (
                 "requests",
-                f"{self.requests:,} at {self.achieved_rate:.1f} req/s"
-                f" · latency p50 {self.latency_ms_p50:.0f} ms, p95 {self.latency_ms_p95:.0f} ms,"
-                f" p99 {self.latency_ms_p99:.0f} ms"
-                f" · {self.retries:,} retries · {self.throttled:,} throttled (429)"
-                f" · {self.pauses:,} pauses",
+                f"{self.requests:,} at {self.achieved_rate:.1f} req/s · {self.retries:,} retries"
+                f" · {self.throttled:,} throttled (429) · {self.pauses:,} pauses",
             )
         )
+        if self.requests:
+            rows.append(
+                (
+                    "latency",
+                    f"p50 {self.latency_ms_p50:.0f} ms · p95 {self.latency_ms_p95:.0f} ms"
+                    f" · p99 {self.latency_ms_p99:.0f} ms",
+                )
+            )
         scalars = [
             f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
             for k, v in self.task.items()
@@ -409,6 +417,8 @@ class Summary(Struct, kw_only=True):
 
 def format_duration(seconds: float) -> str:
     """``42.3s``, ``6m12s``, ``2h05m``: short enough for a progress line."""
+    if seconds < 0.995:
+        return f"{seconds:.2f}s"
     if seconds < 59.95:
         return f"{seconds:.1f}s"
     s = round(seconds)

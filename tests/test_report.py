@@ -119,6 +119,7 @@ def test_success_and_plan_files(tmp_path: Path) -> None:
     success = tmp_path / "success.csv"
     with SuccessWriter(success, ["email", "_action"]) as sw:
         sw.write(3, {"email": "-a@x.io"}, "created", "u-1")
+    assert sw.actions == {"created": 1}
     assert success.read_bytes() == b"email,_line,_action,_remote_id\r\n-a@x.io,3,created,u-1\r\n"
     empty = tmp_path / "empty-success.csv"
     with SuccessWriter(empty, ["email"]):
@@ -221,8 +222,8 @@ def test_summary_write_and_render(tmp_path: Path) -> None:
     assert summary.render().splitlines() == [
         "spring (user-import): stopped in 6m12s - interrupted",
         "  items     1,234 done (1,000 created, 234 unchanged) · 3 failed · 0 invalid · 0 in doubt",
-        "  requests  1,200 at 3.2 req/s · latency p50 12 ms, p95 40 ms, p99 81 ms · 7 retries"
-        " · 3 throttled (429) · 1 pauses",
+        "  requests  1,200 at 3.2 req/s · 7 retries · 3 throttled (429) · 1 pauses",
+        "  latency   p50 12 ms · p95 40 ms · p99 81 ms",
         "  task      groups_added 40",
         "  failures  out/failures.csv",
     ]
@@ -230,6 +231,7 @@ def test_summary_write_and_render(tmp_path: Path) -> None:
 
 def test_format_duration() -> None:
     """Durations are short: seconds, then minutes and seconds, then hours and minutes."""
+    assert format_duration(0.043) == "0.04s"
     assert format_duration(4.25) == "4.2s"
     assert format_duration(59.96) == "1m00s"
     assert format_duration(372) == "6m12s"
