@@ -1,0 +1,335 @@
+"""The assign-markers task against the real sandbox: plan == run, idempotence, constraints."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synap_bulk.client import SynapClient
+from synap_bulk.errors import SourceError, SpecError
+from synap_bulk.profile import DEFAULT_PROFILE
+from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
+from synap_bulk.sandbox import Sandbox, SandboxConfig
+from synap_bulk.spec import AssignMarkersSpec, load_job
+from synap_bulk.tasks.assign_markers import (
+    AssignMarkersTask,
+    MarkerLoad,
+    render_allocation_table,
+)
+from synap_bulk.tasks.base import InvalidRow, Item, Safety
+
+ROLE = "provisional"
+ROLE_PATH = DEFAULT_PROFILE.marker_role_paths[ROLE]
+
+
+def _spec(**settings: Any) -> AssignMarkersSpec:
+    """A task section with this file's defaults: balanced double marking, seed 7."""
+    base: dict[str, Any] = {
+        "role": ROLE,
+        "strategy": "balanced",
+        "seed": 7,
+        "per_attempt": 2,
+    }
+    base.update(settings)
+    return AssignMarkersSpec(**base)
+
+
+class Job:
+    """The little of a loaded job file the task uses."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "job.yaml"
+        self.lines = {"task.exams": 5, "task.exams[0]": 6, "task.strategy": 9}
+
+    def resolve(self, path: str) -> Path:
+        return self.path.parent / path
+
+    def line_of(self, path: str) -> int | None:
+        return self.lines.get(path)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    config = SandboxConfig(seed=1, users=60, exams=2, attempts_per_exam=24, markers=6)
+    async with Sandbox(config) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def client(sandbox: Sandbox) -> AsyncIterator[SynapClient]:
+    async with SynapClient(sandbox.url, token=sandbox.token) as c:
+        yield c
+
+
+async def _exams(client: SynapClient) -> list[Exam]:
+    return [e async for e in client.paginate(DEFAULT_PROFILE.exams_path, None, Exam)]
+
+
+async def _published(client: SynapClient) -> Exam:
+    for exam in await _exams(client):
+        if exam.attributes.status != "draft" and exam.rel_id(MARKER_ROLES[ROLE].pool):
+            return exam
+    raise AssertionError("the seeded sandbox has no published exam with a pool")
+
+
+async def _task(tmp_path: Path, client: SynapClient, **settings: Any) -> AssignMarkersTask:
+    task = AssignMarkersTask(_spec(**settings), Job(tmp_path), DEFAULT_PROFILE)
+    await task.prepare(client)
+    return task
+
+
+async def _collect(task: AssignMarkersTask) -> tuple[list[Item], list[InvalidRow]]:
+    items: list[Item] = []
+    invalid: list[InvalidRow] = []
+    async for entry in task.items():
+        (items if isinstance(entry, Item) else invalid).append(entry)
+    return items, invalid
+
+
+async def _members(client: SynapClient, attempt_id: str) -> set[str]:
+    ids = await client.get_members(DEFAULT_PROFILE.attempts_path, attempt_id, ROLE_PATH)
+    return {r.id for r in ids}
+
+
+async def _attempts(client: SynapClient, exam_id: str) -> list[Attempt]:
+    p = DEFAULT_PROFILE
+    params = {p.filter_exam: exam_id, p.filter_status: "submitted"}
+    return [a async for a in client.paginate(p.attempts_path, params, Attempt)]
+
+
+async def _email(client: SynapClient, user_id: str) -> str:
+    user = await client.get(DEFAULT_PROFILE.users_path, user_id, User)
+    assert user.attributes.emailAddress
+    return user.attributes.emailAddress
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _relationship_writes(sandbox: Sandbox) -> int:
+    """Marker relationship writes the sandbox has seen (POST, DELETE, PATCH)."""
+    routes = sandbox.statistics().by_route
+    return sum(routes.get(f"attempts.markers.{op}", 0) for op in ("add", "remove", "replace"))
+
+
+async def test_plan_is_what_run_does(tmp_path: Path, client: SynapClient, sandbox: Sandbox) -> None:
+    """Every planned marker ends up on its attempt, in one write per changed attempt."""
+    exam = await _published(client)
+    task = await _task(tmp_path, client, exams=[exam.id])
+    assert task.kind == "assign-markers" and task.safety is Safety.IDEMPOTENT
+    items, invalid = await _collect(task)
+    assert items and not invalid
+    planned = {}
+    for item in items:
+        row = await task.plan(item, client)
+        planned[item.payload["attempt"]] = set(item.payload["markers"])
+        assert row.action in ("assign", "unchanged")
+    before = {a: await _members(client, a) for a in planned}
+    for item in items:
+        outcome = await task.execute(item, client)
+        assert outcome.status == "done"
+    assert _relationship_writes(sandbox) == sum(1 for v in planned.values() if v)
+    for attempt_id, new in planned.items():
+        after = await _members(client, attempt_id)
+        assert after == before[attempt_id] | new
+        assert len(after) >= 2
+    loads = {m.marker_id: m for m in task.loads}
+    assert max(m.after for m in loads.values()) - min(m.after for m in loads.values()) <= 1
+    summary = task.summary()
+    assert sum(m["applied"] for m in summary["markers"]) == sum(len(v) for v in planned.values())
+
+
+async def test_run_again_changes_nothing(
+    tmp_path: Path, client: SynapClient, sandbox: Sandbox
+) -> None:
+    """A second run over the same attempts plans nothing and sends no write at all."""
+    exam = await _published(client)
+    first = await _task(tmp_path, client, exams=[exam.id])
+    for item in (await _collect(first))[0]:
+        await first.execute(item, client)
+    writes = _relationship_writes(sandbox)
+    assert writes > 0
+    second = await _task(tmp_path, client, exams=[exam.id])
+    items, invalid = await _collect(second)
+    assert not invalid
+    assert {(await second.plan(i, client)).action for i in items} == {"unchanged"}
+    for item in items:
+        assert (await second.execute(item, client)).action == "unchanged"
+    assert _relationship_writes(sandbox) == writes
+    assert second.allocation is not None and second.allocation.assignments == []
+
+
+async def test_same_seed_same_plan(tmp_path: Path, client: SynapClient) -> None:
+    """Plan twice with one seed and the server unchanged: the same allocation."""
+    exam = await _published(client)
+    a = await _task(tmp_path, client, exams=[exam.id], strategy="random", seed=3)
+    b = await _task(tmp_path, client, exams=[exam.id], strategy="random", seed=3)
+    assert a.allocation == b.allocation
+
+
+async def test_exclusions_are_honoured_on_the_server(tmp_path: Path, client: SynapClient) -> None:
+    """A marker excluded for a candidate never marks that candidate's attempt."""
+    exam = await _published(client)
+    attempts = await _attempts(client, exam.id)
+    pool = MARKER_ROLES[ROLE].pool
+    gid = exam.rel_id(pool)
+    assert gid is not None
+    p = DEFAULT_PROFILE
+    markers = [u async for u in client.paginate(p.users_path, {p.filter_user_group: gid}, User)]
+    # Exclude every marker but two from the first three candidates: they must get exactly those.
+    allowed = sorted(m.id for m in markers)[:2]
+    banned = [m for m in markers if m.id not in allowed]
+    targets = [a.rel_id("user") or "" for a in attempts[:3]]
+    rows = [
+        [m.attributes.emailAddress or m.id, await _email(client, cand)]
+        for cand in targets
+        for m in banned
+    ]
+    _write_csv(tmp_path / "exclusions.csv", ["marker", "candidate"], rows)
+    task = await _task(tmp_path, client, exams=[exam.id], exclusions="exclusions.csv")
+    items, invalid = await _collect(task)
+    assert not invalid
+    for item in items:
+        await task.execute(item, client)
+    for attempt in attempts[:3]:
+        got = await _members(client, attempt.id)
+        assert got <= set(allowed) | set(attempt.rel_ids(MARKER_ROLES[ROLE].relationship))
+        assert not got & {m.id for m in banned} - set(
+            attempt.rel_ids(MARKER_ROLES[ROLE].relationship)
+        )
+
+
+async def test_unsatisfiable_attempts_are_reported(tmp_path: Path, client: SynapClient) -> None:
+    """When the limit leaves too few markers, the attempts left short are invalid, saying why."""
+    exam = await _published(client)
+    task = await _task(tmp_path, client, exams=[exam.id], max_per_marker=1)
+    _, invalid = await _collect(task)
+    assert invalid
+    assert all(r.error.code == "unsatisfied" for r in invalid)
+    assert all("max_per_marker" in r.error.detail for r in invalid)
+    text = render_allocation_table(task.loads, task.unsatisfied, role=ROLE)
+    assert "Cannot be satisfied" in text
+    assert "max_per_marker" in text
+
+
+async def test_draft_exam_is_a_clear_failure(tmp_path: Path, client: SynapClient) -> None:
+    """Assigning on a draft exam stops before any write, naming the exam and the job-file line."""
+    drafts = [e for e in await _exams(client) if e.attributes.status == "draft"]
+    if not drafts:
+        pytest.skip("the seeded sandbox has no draft exam")
+    with pytest.raises(SpecError) as info:
+        await _task(tmp_path, client, exams=[drafts[0].id])
+    assert "is a draft" in str(info.value)
+    assert str(info.value).startswith(f"{tmp_path / 'job.yaml'}:6: task.exams[0]: exam ")
+
+
+async def test_mapping_rows_are_checked_before_any_request(
+    tmp_path: Path, client: SynapClient
+) -> None:
+    """Mapping rows with an unknown attempt or a marker outside the pool fail with their line."""
+    exam = await _published(client)
+    attempts = await _attempts(client, exam.id)
+    p = DEFAULT_PROFILE
+    gid = exam.rel_id(MARKER_ROLES[ROLE].pool)
+    assert gid is not None
+    pool = [u async for u in client.paginate(p.users_path, {p.filter_user_group: gid}, User)]
+    pool_ids = {u.id for u in pool}
+    outsiders = [
+        u
+        async for u in client.paginate(p.users_path, None, User)
+        if u.id not in pool_ids and u.attributes.emailAddress
+    ]
+    outsider = outsiders[0]
+    good = pool[0].attributes.emailAddress or pool[0].id
+    target = next(a for a in attempts if a.rel_id("user") != pool[0].id)
+    _write_csv(
+        tmp_path / "map.csv",
+        ["attempt", "marker"],
+        [
+            [target.id, good],
+            ["no-such-attempt", good],
+            [target.id, outsider.attributes.emailAddress or ""],
+            [target.id, good.upper()],
+        ],
+    )
+    task = await _task(tmp_path, client, exams=[], mapping="map.csv", strategy=None)
+    items, invalid = await _collect(task)
+    assert [i.line for i in items] == [2]
+    assert {r.line: r.error.code for r in invalid} == {
+        3: "not-found",
+        4: "not-in-pool",
+        5: "duplicate",
+    }
+    bad = next(r for r in invalid if r.line == 4)
+    assert gid in bad.error.detail and bad.error.field == "marker"
+    assert task.input_columns == ["attempt", "marker"]
+    await task.execute(items[0], client)
+    assert pool[0].id in await _members(client, target.id)
+    assert task.column_for_pointer("/data/0") == "marker"
+
+
+async def test_unassign_removes_what_was_assigned(tmp_path: Path, client: SynapClient) -> None:
+    """Unassign without a mapping clears the role's markers from the attempts in scope."""
+    exam = await _published(client)
+    first = await _task(tmp_path, client, exams=[exam.id], per_attempt=1)
+    for item in (await _collect(first))[0]:
+        await first.execute(item, client)
+    undo = await _task(tmp_path, client, exams=[exam.id], action="unassign", strategy=None)
+    items, _ = await _collect(undo)
+    for item in items:
+        await undo.execute(item, client)
+    for item in items:
+        assert await _members(client, item.payload["attempt"]) == set()
+
+
+def test_settings_are_checked_with_their_line(tmp_path: Path) -> None:
+    """Contradictory settings fail at load time, naming the job file's line and field."""
+    _write_csv(tmp_path / "m.csv", ["attempt", "marker"], [])
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        "version: 1\n"
+        "name: t\n"
+        "api: {base_url: sandbox}\n"
+        "task:\n"
+        "  kind: assign-markers\n"
+        "  role: moderating\n"
+        "  exams: ['1']\n"
+        "  mapping: m.csv\n"
+        "  strategy: random\n",
+        encoding="utf-8",
+    )
+    job = load_job(job_file)
+    with pytest.raises(SpecError) as info:
+        AssignMarkersTask(job.spec.task, job, DEFAULT_PROFILE)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"{job_file}:9: task.strategy: give either a mapping CSV or a strategy, not both"
+    )
+    _write_csv(tmp_path / "bad.csv", ["attempt", "who"], [])
+    with pytest.raises(SourceError, match="needs column"):
+        AssignMarkersTask(
+            _spec(exams=["1"], mapping="bad.csv", strategy=None), Job(tmp_path), DEFAULT_PROFILE
+        )
+
+
+def test_allocation_table_lists_loads_and_reasons() -> None:
+    """The plan table shows each marker's load before and after and each unsatisfied attempt."""
+    text = render_allocation_table(
+        [
+            MarkerLoad(marker_id="1", label="ada@example.edu", before=2, after=5),
+            MarkerLoad(marker_id="2", label="bob@example.edu", before=4, after=4, in_pool=False),
+        ],
+        [("17", 2, "needs 2 more markers, no eligible marker (3 excluded)")],
+        role="provisional",
+    )
+    assert "ada@example.edu" in text and "+3" in text
+    assert "bob@example.edu (not in pool)" in text
+    assert "needs 2 more markers, no eligible marker (3 excluded)" in text
