@@ -94,11 +94,11 @@ def test_final_without_run_prints_one_line() -> None:
     """final() leaves exactly one line even if the run ended before progress started."""
     console, out = plain_console()
     progress = Progress(
-        lambda: Snapshot(total=3, done=3, elapsed_s=0.4), console=console, timestamp=lambda: "T"
+        lambda: Snapshot(total=3, done=3, elapsed_s=4.5), console=console, timestamp=lambda: "T"
     )
     progress.final()
     progress.close()
-    assert out.getvalue() == "[T] 3/3 done · 0 failed · 0.0 req/s · 0 throttled · elapsed 0.4s\n"
+    assert out.getvalue() == "[T] 3/3 done · 0 failed · 0.0 req/s · 0 throttled · elapsed 4.5s\n"
 
 
 def test_rate_meter_smooths_and_survives_stalls() -> None:
