@@ -1,11 +1,22 @@
-"""The command line: ``python -m synap_bulk <command>``."""
+"""The command line: ``python -m synap_bulk <command>``.
+
+Exit codes: 0 all done; 1 some items failed (or the run was stopped, resumable); 2 the job is
+invalid or the run was aborted (401, circuit breaker, unusable ledger).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
+
+
+def _job_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", type=Path, help="the job file (YAML)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +25,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Safe, fast, resumable bulk operations against the Synap API.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run a job, resuming where it stopped")
+    _job_arg(p)
+    p.add_argument(
+        "--restart", action="store_true", help="forget the ledger and start the job afresh"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="send the items that failed before again"
+    )
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("validate", help="check a job file and its inputs; no network")
+    _job_arg(p)
+    p.set_defaults(handler=_cmd_validate)
+
+    p = sub.add_parser("plan", help="dry run: read the server, write nothing, print the plan")
+    _job_arg(p)
+    p.set_defaults(handler=_cmd_plan)
+
+    p = sub.add_parser("status", help="what the job's ledger says")
+    _job_arg(p)
+    p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of job files (for editors)")
+    p.set_defaults(handler=_cmd_schema)
 
     from .sandbox import cli as sandbox_cli
 
@@ -25,6 +61,76 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_cli.add_arguments(sandbox_parser)
     sandbox_parser.set_defaults(handler=sandbox_cli.main)
     return parser
+
+
+def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    import anyio
+
+    from .errors import SynapBulkError
+
+    try:
+        return anyio.run(fn)
+    except SynapBulkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load(path: Path) -> Any:
+    from .spec import load_job
+
+    return load_job(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_job
+
+    async def go() -> int:
+        job = _load(args.job)
+        return await run_job(job, restart=args.restart, retry_failed=args.retry_failed)
+
+    return _run_async(go)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .runner import plan_job
+
+    async def go() -> int:
+        return await plan_job(_load(args.job))
+
+    return _run_async(go)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .runner import status_job
+
+    async def go() -> int:
+        return await status_job(_load(args.job))
+
+    return _run_async(go)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .profile import load_profile
+    from .runner import build_task
+
+    async def go() -> int:
+        job = _load(args.job)
+        if job.spec.task.kind != "export-attempts":
+            task = build_task(job, load_profile(job.spec.api.profile or None))
+            del task
+        print(f"{args.job}: ok ({job.spec.task.kind})")
+        return 0
+
+    return _run_async(go)
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from .spec import job_schema
+
+    print(json.dumps(job_schema(), indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,542 @@
+"""``kind: user-import``: register or update every candidate of a CSV exactly once.
+
+Per row: render the job's field templates, check the row (required values, email format,
+duplicate keys within the file), then
+
+- find the user by the match key (one paginated listing of the directory for large inputs,
+  a filtered lookup per row for small ones);
+- create through ``user-registrations`` with at most one group (the docs' rule), update by PATCH
+  only the attributes that differ, and add further groups through batched relationship calls
+  (``POST user-groups/{id}/relationships/users`` with many users at once).
+
+A create is *reconcilable*: when its outcome is unknown (timeout, 5xx, dropped connection) the
+engine calls :meth:`UserImportTask.reconcile`, which looks the user up by the natural key before
+anything is re-sent, so no candidate is ever registered twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..clock import Clock, SystemClock
+from ..errors import SpecError
+from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePatch
+from ..profile import ApiProfile
+from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION, User, UserGroup
+from ..sources import (
+    CsvSource,
+    DuplicateTracker,
+    is_email,
+    normalize_email,
+    render_template,
+    template_fields,
+)
+from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+
+if TYPE_CHECKING:
+    from ..client import SynapClient
+    from ..spec import JobFile, UserImportSpec
+
+__all__ = ["GroupBatcher", "UserImportTask"]
+
+#: Attributes the sandbox and the docs let a registration carry besides the templated ones.
+_CREATE_ONLY = {"password"}
+
+
+class _Known:
+    """What we know of a server-side user: id, comparable attributes, group ids."""
+
+    __slots__ = ("attributes", "groups", "id")
+
+    def __init__(self, id: str, attributes: dict[str, Any], groups: set[str] | None) -> None:
+        self.id = id
+        self.attributes = attributes
+        self.groups = groups
+
+
+class GroupBatcher:
+    """Collects "add user U to group G" requests and sends them many users per call.
+
+    Each caller awaits its own batch; a batch goes out when it holds ``size`` users or
+    ``linger`` seconds after its first entry. Group membership is a set on the server, so a
+    batch that is re-sent (after an error) changes nothing twice.
+    """
+
+    def __init__(
+        self,
+        client: SynapClient,
+        profile: ApiProfile,
+        *,
+        size: int = 100,
+        linger: float = 0.05,
+        clock: Clock | None = None,
+    ) -> None:
+        self._client = client
+        self._profile = profile
+        self._size = size
+        self._linger = linger
+        self._clock = clock or SystemClock()
+        self._pending: dict[str, _Batch] = {}
+        self.calls = 0
+
+    async def add(self, group_id: str, user_id: str) -> None:
+        batch = self._pending.get(group_id)
+        if batch is None:
+            batch = _Batch(group_id)
+            self._pending[group_id] = batch
+            batch.timer_started = True
+            await self._start_timer(batch)
+        batch.users.append(user_id)
+        if len(batch.users) >= self._size:
+            self._detach(batch)
+            await self._send(batch)
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    async def _start_timer(self, batch: _Batch) -> None:
+        async def fire() -> None:
+            await self._clock.sleep(self._linger)
+            if self._pending.get(batch.group_id) is batch:
+                self._detach(batch)
+                await self._send(batch)
+
+        # The timer runs in a short-lived task of its own; the caller does not wait for it.
+        batch.timer = _spawn(fire)
+
+    def _detach(self, batch: _Batch) -> None:
+        if self._pending.get(batch.group_id) is batch:
+            del self._pending[batch.group_id]
+
+    async def _send(self, batch: _Batch) -> None:
+        if batch.sent:
+            return
+        batch.sent = True
+        try:
+            self.calls += 1
+            await self._client.add_members(
+                self._profile.user_groups_path,
+                batch.group_id,
+                self._profile.group_members_relationship,
+                [ResourceIdentifier(type=TYPE_USER, id=u) for u in dict.fromkeys(batch.users)],
+            )
+        except Exception as exc:
+            batch.error = exc
+        finally:
+            batch.done.set()
+
+
+class _Batch:
+    __slots__ = ("done", "error", "group_id", "sent", "timer", "timer_started", "users")
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+        self.users: list[str] = []
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+        self.sent = False
+        self.timer: Any = None
+        self.timer_started = False
+
+
+def _spawn(fn: Any) -> Any:
+    """Run ``fn`` as a detached asyncio task (the batcher's linger timer)."""
+    import asyncio
+
+    return asyncio.get_running_loop().create_task(fn())
+
+
+class UserImportTask:
+    """Register or update the users of a CSV; see the module docstring."""
+
+    kind = "user-import"
+    safety = Safety.RECONCILABLE
+
+    def __init__(
+        self,
+        spec: UserImportSpec,
+        job: JobFile,
+        profile: ApiProfile,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.spec = spec
+        self.job = job
+        self.profile = profile
+        self.clock = clock or SystemClock()
+        self.source_path: Path = job.resolve(spec.source)
+        self._fields = dict(spec.fields)
+        if spec.match not in self._fields:
+            raise SpecError(
+                f"the match key {spec.match!r} must be one of the fields "
+                f"({', '.join(self._fields) or 'none given'})",
+                file=str(job.path),
+                line=job.line_of("task.match"),
+                path="task.match",
+            )
+        if spec.mode != "update" and "emailAddress" not in self._fields:
+            raise SpecError(
+                "creating users needs an emailAddress field",
+                file=str(job.path),
+                line=job.line_of("task.fields"),
+                path="task.fields",
+            )
+        self._source = CsvSource(self.source_path, delimiter=spec.delimiter)
+        self._check_templates()
+        self._groups_by_name: dict[str, str] = {}
+        self._group_ids: set[str] = set()
+        self._directory: dict[str, _Known] | None = None
+        self._batcher: GroupBatcher | None = None
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _templates(self) -> dict[str, str]:
+        """Every template of the task, by its job-file path."""
+        out = {f"task.fields.{k}": v for k, v in self._fields.items()}
+        out.update({f"task.groups[{i}]": g for i, g in enumerate(self.spec.groups)})
+        if self.spec.password is not None:
+            out["task.password"] = self.spec.password
+        return out
+
+    def _check_templates(self) -> None:
+        header = set(self._source.header)
+        for at, template in self._templates().items():
+            try:
+                names = template_fields(template)
+            except ValueError as exc:
+                raise SpecError(
+                    str(exc), file=str(self.job.path), line=self.job.line_of(at), path=at
+                ) from None
+            unknown = [n for n in names if n not in header]
+            if unknown:
+                raise SpecError(
+                    f"unknown column {{{unknown[0]}}} in template {template!r}; "
+                    f"{self._source.display_name} has: {', '.join(self._source.header)}",
+                    file=str(self.job.path),
+                    line=self.job.line_of(at),
+                    path=at,
+                )
+
+    @property
+    def source(self) -> CsvSource:
+        return self._source
+
+    def input_hash(self) -> str:
+        return self._source.sha256()
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self._source.header)
+
+    def _match_value(self, attrs: Mapping[str, Any]) -> str:
+        value = str(attrs.get(self.spec.match) or "").strip()
+        return normalize_email(value) if self.spec.match == "emailAddress" else value
+
+    async def prepare(self, client: SynapClient) -> None:
+        p = self.profile
+        async for group in client.paginate(p.user_groups_path, None, UserGroup):
+            self._group_ids.add(group.id)
+            if group.attributes.name:
+                self._groups_by_name.setdefault(group.attributes.name.strip().lower(), group.id)
+        mode = self.spec.lookup
+        if mode == "auto":
+            rows = sum(1 for _ in self._source)
+            mode = "listing" if rows > self.spec.listing_threshold else "per-row"
+        if mode == "listing":
+            directory: dict[str, _Known] = {}
+            params = {p.page_size_param: str(p.max_page_size)}
+            async for user in client.paginate(p.users_path, params, User):
+                known = self._known(user)
+                key = self._match_value(known.attributes)
+                if key:
+                    directory[key] = known
+            self._directory = directory
+        self._batcher = GroupBatcher(client, p, clock=self.clock)
+
+    def _known(self, user: User) -> _Known:
+        a = user.attributes
+        attrs: dict[str, Any] = {
+            "name": a.name,
+            "emailAddress": a.emailAddress,
+            "externalId": a.externalId,
+            "timeZone": a.timeZone,
+            "locale": a.locale,
+        }
+        groups = set(a.userGroupsMetadata) if a.userGroupsMetadata is not None else None
+        return _Known(user.id, attrs, groups)
+
+    # -- items --------------------------------------------------------------------------
+
+    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        seen = DuplicateTracker()
+        for row in self._source:
+            values = row.values
+            key_hint = f"line:{row.line}"
+            if row.problem:
+                yield InvalidRow(
+                    key=key_hint,
+                    line=row.line,
+                    row=values,
+                    error=ItemError(status="invalid", code="row", detail=row.problem),
+                )
+                continue
+            attrs: dict[str, str] = {}
+            for attr, template in self._fields.items():
+                attrs[attr] = render_template(template, values).strip()
+            if "emailAddress" in attrs:
+                attrs["emailAddress"] = attrs["emailAddress"].strip()
+            problem = self._row_problem(attrs)
+            if problem is not None:
+                yield InvalidRow(key=key_hint, line=row.line, row=values, error=problem)
+                continue
+            match = self._match_value(attrs)
+            earlier = seen.seen(match, row.line)
+            if earlier is not None:
+                yield InvalidRow(
+                    key=key_hint,
+                    line=row.line,
+                    row=values,
+                    error=ItemError(
+                        status="invalid",
+                        code="duplicate",
+                        field=self._column_of(self.spec.match),
+                        detail=f"duplicate {self.spec.match} {match!r}: already on line {earlier}",
+                    ),
+                )
+                continue
+            groups: list[str] = []
+            bad_group = None
+            for template in self.spec.groups:
+                name = render_template(template, values).strip()
+                if not name:
+                    continue
+                gid = self._resolve_group(name)
+                if gid is None:
+                    bad_group = name
+                    break
+                if gid not in groups:
+                    groups.append(gid)
+            if bad_group is not None:
+                yield InvalidRow(
+                    key=key_hint,
+                    line=row.line,
+                    row=values,
+                    error=ItemError(
+                        status="invalid",
+                        code="unknown-group",
+                        field=self._column_of_groups(),
+                        detail=f"user group {bad_group!r} does not exist",
+                    ),
+                )
+                continue
+            payload: dict[str, Any] = {"attributes": attrs, "groups": groups}
+            if self.spec.password is not None:
+                payload["password"] = render_template(self.spec.password, values)
+            yield Item(key=f"{self.spec.match}:{match}", line=row.line, row=values, payload=payload)
+
+    def _resolve_group(self, name: str) -> str | None:
+        if name in self._group_ids:
+            return name
+        return self._groups_by_name.get(name.lower())
+
+    def _row_problem(self, attrs: Mapping[str, str]) -> ItemError | None:
+        required: list[str] = [self.spec.match]
+        if self.spec.mode != "update":
+            required += [a for a in ("name", "emailAddress") if a in attrs]
+        for attr in dict.fromkeys(required):
+            if not attrs.get(attr):
+                return ItemError(
+                    status="invalid",
+                    code="required",
+                    field=self._column_of(attr),
+                    detail=f"{attr} is required",
+                )
+        email = attrs.get("emailAddress")
+        if email and not is_email(email):
+            return ItemError(
+                status="invalid",
+                code="email",
+                field=self._column_of("emailAddress"),
+                detail=f"not an email address: {email!r}",
+            )
+        return None
+
+    def _column_of(self, attr: str) -> str:
+        template = self._fields.get(attr)
+        if template is None:
+            return ""
+        names = template_fields(template)
+        return names[0] if names else ""
+
+    def _column_of_groups(self) -> str:
+        for template in self.spec.groups:
+            names = template_fields(template)
+            if names:
+                return names[0]
+        return ""
+
+    def column_for_pointer(self, pointer: str) -> str:
+        parts = pointer.strip("/").split("/")
+        if len(parts) >= 3 and parts[1] == "attributes":
+            return self._column_of(parts[2])
+        if len(parts) >= 3 and parts[1] == "relationships" and parts[2] == "userGroups":
+            return self._column_of_groups()
+        return ""
+
+    # -- lookups ------------------------------------------------------------------------
+
+    async def _lookup(self, item: Item, client: SynapClient, *, fresh: bool) -> _Known | None:
+        key = item.key.split(":", 1)[1]
+        if self._directory is not None and not fresh:
+            return self._directory.get(key)
+        p = self.profile
+        name = p.filter_email if self.spec.match == "emailAddress" else p.filter_external_id
+        found: _Known | None = None
+        async for user in client.paginate(p.users_path, {name: key}, User):
+            known = self._known(user)
+            if self._match_value(known.attributes) == key:
+                found = known
+                break
+        return found
+
+    def _changes(self, item: Item, known: _Known) -> dict[str, Any]:
+        attrs: Mapping[str, str] = item.payload["attributes"]
+        changes: dict[str, Any] = {}
+        for attr, value in attrs.items():
+            if attr in _CREATE_ONLY:
+                continue
+            current = known.attributes.get(attr)
+            if attr == "emailAddress":
+                if normalize_email(str(current or "")) == normalize_email(value):
+                    continue
+            elif (current or "") == value:
+                continue
+            changes[attr] = value
+        return changes
+
+    def _missing_groups(self, item: Item, known: _Known | None) -> list[str]:
+        groups: list[str] = list(item.payload["groups"])
+        if known is None or known.groups is None:
+            return groups
+        return [g for g in groups if g not in known.groups]
+
+    # -- plan / execute / reconcile -------------------------------------------------------
+
+    async def plan(self, item: Item, client: SynapClient) -> PlanRow:
+        known = await self._lookup(item, client, fresh=False)
+        mode = self.spec.mode
+        if known is None:
+            if mode == "update":
+                return PlanRow(key=item.key, line=item.line, action="conflict", detail="not found")
+            return PlanRow(key=item.key, line=item.line, action="create")
+        if mode == "create":
+            return PlanRow(
+                key=item.key,
+                line=item.line,
+                action="conflict",
+                detail="already exists",
+                remote_id=known.id,
+            )
+        changes = self._changes(item, known)
+        groups = self._missing_groups(item, known)
+        if not changes and not groups:
+            return PlanRow(key=item.key, line=item.line, action="unchanged", remote_id=known.id)
+        detail = ", ".join([*sorted(changes), *(f"+group {g}" for g in groups)])
+        return PlanRow(
+            key=item.key, line=item.line, action="update", detail=detail, remote_id=known.id
+        )
+
+    async def execute(self, item: Item, client: SynapClient) -> Outcome:
+        known = await self._lookup(item, client, fresh=False)
+        mode = self.spec.mode
+        if known is None:
+            if mode == "update":
+                return Outcome(
+                    status="failed",
+                    error=ItemError(
+                        status="404",
+                        code="not-found",
+                        field=self._column_of(self.spec.match),
+                        detail=f"no user with {self.spec.match} {item.key.split(':', 1)[1]!r}",
+                    ),
+                )
+            return await self._create(item, client)
+        if mode == "create":
+            return Outcome(
+                status="failed",
+                remote_id=known.id,
+                error=ItemError(
+                    status="409",
+                    code="exists",
+                    field=self._column_of(self.spec.match),
+                    detail=f"a user with this {self.spec.match} already exists ({known.id})",
+                ),
+            )
+        return await self._update(item, client, known)
+
+    async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
+        known = await self._lookup(item, client, fresh=True)
+        if known is None:
+            return None
+        # The create (or an update) took effect: finish the idempotent follow-ups.
+        outcome = await self._update(item, client, known)
+        action = "created" if outcome.action in ("unchanged", "updated") else outcome.action
+        return Outcome(status=outcome.status, action=action, remote_id=known.id)
+
+    async def _create(self, item: Item, client: SynapClient) -> Outcome:
+        p = self.profile
+        attrs = dict(item.payload["attributes"])
+        if not p.registration_accepts_external_id:
+            attrs.pop("externalId", None)
+        if "password" in item.payload:
+            attrs["password"] = item.payload["password"]
+        if not self.spec.welcome_email:
+            attrs["welcomeEmailDisabled"] = True
+        groups: list[str] = list(item.payload["groups"])
+        first, rest = groups[: p.registration_max_groups], groups[p.registration_max_groups :]
+        rels: dict[str, Relationship] = {}
+        if first:
+            rels["userGroups"] = Relationship(
+                data=[ResourceIdentifier(type=TYPE_USER_GROUP, id=g) for g in first]
+            )
+        body = NewResource(type=TYPE_USER_REGISTRATION, attributes=attrs, relationships=rels)
+        created = await client.create(p.registrations_path, body, User)
+        if not p.registration_accepts_external_id and "externalId" in item.payload["attributes"]:
+            patch = ResourcePatch(
+                type=TYPE_USER,
+                id=created.id,
+                attributes={"externalId": item.payload["attributes"]["externalId"]},
+            )
+            await client.update(p.users_path, patch, User)
+        await self._add_groups(created.id, rest)
+        return Outcome(status="done", action="created", remote_id=created.id)
+
+    async def _update(self, item: Item, client: SynapClient, known: _Known) -> Outcome:
+        changes = self._changes(item, known)
+        if changes:
+            patch = ResourcePatch(type=TYPE_USER, id=known.id, attributes=changes)
+            await client.update(self.profile.users_path, patch, User)
+        groups = self._missing_groups(item, known)
+        await self._add_groups(known.id, groups)
+        action = "updated" if changes or groups else "unchanged"
+        return Outcome(status="done", action=action, remote_id=known.id)
+
+    async def _add_groups(self, user_id: str, groups: list[str]) -> None:
+        if not groups:
+            return
+        assert self._batcher is not None, "prepare() runs before execute()"
+        batcher = self._batcher
+        async with anyio.create_task_group() as tg:
+            for gid in groups:
+                tg.start_soon(batcher.add, gid, user_id)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._batcher is not None:
+            out["group_batch_calls"] = self._batcher.calls
+        out["lookup"] = "listing" if self._directory is not None else "per-row"
+        return out
