@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from synap_bulk.client import SynapClient
 from synap_bulk.errors import SourceError, SpecError
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
+from synap_bulk.runner import plan_job, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import AssignMarkersSpec, load_job
 from synap_bulk.tasks.assign_markers import (
@@ -333,3 +338,24 @@ def test_allocation_table_lists_loads_and_reasons() -> None:
     assert "ada@example.edu" in text and "+3" in text
     assert "bob@example.edu (not in pool)" in text
     assert "needs 2 more markers, no eligible marker (3 excluded)" in text
+
+
+async def test_demo_job_plans_and_runs(tmp_path: Path) -> None:
+    """jobs/demo/assign-markers.yaml plans and runs: every submitted attempt double-marked."""
+    demo = Path(__file__).parent.parent / "jobs" / "demo"
+    shutil.copy(demo / "assign-markers.yaml", tmp_path / "assign-markers.yaml")
+    shutil.copy(demo / "markers-exclusions.csv", tmp_path / "markers-exclusions.csv")
+    job = load_job(tmp_path / "assign-markers.yaml")
+    console = Console(file=io.StringIO(), width=120)
+    assert await plan_job(job, console=console) == 0
+    out = tmp_path / "out" / job.spec.name
+    with (out / "plan.csv").open(encoding="utf-8", newline="") as fh:
+        plan = list(csv.DictReader(fh))
+    assert plan and {r["action"] for r in plan} == {"assign"}
+    assert await run_job(job, console=console, handle_signals=False) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["task"]["applied"] == 2 * len(plan)
+    assert summary["task"]["unsatisfied"] == 0
+    assert summary["task"]["notes"] == []
+    after = [m["after"] for m in summary["task"]["markers"]]
+    assert max(after) - min(after) <= 1

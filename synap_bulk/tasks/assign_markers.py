@@ -678,7 +678,7 @@ class AssignMarkersTask:
         return {
             "attempt": a.id,
             "exam": a.exam,
-            "candidate": self._labels.get(a.candidate, a.candidate),
+            "candidate": a.candidate,
             "markers": ";".join(self._labels.get(m, m) for m in markers),
         }
 
@@ -979,24 +979,31 @@ class AssignMarkersTask:
             else ("changed" if e.payload.get("markers") else "unchanged")
             for e in self._prepared
         )
-        return {
+        applied = sum(self._applied.values())
+        out: dict[str, Any] = {
             "role": self.role.name,
             "action": self.spec.action,
-            "strategy": self.spec.strategy or ("mapping" if self._mapping is not None else ""),
-            "items": dict(counts),
+            "strategy": self.spec.strategy or ("mapping" if self._mapping is not None else "all"),
             "unsatisfied": len(self._unsatisfied),
-            "markers": [
-                {
-                    "marker": m.label,
-                    "id": m.marker_id,
-                    "before": m.before,
-                    "after": m.after,
-                    "applied": self._applied[m.marker_id],
-                }
-                for m in self._loads
-            ],
-            "notes": list(self._notes),
+            "applied": applied,
         }
+        if self._loads:
+            before = [m.before for m in self._loads]
+            after = [m.after for m in self._loads]
+            out["load"] = f"{min(after)}-{max(after)} per marker (was {min(before)}-{max(before)})"
+        out["items"] = dict(counts)
+        out["markers"] = [
+            {
+                "marker": m.label,
+                "id": m.marker_id,
+                "before": m.before,
+                "after": m.after,
+                "applied": self._applied[m.marker_id],
+            }
+            for m in self._loads
+        ]
+        out["notes"] = list(self._notes)
+        return out
 
     # -- plan output ---------------------------------------------------------------------------
 
