@@ -114,6 +114,10 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(
                 connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
             )
+            # aiohttp silently resends an idempotent request once when a pooled connection
+            # drops; our retry loop decides instead, so every attempt is counted and budgeted.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
