@@ -59,7 +59,7 @@ class Job:
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
-    config = SandboxConfig(seed=1, users=60, exams=2, attempts_per_exam=24, markers=6)
+    config = SandboxConfig(seed=1, users=120, exams=2, attempts_per_exam=24, markers=6)
     async with Sandbox(config) as sb:
         yield sb
 
@@ -282,6 +282,50 @@ async def test_mapping_rows_are_checked_before_any_request(
     assert task.column_for_pointer("/data/0") == "marker"
 
 
+async def test_mapping_by_candidate_and_exam_name(tmp_path: Path, client: SynapClient) -> None:
+    """Rows naming a candidate and an exam find the attempt; bad rows fail on their own line."""
+    exams = await _exams(client)
+    published = await _published(client)
+    draft = next(e for e in exams if e.attributes.status == "draft")
+    p = DEFAULT_PROFILE
+    target = (await _attempts(client, published.id))[0]
+    in_draft = [
+        a async for a in client.paginate(p.attempts_path, {p.filter_exam: draft.id}, Attempt)
+    ]
+    marker = "marker0002@sandbox.example"
+    _write_csv(
+        tmp_path / "map.csv",
+        ["candidate", "exam", "marker"],
+        [
+            [
+                await _email(client, target.rel_id("user") or ""),
+                published.attributes.name or "",
+                marker,
+            ],
+            ["nobody@example.edu", published.id, marker],
+            ["a", "b", "c", "d"],
+            [await _email(client, in_draft[0].rel_id("user") or ""), draft.id, marker],
+            [await _email(client, target.rel_id("user") or ""), "No Such Exam", marker],
+        ],
+    )
+    task = await _task(tmp_path, client, mapping="map.csv", strategy=None)
+    items, invalid = await _collect(task)
+    assert [(i.line, i.payload["attempt"]) for i in items] == [(2, target.id)]
+    assert {r.line: r.error.code for r in invalid} == {
+        3: "not-found",
+        4: "row",
+        5: "exam",
+        6: "not-found",
+    }
+    assert "is a draft" in next(r for r in invalid if r.line == 5).error.detail
+    assert "No Such Exam" in next(r for r in invalid if r.line == 6).error.detail
+    [item] = items
+    assert await task.reconcile(item, client) is None
+    assert (await task.execute(item, client)).action == "assigned"
+    reconciled = await task.reconcile(item, client)
+    assert reconciled is not None and reconciled.status == "done"
+
+
 async def test_unassign_removes_what_was_assigned(tmp_path: Path, client: SynapClient) -> None:
     """Unassign without a mapping clears the role's markers from the attempts in scope."""
     exam = await _published(client)
@@ -319,7 +363,7 @@ def test_settings_are_checked_with_their_line(tmp_path: Path) -> None:
         f"{job_file}:9: task.strategy: give either a mapping CSV or a strategy, not both"
     )
     _write_csv(tmp_path / "bad.csv", ["attempt", "who"], [])
-    with pytest.raises(SourceError, match="needs column"):
+    with pytest.raises(SourceError, match="missing column"):
         AssignMarkersTask(
             _spec(exams=["1"], mapping="bad.csv", strategy=None), Job(tmp_path), DEFAULT_PROFILE
         )

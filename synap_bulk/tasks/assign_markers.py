@@ -20,7 +20,6 @@ task is *idempotent*: a resumed or repeated run sends only what is still missing
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 from collections import Counter
@@ -47,6 +46,7 @@ from ..errors import NotFound, SourceError, SpecError
 from ..jsonapi import UNSET, Resource, ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Attempt, Exam, MarkerRole, User, UserGroup
+from ..sources import CsvRow, CsvSource, normalize_email
 from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 
 if TYPE_CHECKING:
@@ -85,41 +85,20 @@ class MarkerLoad(Struct, frozen=True, kw_only=True):
 
 
 class _Table:
-    """A small CSV read whole: header and (line, row) pairs, line numbers as an editor shows."""
+    """A small side CSV read whole (sources.CsvSource): good rows as (line, values), bad apart."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-        self.sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{path}: not UTF-8 (invalid byte at offset {exc.start})") from exc
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, None)
-        if not header:
-            raise SourceError(f"{path}: empty file (no header)")
-        self.header = [h.strip() for h in header]
-        self.rows: list[tuple[int, dict[str, str]]] = []
-        line = reader.line_num + 1
-        for record in reader:
-            if any(cell.strip() for cell in record):
-                values = {
-                    h: (record[i] if i < len(record) else "") for i, h in enumerate(self.header)
-                }
-                self.rows.append((line, values))
-            line = reader.line_num + 1
+        source = CsvSource(path)
+        self.name = source.display_name
+        self.header = list(source.header)
+        self.sha256 = source.sha256()
+        self.records: list[CsvRow] = list(source)
+        self.rows = [(r.line, r.values) for r in self.records if r.problem is None]
+        self.bad = [r for r in self.records if r.problem is not None]
+        self._source = source
 
-    def require(self, columns: Iterable[str], what: str) -> None:
-        missing = [c for c in columns if c not in self.header]
-        if missing:
-            raise SourceError(
-                f"{self.path}: the {what} needs column(s) {', '.join(missing)}; "
-                f"the header has: {', '.join(self.header)}"
-            )
+    def require(self, columns: Iterable[str]) -> None:
+        self._source.check_columns(columns)
 
 
 def _columns(value: Any, defaults: Mapping[str, str]) -> dict[str, str]:
@@ -142,7 +121,7 @@ def _is_email(value: str) -> bool:
 
 
 def _norm_email(value: str) -> str:
-    return value.strip().lower()
+    return normalize_email(value)
 
 
 class _AttemptInfo:
@@ -273,17 +252,22 @@ class AssignMarkersTask:
         self._markers_csv = _Table(job.resolve(spec.markers)) if spec.markers else None
         if self._mapping is not None:
             cols = self.mapping_columns
-            self._mapping.require([cols["marker"]], "mapping")
+            self._mapping.require([cols["marker"]])
             if cols["attempt"] not in self._mapping.header:
-                self._mapping.require([cols["candidate"]], "mapping (without an attempt column)")
+                if cols["candidate"] not in self._mapping.header:
+                    raise SourceError(
+                        f"{self._mapping.name}: missing column(s): {cols['attempt']} "
+                        f"(or {cols['candidate']} with {cols['exam']}) "
+                        f"(header: {', '.join(self._mapping.header)})"
+                    )
                 if cols["exam"] not in self._mapping.header and len(spec.exams) != 1:
                     raise SourceError(
-                        f"{self._mapping.path}: rows naming a candidate need an "
+                        f"{self._mapping.name}: rows naming a candidate need an "
                         f"{cols['exam']!r} column, or exactly one exam in task.exams"
                     )
         if self._exclusions is not None:
             ec = self.exclusion_columns
-            self._exclusions.require([ec["marker"], ec["candidate"]], "exclusions file")
+            self._exclusions.require([ec["marker"], ec["candidate"]])
         if self._markers_csv is not None:
             self._marker_column = next(
                 (c for c in _MARKER_COLUMNS if c in self._markers_csv.header),
@@ -509,6 +493,8 @@ class AssignMarkersTask:
             return set()
         ec = self.exclusion_columns
         rows = self._exclusions.rows
+        for bad in self._exclusions.bad:
+            self._notes.append(f"{self._exclusions.name}:{bad.line}: {bad.problem}; row ignored")
         await self._resolve_values(client, [r[ec["marker"]] for _, r in rows])
         await self._resolve_values(client, [r[ec["candidate"]] for _, r in rows], external=True)
         pairs: set[tuple[str, str]] = set()
@@ -518,7 +504,7 @@ class AssignMarkersTask:
             if marker is None or cand is None:
                 unknown = row[ec["marker"]] if marker is None else row[ec["candidate"]]
                 self._notes.append(
-                    f"{self._exclusions.path.name}:{line}: no user {unknown.strip()!r}; "
+                    f"{self._exclusions.name}:{line}: no user {unknown.strip()!r}; "
                     "exclusion ignored"
                 )
                 continue
@@ -530,13 +516,15 @@ class AssignMarkersTask:
         if self._markers_csv is None:
             return None
         col = self._marker_column
+        for bad in self._markers_csv.bad:
+            self._notes.append(f"{self._markers_csv.name}:{bad.line}: {bad.problem}; row ignored")
         await self._resolve_values(client, [r[col] for _, r in self._markers_csv.rows])
         out: dict[str, int] = {}
         for line, row in self._markers_csv.rows:
             mid = self._user_id(row[col])
             if mid is None:
                 self._notes.append(
-                    f"{self._markers_csv.path.name}:{line}: no user {row[col].strip()!r}; skipped"
+                    f"{self._markers_csv.name}:{line}: no user {row[col].strip()!r}; skipped"
                 )
                 continue
             out.setdefault(mid, line)
@@ -601,7 +589,7 @@ class AssignMarkersTask:
                 if mid not in in_pool:
                     label = self._labels.get(mid, mid)
                     self._notes.append(
-                        f"{self._markers_csv.path.name if self._markers_csv else 'markers'}:"
+                        f"{self._markers_csv.name if self._markers_csv else 'markers'}:"
                         f"{line}: {label} is not in the {self.role.pool} pool of "
                         + ", ".join(f"exam {e.id}" for e, _ in exams)
                         + "; never chosen"
@@ -774,6 +762,16 @@ class AssignMarkersTask:
                     seen,
                 )
             )
+        for bad in self._mapping.bad:
+            self._prepared.append(
+                InvalidRow(
+                    key=f"line:{bad.line}",
+                    line=bad.line,
+                    row=bad.values,
+                    error=ItemError(status="invalid", code="row", detail=bad.problem or ""),
+                )
+            )
+        self._prepared.sort(key=lambda e: e.line)
         changed: Counter[str] = Counter()
         for entry in self._prepared:
             if isinstance(entry, Item):
