@@ -455,3 +455,25 @@ async def test_server_mode_against_the_sandbox_filters_like_pages(tmp_path: Path
         assert want and set(results["pages"]) == set(results["server"]) == want
         assert len(results["server"]) == len(want)
         assert sb.statistics().file_downloads == 1
+
+
+async def test_demo_export_job_runs_as_documented(tmp_path: Path) -> None:
+    """The demo export job writes every sandbox attempt once to a CSV; run again, it starts anew."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from synap_bulk.runner import EXIT_OK
+    from synap_bulk.spec import load_job
+    from synap_bulk.tasks.export_attempts import run_export_job
+
+    shutil.copy(ROOT / "jobs" / "demo" / "export-attempts.yaml", tmp_path / "job.yaml")
+    console = Console(file=io.StringIO())
+    out = tmp_path / "out" / "demo-export-attempts" / "attempts.csv"
+    for _ in range(2):
+        job = load_job(tmp_path / "job.yaml")
+        assert await run_export_job(job, console=console, handle_signals=False) == EXIT_OK
+        ids = ids_in(out, "csv")
+        assert len(ids) == len(set(ids)) == 6000
+    assert "Export completed: 6000 attempts" in console.file.getvalue()  # type: ignore[attr-defined]

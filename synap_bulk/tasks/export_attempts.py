@@ -400,12 +400,15 @@ class _Exporter:
             parallel=self.s.parallel,
         )
         self._report("paging", name)
+        first = True
         async with aclosing(pages):
             async for cursor, page in pages:
-                if self.total is None:
+                if first:
+                    first = False
                     total = page.meta.get("total")
+                    # Rows of this stream so far + what it still holds + what came before.
                     if isinstance(total, int):
-                        self.total = total
+                        self.total = self.rows - st.rows + total
                 rows: list[Any] = page.data
                 self.sink.write_page(rows)
                 st.cursor = _cursor_out(cursor)
@@ -566,7 +569,9 @@ def _cursor_in(raw: Any) -> Any:
 # --- the job runner -----------------------------------------------------------------------
 
 
-async def run_export_job(job: JobFile, *, restart: bool = False, console: Console) -> int:
+async def run_export_job(
+    job: JobFile, *, restart: bool = False, console: Console, handle_signals: bool = True
+) -> int:
     """``python -m synap_bulk run`` for an export job: client, ledger, progress, summary."""
     from ..checkpoint import Ledger
     from ..profile import load_profile
@@ -579,6 +584,9 @@ async def run_export_job(job: JobFile, *, restart: bool = False, console: Consol
     last: list[ExportProgress] = []
 
     def on_progress(p: ExportProgress) -> None:
+        if p.phase in ("waiting", "downloading") and (not last or last[0].phase != p.phase):
+            what = "waiting for the server's export job" if p.phase == "waiting" else "downloading"
+            console.print(f"exam {p.exam}: {what}")
         last[:] = [p]
 
     async with (
@@ -599,7 +607,7 @@ async def run_export_job(job: JobFile, *, restart: bool = False, console: Consol
             last,
             started,
             console,
-            stop,
+            stop if handle_signals else None,
         )
         summary = msgspec.to_builtins(result)
         await ledger.end_run(
@@ -624,7 +632,7 @@ async def _with_progress(
     last: list[ExportProgress],
     started: float,
     console: Console,
-    stop: anyio.Event,
+    stop: anyio.Event | None,
 ) -> ExportResult:
     """Run the export under the live progress display; Ctrl-C stops at the next page boundary."""
     import signal
@@ -634,9 +642,12 @@ async def _with_progress(
     def snapshot() -> Snapshot:
         p = last[0] if last else ExportProgress(phase="paging")
         c = client.statistics()
+        total, done = p.total, p.rows
+        if p.phase == "waiting":  # the server's job: its progress, in percent
+            total, done = 100, round((p.job_progress or 0.0) * 100)
         return Snapshot(
-            total=p.total,
-            done=p.rows,
+            total=total,
+            done=done,
             failed=0,
             skipped=0,
             in_flight=c.in_flight,
@@ -650,7 +661,7 @@ async def _with_progress(
     progress = Progress(snapshot, console=console)
     result: ExportResult | None = None
 
-    async def watch_signals() -> None:
+    async def watch_signals(stop: anyio.Event) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 console.print("[yellow]Stopping after the current page…[/]")
@@ -659,7 +670,8 @@ async def _with_progress(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(progress.run)
-        tg.start_soon(watch_signals)
+        if stop is not None:
+            tg.start_soon(watch_signals, stop)
         try:
             result = await work
         finally:
