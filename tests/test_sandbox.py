@@ -474,7 +474,7 @@ async def test_marker_assignment_checks_the_pool(api: Api, sb: Sandbox) -> None:
     assert (await api.call("POST", f"/attempts/{aid}/relationships/markers", {"data": [
         {"type": "User", "id": marker1}]}))[0] == 204  # fmt: skip
     assert (await api.call("DELETE", path, body))[0] == 204
-    assert list(sb.store.attempts[aid].roles["moderatingMarkers"]) == []
+    assert list(sb.store.attempts[aid].role_members("moderatingMarkers")) == []
     assert (await api.call("GET", f"/attempts/{aid}/relationships/graders"))[0] == 404
 
 

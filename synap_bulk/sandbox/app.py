@@ -1346,7 +1346,7 @@ class SandboxApp:
 
     def markers_get(self, ctx: Ctx, m: dict[str, str]) -> Out:
         attempt, role, _ = self._role(m)
-        ids = attempt.roles[role.relationship]
+        ids = attempt.role_members(role.relationship)
         links = {"self": f"{self.state.root}{ctx.request.path}"}
         body = _encoder.encode(
             {"data": [{"type": TYPE_USER, "id": uid} for uid in ids], "links": links}
@@ -1357,7 +1357,7 @@ class SandboxApp:
         attempt, role, exam = self._role(m)
         self._writable(exam)
         ids = self._pool_checked(ctx, exam, role)
-        current = attempt.roles[role.relationship]
+        current = attempt.role_members(role.relationship)
         if any(uid not in current for uid in ids):
             for uid in ids:
                 current[uid] = None
@@ -1368,7 +1368,7 @@ class SandboxApp:
         attempt, role, exam = self._role(m)
         self._writable(exam)
         ids = _linkage_list(ctx.body, TYPE_USER)
-        current = attempt.roles[role.relationship]
+        current = attempt.role_members(role.relationship)
         if any(uid in current for uid in ids):
             for uid in ids:
                 current.pop(uid, None)
@@ -1379,7 +1379,7 @@ class SandboxApp:
         attempt, role, exam = self._role(m)
         self._writable(exam)
         ids = self._pool_checked(ctx, exam, role)
-        if list(attempt.roles[role.relationship]) != ids:
+        if list(attempt.role_members(role.relationship)) != ids:
             attempt.roles[role.relationship] = dict.fromkeys(ids)
             attempt.touch(self.state.wall())
         return Out(204, None)
@@ -1476,31 +1476,33 @@ class SandboxApp:
         return Out(200, _doc(job.render()))
 
     def _complete(self, job: JobRec) -> None:
-        store = self.state.store
-        lines: list[bytes] = []
-        for a in self._attempt_filters(job.filters, "/filter"):
-            user = store.users.get(a.user_id)
-            exam = store.exams.get(a.exam_id)
-            meta = {
-                "user": {
-                    "name": user.name if user else None,
-                    "emailAddress": user.email if user else None,
-                    "externalId": user.external_id if user else None,
-                },
-                "exam": {"name": exam.name if exam else None},
-            }
-            lines.append(_encoder.encode(a.resource(meta)))
-        job.file = b"\n".join(lines) + (b"\n" if lines else b"")
+        """Fix which attempts the file holds (a snapshot of the filter's result); the lines are
+        rendered while streaming the download, so a big export costs no memory up front."""
+        job.items = list(self._attempt_filters(job.filters, "/filter"))
         job.status = "completed"
         job.completed_at = self.state.wall()
         job.file_url = f"{self.state.root}/files/exports/{job.id}.ndjson?signature={job.signature}"
+
+    def _export_line(self, a: AttemptRec) -> bytes:
+        store = self.state.store
+        user = store.users.get(a.user_id)
+        exam = store.exams.get(a.exam_id)
+        meta = {
+            "user": {
+                "name": user.name if user else None,
+                "emailAddress": user.email if user else None,
+                "externalId": user.external_id if user else None,
+            },
+            "exam": {"name": exam.name if exam else None},
+        }
+        return _encoder.encode(a.resource(meta)) + b"\n"
 
     async def export_file(self, request: web.Request) -> web.StreamResponse:
         """The export's NDJSON; like a pre-signed URL it needs the signature, not the token."""
         self.state.counters.file_downloads += 1
         name = request.match_info["name"]
         job = self.state.store.jobs.get(name.removesuffix(".ndjson"))
-        if job is None or job.file is None or not name.endswith(".ndjson"):
+        if job is None or job.items is None or not name.endswith(".ndjson"):
             body = _error_body([err(404, "Not Found", "no such export file", code="not_found")])
             return web.Response(body=body, status=404, headers=_JSON_HEADERS)
         if request.query.get("signature") != job.signature:
@@ -1516,9 +1518,14 @@ class SandboxApp:
                 ]
             )
             return web.Response(body=body, status=403, headers=_JSON_HEADERS)
-        return web.Response(
-            body=job.file, status=200, headers={"Content-Type": "application/x-ndjson"}
-        )
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        items = job.items
+        for start in range(0, len(items), 1000):
+            chunk = b"".join(self._export_line(a) for a in items[start : start + 1000])
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     # ------------------------------------------------------------------ unmatched
 

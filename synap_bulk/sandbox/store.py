@@ -7,6 +7,10 @@ inside one handler (no ``await`` in between), so the event loop makes every writ
 
 from __future__ import annotations
 
+import base64
+import bisect
+import gc
+import itertools
 import random
 import string
 import time
@@ -46,6 +50,7 @@ __all__ = [
 
 _encoder = msgspec.json.Encoder()
 _ALPHABET = string.ascii_letters + string.digits
+_B64_TO_ALNUM = bytes.maketrans(b"+/", b"xZ")
 
 #: The attempt relationships of the six marker roles, in a stable order.
 ATTEMPT_ROLE_RELATIONSHIPS: tuple[str, ...] = tuple(r.relationship for r in MARKER_ROLES.values())
@@ -339,8 +344,16 @@ class AttemptRec:
         self.time_completed: float | None = None
         self.resit_count = 0
         self.extra_time_ms = 0
-        self.roles: dict[str, dict[str, None]] = {r: {} for r in ATTEMPT_ROLE_RELATIONSHIPS}
+        #: role relationship -> ordered set of user ids; created on first use (saves memory)
+        self.roles: dict[str, dict[str, None]] = {}
         self.raw: msgspec.Raw | None = None
+
+    def role_members(self, relationship: str) -> dict[str, None]:
+        """The live ordered set of users in one marker-role relationship."""
+        members = self.roles.get(relationship)
+        if members is None:
+            members = self.roles[relationship] = {}
+        return members
 
     def touch(self, now: float) -> None:
         """Record a change: a new updatedAt and a fresh rendering."""
@@ -354,7 +367,7 @@ class AttemptRec:
             "user": _one(TYPE_USER, self.user_id),
         }
         for rel in ATTEMPT_ROLE_RELATIONSHIPS:
-            rels[rel] = _ids(TYPE_USER, self.roles[rel])
+            rels[rel] = _ids(TYPE_USER, self.roles.get(rel, ()))
         return Resource(
             type=TYPE_ATTEMPT,
             id=self.id,
@@ -418,10 +431,10 @@ class JobRec:
     __slots__ = (
         "completed_at",
         "created_at",
-        "file",
         "file_url",
         "filters",
         "id",
+        "items",
         "polls",
         "signature",
         "status",
@@ -439,7 +452,8 @@ class JobRec:
         self.completed_at: float | None = None
         self.polls = 0
         self.status = "pending"
-        self.file: bytes | None = None
+        #: the attempts the file holds, fixed at completion (None until then)
+        self.items: list[AttemptRec] | None = None
         self.file_url: str | None = None
 
     @property
@@ -476,6 +490,7 @@ class Store:
         self.wall = wall
         self._rng = random.Random(f"sandbox-ids:{config.seed}")
         self._used_ids: set[str] = set()
+        self._id_pool: list[str] = []
         self.users: dict[str, UserRec] = {}
         self.by_email: dict[str, str] = {}
         self.by_external_id: dict[str, str] = {}
@@ -494,18 +509,35 @@ class Store:
         self.default_groups: dict[str, str] = {}  # defaultGroupType -> group id
         self.marker_ids: list[str] = []
         self.student_ids: list[str] = []
-        self._seed()
+        # Seeding allocates millions of objects that all live on: the cyclic GC's passes over
+        # them would only cost time (half of a big seed), so it pauses meanwhile.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._seed()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     # ----------------------------------------------------------------- ids and lists
 
     def new_id(self) -> str:
-        """A fresh 10-character id (like Synap's objectIds), deterministic per seed."""
-        choices = self._rng.choices
+        """A fresh 10-character alphanumeric id (like Synap's objectIds), deterministic per seed."""
         while True:
-            candidate = "".join(choices(_ALPHABET, k=10))
+            if not self._id_pool:
+                self._refill_ids()
+            candidate = self._id_pool.pop()
             if candidate not in self._used_ids:
                 self._used_ids.add(candidate)
                 return candidate
+
+    def _refill_ids(self, n: int = 4096) -> None:
+        # One base64 encoding of seeded random bytes, mapped onto letters and digits, is much
+        # cheaper than drawing ten characters one by one (seeding 500k attempts stays fast).
+        text = base64.b64encode(self._rng.randbytes(n * 8)).translate(_B64_TO_ALNUM).decode()
+        pool = [text[i : i + 10] for i in range(0, n * 10, 10)]
+        pool.reverse()
+        self._id_pool = pool
 
     def user_list(self) -> list[UserRec]:
         if self._user_list is None:
@@ -594,7 +626,8 @@ class Store:
             self.student_ids.append(s.id)
 
         statuses = [s for s, _ in _STATUS_WEIGHTS]
-        weights = [w for _, w in _STATUS_WEIGHTS]
+        cumulative = list(itertools.accumulate(w for _, w in _STATUS_WEIGHTS))
+        total_weight = cumulative[-1]
         exam_t = t + 86400.0 * 7
         for e in range(cfg.exams):
             draft = cfg.exams >= 2 and e == cfg.exams - 1
@@ -619,7 +652,7 @@ class Store:
                 a = AttemptRec(self.new_id(), exam.id, uid, exam.name, created)
                 a.resit_count = j // n
                 if not draft:
-                    status = rng.choices(statuses, weights)[0]
+                    status = statuses[bisect.bisect(cumulative, rng.random() * total_weight)]
                     a.exam_status = status
                     if status in ("inProgress", "submitted", "expired"):
                         a.time_started = created + 86400.0 + rng.random() * 3600.0
