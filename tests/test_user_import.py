@@ -1,0 +1,185 @@
+"""The user-import task end to end: plan, run, reconciliation, kill and resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from rich.console import Console
+
+from synap_bulk.errors import SpecError
+from synap_bulk.runner import EXIT_FAILED, EXIT_OK, plan_job, run_job
+from synap_bulk.sampledata import CandidateFile, write_candidates
+from synap_bulk.sandbox import Sandbox, SandboxConfig
+from synap_bulk.spec import load_job
+
+COHORTS = ["Cohort 01", "Cohort 02", "Cohort 03"]
+
+
+def _job(
+    tmp: Path,
+    base_url: str,
+    *,
+    extra_task: str = "",
+    sandbox: str = "",
+    api: str = "",
+    name: str = "import",
+) -> Path:
+    text = f"""version: 1
+name: {name}
+api:
+  base_url: {base_url}
+  concurrency: 16
+{api}{sandbox}task:
+  kind: user-import
+  source: candidates.csv
+  match: externalId
+  mode: upsert
+  fields:
+    name: "{{first_name}} {{last_name}}"
+    emailAddress: "{{email}}"
+    externalId: "{{candidate_no}}"
+  groups: ["{{cohort}}", "Students"]
+{extra_task}"""
+    path = tmp / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO(), force_terminal=False)
+
+
+async def test_plan_then_run_does_exactly_what_the_plan_said(tmp_path: Path) -> None:
+    """`run` applies, line for line, the actions `plan` announced (create/update/invalid)."""
+    write_candidates(
+        tmp_path / "candidates.csv", 120, cohorts=COHORTS, seed=2, bad_every=25, id_prefix="S"
+    )
+    sandbox = "sandbox: {seed: 4, users: 30, groups: 3}\n"
+    job = load_job(_job(tmp_path, "sandbox", sandbox=sandbox, extra_task="  lookup: per-row\n"))
+    assert await plan_job(job, console=_quiet()) == EXIT_OK
+    assert await run_job(job, console=_quiet(), handle_signals=False) == EXIT_FAILED
+    out = tmp_path / "out" / "import"
+    plan = {r["_line"]: r["action"] for r in _read_csv(out / "plan.csv")}
+    done = {r["_line"]: r["_action"] for r in _read_csv(out / "success.csv")}
+    failed = {r["_line"] for r in _read_csv(out / "failures.csv")}
+    assert {line for line, action in plan.items() if action == "invalid"} == failed
+    expected = {line: {"create": "created"}.get(a, a + "d") for line, a in plan.items()}
+    assert done == {line: a for line, a in expected.items() if line not in failed}
+    assert set(plan.values()) == {"create", "update", "invalid"}
+
+
+async def test_commit_then_fail_never_creates_twice(tmp_path: Path) -> None:
+    """Writes that commit and then fail are reconciled by lookup: each user exists once."""
+    cands = write_candidates(tmp_path / "candidates.csv", 300, cohorts=COHORTS, seed=5)
+    faults = {"commit-then-500": 1.0, "commit-then-drop": 1.0, "drop": 1.0, "503": 1.0}
+    config = SandboxConfig(seed=5, users=0, groups=3, fault_rate=0.2, faults=faults)
+    async with Sandbox(config) as sb:
+        os.environ["SYNAP_TOKEN_TEST"] = sb.token
+        api = "  token: ${SYNAP_TOKEN_TEST}\n"
+        job = load_job(_job(tmp_path, sb.url, api=api))
+        code = await run_job(job, console=_quiet(), handle_signals=False)
+        stats = sb.statistics()
+        ids = {k for k in sb.store.by_external_id if k.startswith("C")}
+    assert code == EXIT_OK
+    assert stats.committed_then_failed > 0, "the sandbox must really have committed and failed"
+    assert stats.duplicate_creates == 0
+    assert max(stats.creates_by_key.values()) == 1
+    assert ids == set(cands.valid_ids)
+
+
+async def test_listing_replaces_per_row_lookups(tmp_path: Path) -> None:
+    """Above the threshold one paginated listing of the directory replaces a lookup per row."""
+    write_candidates(tmp_path / "candidates.csv", 250, cohorts=COHORTS, seed=6)
+    async with Sandbox(SandboxConfig(seed=6, users=500, groups=3)) as sb:
+        os.environ["SYNAP_TOKEN_TEST"] = sb.token
+        api = "  token: ${SYNAP_TOKEN_TEST}\n"
+        job = load_job(_job(tmp_path, sb.url, api=api, extra_task="  listing_threshold: 100\n"))
+        assert await run_job(job, console=_quiet(), handle_signals=False) == EXIT_OK
+        listing = sb.statistics().by_route.get("users.list", 0)
+        job2 = load_job(
+            _job(tmp_path, sb.url, api=api, name="again", extra_task="  lookup: per-row\n")
+        )
+        before = sb.statistics().by_route.get("users.list", 0)
+        code = await run_job(job2, restart=True, console=_quiet(), handle_signals=False)
+        assert code == EXIT_OK
+        per_row = sb.statistics().by_route.get("users.list", 0) - before
+    # 600+ users at 500 per page: two pages, against one lookup for each of the 250 rows.
+    assert listing <= 3
+    assert per_row == 250
+
+
+def test_unknown_placeholder_names_the_job_line(tmp_path: Path) -> None:
+    """A field template naming a column the CSV lacks is refused with the job file's line."""
+    write_candidates(tmp_path / "candidates.csv", 3, cohorts=COHORTS)
+    path = _job(tmp_path, "sandbox", extra_task="  password: '{pin}'\n")
+    from synap_bulk.profile import DEFAULT_PROFILE
+    from synap_bulk.tasks.user_import import UserImportTask
+
+    job = load_job(path)
+    with pytest.raises(SpecError) as info:
+        UserImportTask(job.spec.task, job, DEFAULT_PROFILE)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"{path}:16: task.password: unknown column {{pin}} in template '{{pin}}'; "
+        "candidates.csv has: candidate_no, first_name, last_name, email, cohort"
+    )
+
+
+async def _kill_when(sb: Sandbox, proc: Process, requests: int) -> bool:
+    """SIGKILL the run once the sandbox has seen ``requests`` requests; False if it ended first."""
+    with anyio.fail_after(60):
+        while sb.statistics().requests < requests:
+            if proc.returncode is not None:
+                return False
+            await anyio.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    return True
+
+
+async def test_killed_five_times_and_resumed_leaves_exactly_the_valid_users(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL at five seeded points, then resume: every valid row once, invalid rows listed."""
+    cands: CandidateFile = write_candidates(
+        tmp_path / "candidates.csv", 2000, cohorts=COHORTS, seed=11, bad_every=50
+    )
+    config = SandboxConfig(seed=11, users=0, groups=3, fault_rate=0.05)
+    rng = random.Random(2027)
+    async with Sandbox(config) as sb:
+        env = {**os.environ, "SYNAP_TOKEN": sb.token}
+        api = "  token: ${SYNAP_TOKEN}\n"
+        path = _job(tmp_path, sb.url, api=api, name="kill")
+        cmd = [sys.executable, "-m", "synap_bulk", "run", str(path)]
+        kills = 0
+        for _ in range(5):
+            start = sb.statistics().requests
+            proc = await anyio.open_process(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if await _kill_when(sb, proc, start + rng.randint(30, 500)):
+                kills += 1
+        final = await anyio.run_process(cmd, env=env, check=False)
+        stats = sb.statistics()
+        ids = {k for k in sb.store.by_external_id if k.startswith("C")}
+    assert kills == 5, "each run must have been killed mid-way"
+    assert final.returncode == EXIT_FAILED  # the deliberately invalid rows
+    assert stats.duplicate_creates == 0
+    assert max(stats.creates_by_key.values()) == 1
+    assert ids == set(cands.valid_ids)
+    failures = _read_csv(tmp_path / "out" / "kill" / "failures.csv")
+    assert {int(r["_line"]) for r in failures} == set(cands.invalid_lines)
