@@ -57,8 +57,8 @@ CREATE TABLE IF NOT EXISTS items (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     row TEXT,
-    updated_at REAL NOT NULL
-);
+    updated_at REAL NOT NULL  -- julian day, UTC: datetime(updated_at) reads it
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS runs (
 
 _UPSERT = """
 INSERT INTO items (key, line, status, action, remote_id, attempts, error, row, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, julianday('now'))
 ON CONFLICT(key) DO UPDATE SET
     line = excluded.line, status = excluded.status,
     action = CASE WHEN excluded.action = '' THEN items.action ELSE excluded.action END,
@@ -135,20 +135,8 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _Op:
-    """A queued unit of work for the writer thread."""
-
-    __slots__ = ("fn", "future", "record")
-
-    def __init__(
-        self,
-        record: tuple[Any, ...] | None,
-        fn: Callable[[sqlite3.Connection], Any] | None,
-        future: asyncio.Future[Any] | None,
-    ) -> None:
-        self.record = record
-        self.fn = fn
-        self.future = future
+_Record = tuple[str, int, str, str, str, int, str | None, str | None]
+_Call = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any] | None"]
 
 
 class Ledger:
@@ -163,8 +151,10 @@ class Ledger:
         self.path = path
         self._loop = loop
         self._cond = threading.Condition()
-        self._queue: list[_Op] = []
-        self._waiters = 0  # queued ops somebody awaits: commit at once
+        self._records: list[_Record] = []  # item rows to upsert, in order
+        self._calls: list[_Call] = []  # reads, cursor writes and waiters, after the records
+        self._urgent = False  # somebody awaits: commit now rather than in max_delay
+        self._kick_scheduled = False
         self._closing = False
         self._closed = False
         self._failure: BaseException | None = None
@@ -236,15 +226,14 @@ class Ledger:
             error = outcome.error if outcome.error is not None else error
         else:
             status, action, remote_id = outcome, "", ""
-        row = item.row if status in _KEEP_ROW else None
-        rec = (item.key, item.line, status, action, remote_id, attempts, error, row)
-        self._enqueue(_Op(rec, None, None))
+        err = None if error is None else _encode(error).decode()
+        row = _encode(dict(item.row)).decode() if status in _KEEP_ROW else None
+        self._add_record((item.key, item.line, status, action, remote_id, attempts, err, row))
 
     async def mark_in_flight(self, item: Item, attempts: int = 0) -> None:
         """Record the item as in flight and return once that is committed (group commit)."""
-        rec = (item.key, item.line, "in_flight", "", "", attempts, None, None)
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(_Op(rec, None, fut))
+        self._add_record((item.key, item.line, "in_flight", "", "", attempts, None, None), fut)
         await fut
 
     async def flush(self) -> None:
@@ -389,12 +378,10 @@ class Ledger:
 
     def statistics(self) -> LedgerStats:
         """Transactions committed, records written, records still queued."""
-        with self._cond:
-            pending = sum(1 for op in self._queue if op.record is not None)
         return LedgerStats(
             transactions=self._transactions,
             records_written=self._records_written,
-            pending=pending,
+            pending=len(self._records),
         )
 
     async def close(self) -> None:
@@ -404,8 +391,8 @@ class Ledger:
         if self._thread.is_alive():
             fut: asyncio.Future[Any] = self._loop.create_future()
             with self._cond:
-                self._queue.append(_Op(None, None, fut))
-                self._waiters += 1
+                self._calls.append((None, fut))
+                self._urgent = True
                 self._closing = True
                 self._cond.notify()
             try:
@@ -416,24 +403,44 @@ class Ledger:
 
     # -- the writer thread -----------------------------------------------------------------
 
-    def _enqueue(self, op: _Op) -> None:
+    def _check_open(self) -> None:
         if self._failure is not None:
             raise CheckpointError(f"{self.path}: the ledger failed: {self._failure}")
         if self._closing or self._closed:
             raise CheckpointError(f"{self.path}: the ledger is closed")
+
+    def _add_record(self, rec: _Record, fut: asyncio.Future[Any] | None = None) -> None:
+        self._check_open()
         with self._cond:
-            self._queue.append(op)
-            if op.future is not None:
-                self._waiters += 1
-                self._cond.notify()
-            elif len(self._queue) >= self.batch_size:
+            self._records.append(rec)
+            if fut is not None:
+                self._calls.append((None, fut))
+                self._schedule_kick()
+            elif len(self._records) >= self.batch_size:
+                self._urgent = True
                 self._cond.notify()
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._check_open()
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(_Op(None, fn, fut))
+        with self._cond:
+            self._calls.append((fn, fut))
+            self._schedule_kick()
         result: _T = await fut
         return result
+
+    def _schedule_kick(self) -> None:
+        # Wake the writer once per event-loop iteration, not per waiter: everything queued in
+        # this iteration (e.g. every worker's in-flight mark) shares one transaction.
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            self._loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        with self._cond:
+            self._kick_scheduled = False
+            self._urgent = True
+            self._cond.notify()
 
     def _writer(self) -> None:
         db: sqlite3.Connection | None = None
@@ -445,82 +452,57 @@ class Ledger:
             self._failure = CheckpointError(f"{self.path}: cannot open the ledger: {exc}")
         while True:
             with self._cond:
-                first_wait = time.monotonic()
-                while not self._waiters and len(self._queue) < self.batch_size:
-                    if self._queue:
-                        left = self.max_delay - (time.monotonic() - first_wait)
+                started = time.monotonic()
+                while not self._urgent:
+                    if self._records:
+                        left = self.max_delay - (time.monotonic() - started)
                         if left <= 0:
                             break
                         self._cond.wait(left)
                     else:
-                        first_wait = time.monotonic()
                         self._cond.wait()
-                batch = self._queue
-                self._queue = []
-                self._waiters = 0
+                        started = time.monotonic()
+                records, self._records = self._records, []
+                calls, self._calls = self._calls, []
+                self._urgent = False
                 closing = self._closing
-            self._commit(db, batch)
+            self._commit(db, records, calls)
             if closing:
                 if db is not None:
                     db.close()
                 return
 
-    def _commit(self, db: sqlite3.Connection | None, batch: list[_Op]) -> None:
+    def _commit(
+        self, db: sqlite3.Connection | None, records: list[_Record], calls: list[_Call]
+    ) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         failure: BaseException | None = self._failure
-        written = 0
-        if db is not None and failure is None:
+        if db is not None and failure is None and (records or calls):
             try:
                 db.execute("BEGIN IMMEDIATE")
-                records: list[tuple[Any, ...]] = []
-                now = time.time()
-                for op in batch:
-                    if op.record is not None:
-                        key, line, status, action, rid, attempts, err, row = op.record
-                        records.append(
-                            (
-                                key,
-                                line,
-                                status,
-                                action,
-                                rid,
-                                attempts,
-                                None if err is None else _encode(err).decode(),
-                                None if row is None else _encode(dict(row)).decode(),
-                                now,
-                            )
-                        )
-                        if op.future is not None:
-                            results.append((op.future, None, None))
-                        continue
-                    if records:
-                        db.executemany(_UPSERT, records)
-                        written += len(records)
-                        records = []
+                if records:
+                    db.executemany(_UPSERT, records)
+                for fn, fut in calls:
                     value: Any = None
                     error: BaseException | None = None
-                    if op.fn is not None:
+                    if fn is not None:
                         try:
-                            value = op.fn(db)
+                            value = fn(db)
                         except sqlite3.Error:
                             raise
                         except Exception as exc:  # e.g. a refused open: for its caller only
                             error = exc
-                    if op.future is not None:
-                        results.append((op.future, value, error))
-                if records:
-                    db.executemany(_UPSERT, records)
-                    written += len(records)
+                    if fut is not None:
+                        results.append((fut, value, error))
                 db.execute("COMMIT")
                 self._transactions += 1
-                self._records_written += written
+                self._records_written += len(records)
             except sqlite3.Error as exc:
                 _rollback(db)
                 failure = CheckpointError(f"{self.path}: {exc}")
                 self._failure = failure
-                results = []
         if failure is not None:
-            results = [(op.future, None, failure) for op in batch if op.future is not None]
+            results = [(fut, None, failure) for _, fut in calls if fut is not None]
         if results:
             self._resolve(results)
 

@@ -18,13 +18,14 @@ The engine itself never touches the disk or the network: the ledger and the task
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream
 from msgspec import Struct
 
 from .clock import Clock, SystemClock
@@ -145,6 +146,8 @@ class Engine:
         self._crash: BaseException | None = None
         self._stop_event: anyio.Event | None = None
         self._work_scope: anyio.CancelScope | None = None
+        self._producer_scope: anyio.CancelScope | None = None
+        self._workers_left = 0
 
     # -- public ----------------------------------------------------------------------------
 
@@ -179,7 +182,11 @@ class Engine:
         if self._stop_requested:
             self._stop_event.set()
         size = self.config.queue_size or 2 * self.config.concurrency
-        send, recv = anyio.create_memory_object_stream[Item](size)
+        workers = max(1, self.config.concurrency)
+        # asyncio.Queue rather than an anyio memory stream: a worker that finds an item waiting
+        # takes it without a checkpoint, which keeps the engine's cost per item to a few us.
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(size)
+        self._workers_left = workers
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._grace_watch)
@@ -187,10 +194,9 @@ class Engine:
                     self._work_scope = tg.cancel_scope
                     if self._hard_stop:
                         tg.cancel_scope.cancel()
-                    tg.start_soon(self._produce, send)
-                    for _ in range(max(1, self.config.concurrency)):
-                        tg.start_soon(self._work, recv.clone())
-                    recv.close()
+                    tg.start_soon(self._produce, queue, workers)
+                    for _ in range(workers):
+                        tg.start_soon(self._work, queue)
                 outer.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -300,12 +306,12 @@ class Engine:
             self._unfinished = True
             self._work_scope.cancel()
 
-    async def _produce(self, send: ObjectSendStream[Item]) -> None:
+    async def _produce(self, queue: asyncio.Queue[Item | None], workers: int) -> None:
         states = self._states
         retry_failed = self.config.retry_failed
         items: AsyncIterator[Item | InvalidRow] = self.task.items()
-        try:
-            async with send:
+        with anyio.CancelScope() as self._producer_scope:
+            try:
                 async for it in items:
                     if self._stop_requested:
                         self._unfinished = True
@@ -326,18 +332,23 @@ class Engine:
                         ):
                             self._skipped_failed += 1
                             continue
-                    await send.send(it)
-        except anyio.BrokenResourceError:
-            self._unfinished = True  # every worker left: the run is stopping
-        except Exception as exc:
-            self._fail_run(exc)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _aclose(items)
+                    await queue.put(it)
+                for _ in range(workers):
+                    await queue.put(None)  # one end mark per worker
+            except Exception as exc:
+                self._fail_run(exc)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _aclose(items)
+        if self._producer_scope.cancelled_caught:
+            self._unfinished = True
 
-    async def _work(self, recv: ObjectReceiveStream[Item]) -> None:
-        async with recv:
-            async for it in recv:
+    async def _work(self, queue: asyncio.Queue[Item | None]) -> None:
+        try:
+            while True:
+                it = await queue.get()
+                if it is None:
+                    return
                 if self._stop_requested:
                     self._unfinished = True
                     return
@@ -349,6 +360,10 @@ class Engine:
                     return
                 finally:
                     self._in_flight -= 1
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0 and self._producer_scope is not None:
+                self._producer_scope.cancel()  # nobody left to take items: stop reading them
 
     async def _process(self, item: Item) -> None:
         """One item from ledger state to recorded outcome, honouring its safety."""
