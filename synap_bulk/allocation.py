@@ -17,6 +17,7 @@ silently left short.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Collection, Iterable, Sequence
 from typing import Literal
@@ -143,51 +144,77 @@ def allocate(
     load = {m.marker_id: m.current_load for m in ordered}
     load_before = dict(load)
     excluded = frozenset(exclusions)
+    by_candidate: dict[str, set[str]] = {}
+    for mid, cid in excluded:
+        by_candidate.setdefault(cid, set()).add(mid)
+    no_one: frozenset[str] = frozenset()
+    cap = max_per_marker
     assignments: list[tuple[str, str]] = []
     unsatisfied: list[Unsatisfied] = []
     cursor = 0
-
-    def eligible(slot: AttemptSlot, mid: str) -> bool:
-        return (
-            mid not in slot.already
-            and mid != slot.candidate_id
-            and (slot.allowed is None or mid in slot.allowed)
-            and (mid, slot.candidate_id) not in excluded
-            and (max_per_marker is None or load[mid] < max_per_marker)
-        )
+    n_cycle = len(cycle)
+    # "balanced" keeps the pool sorted by (load, seeded rank) and re-files a marker when chosen.
+    queue = sorted((load[mid], rank[mid], mid) for mid in pool)
 
     for slot in slots:
-        need = per_attempt - len(slot.already)
+        already = slot.already
+        need = per_attempt - len(already)
         if need <= 0:
             continue
-        candidates = [mid for mid in pool if eligible(slot, mid)]
-        if len(candidates) < need:
-            unsatisfied.append(
-                Unsatisfied(
-                    slot.attempt_id,
-                    need,
-                    _why(slot, need, pool, candidates, load, excluded, max_per_marker),
-                )
-            )
-            continue
-        chosen: list[str]
+        cand = slot.candidate_id
+        allowed = slot.allowed
+        barred = by_candidate.get(cand, no_one)
+        chosen: list[str] = []
         if strategy == "balanced":
-            candidates.sort(key=lambda mid: (load[mid], rank[mid]))
-            chosen = candidates[:need]
+            for entry in queue:
+                mid = entry[2]
+                if cap is not None and entry[0] >= cap:
+                    break  # sorted by load: everyone after is at the limit too
+                if (
+                    mid in already
+                    or mid == cand
+                    or mid in barred
+                    or (allowed is not None and mid not in allowed)
+                ):
+                    continue
+                chosen.append(mid)
+                if len(chosen) == need:
+                    break
         elif strategy == "random":
-            chosen = rng.sample(candidates, need)
+            eligible = [
+                mid
+                for mid in pool
+                if mid not in already
+                and mid != cand
+                and mid not in barred
+                and (allowed is None or mid in allowed)
+                and (cap is None or load[mid] < cap)
+            ]
+            if len(eligible) >= need:
+                chosen = rng.sample(eligible, need)
         else:
-            ok = set(candidates)
-            chosen = []
-            n = len(cycle)
-            for step in range(n):
-                mid = cycle[(cursor + step) % n]
-                if mid in ok:
-                    chosen.append(mid)
-                    if len(chosen) == need:
-                        cursor = (cursor + step + 1) % n
-                        break
+            for step in range(n_cycle):
+                mid = cycle[(cursor + step) % n_cycle]
+                if (
+                    mid in already
+                    or mid == cand
+                    or mid in barred
+                    or (allowed is not None and mid not in allowed)
+                    or (cap is not None and load[mid] >= cap)
+                ):
+                    continue
+                chosen.append(mid)
+                if len(chosen) == need:
+                    cursor = (cursor + step + 1) % n_cycle
+                    break
+        if len(chosen) < need:
+            reason = _why(slot, need, pool, load, excluded, max_per_marker)
+            unsatisfied.append(Unsatisfied(slot.attempt_id, need, reason))
+            continue
         for mid in chosen:
+            if strategy == "balanced":
+                queue.remove((load[mid], rank[mid], mid))
+                bisect.insort(queue, (load[mid] + 1, rank[mid], mid))
             load[mid] += 1
             assignments.append((slot.attempt_id, mid))
 
@@ -203,7 +230,6 @@ def _why(
     slot: AttemptSlot,
     need: int,
     pool: Iterable[str],
-    candidates: Sequence[str],
     load: dict[str, int],
     excluded: frozenset[tuple[str, str]],
     max_per_marker: int | None,
@@ -213,6 +239,7 @@ def _why(
     if not members:
         return f"needs {_plural(need, 'marker')}, but the pool has no markers"
     counts = {"already": 0, "own": 0, "outside": 0, "excluded": 0, "full": 0}
+    eligible = 0
     for mid in members:
         if mid in slot.already:
             counts["already"] += 1
@@ -224,6 +251,8 @@ def _why(
             counts["excluded"] += 1
         elif max_per_marker is not None and load[mid] >= max_per_marker:
             counts["full"] += 1
+        else:
+            eligible += 1
     parts = []
     if counts["excluded"]:
         parts.append(f"{counts['excluded']} excluded")
@@ -235,7 +264,6 @@ def _why(
         parts.append(f"{counts['outside']} not in the exam's pool")
     if counts["own"]:
         parts.append("1 is the candidate")
-    eligible = len(candidates)
     head = f"needs {_plural(need, 'more marker')}, only {eligible} eligible"
     if eligible == 0:
         head = f"needs {_plural(need, 'more marker')}, no eligible marker"

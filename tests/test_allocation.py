@@ -19,7 +19,7 @@ from synap_bulk.allocation import (
     id_sort_key,
 )
 
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None)
 
 
 @st.composite
