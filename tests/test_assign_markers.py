@@ -397,6 +397,9 @@ async def test_demo_job_plans_and_runs(tmp_path: Path) -> None:
         plan = list(csv.DictReader(fh))
     assert plan and {r["action"] for r in plan} == {"assign"}
     assert await run_job(job, console=console, handle_signals=False) == 0
+    with (out / "success.csv").open(encoding="utf-8", newline="") as fh:
+        done = {r["attempt"]: r["markers"].replace(";", ", ") for r in csv.DictReader(fh)}
+    assert done == {r["remote_id"]: r["detail"] for r in plan}
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["task"]["applied"] == 2 * len(plan)
     assert summary["task"]["unsatisfied"] == 0

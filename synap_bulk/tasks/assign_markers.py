@@ -373,7 +373,9 @@ class AssignMarkersTask:
             except NotFound:
                 pass
             members: dict[str, str] = {}
-            async for user in client.paginate(p.users_path, {p.filter_user_group: gid}, User):
+            params = {p.filter_user_group: gid}
+            listing = client.paginate(p.users_path, params, User, page_size=p.max_page_size)
+            async for user in listing:
                 members[user.id] = user.attributes.emailAddress or user.id
                 self._remember(user)
             pool = _Pool(gid, name, members)
@@ -406,8 +408,8 @@ class AssignMarkersTask:
         if not todo:
             return
         if len(todo) > _LISTING_THRESHOLD:
-            params = {p.page_size_param: str(p.max_page_size)}
-            async for user in client.paginate(p.users_path, params, User):
+            listing = client.paginate(p.users_path, None, User, page_size=p.max_page_size)
+            async for user in listing:
                 self._remember(user)
         else:
             name = p.filter_email if by_email else p.filter_external_id
@@ -480,7 +482,10 @@ class AssignMarkersTask:
         filters: list[dict[str, str]] = [{p.filter_status: s} for s in statuses] or [{}]
         for extra in filters:
             params = {p.filter_exam: exam_id, **extra}
-            async for attempt in client.paginate(p.attempts_path, params, Attempt):
+            listing = client.paginate(
+                p.attempts_path, params, Attempt, page_size=p.max_page_size, parallel=4
+            )
+            async for attempt in listing:
                 info = self._attempt_info(attempt)
                 if statuses and info.status and info.status not in statuses:
                     continue
