@@ -43,7 +43,10 @@ class Sandbox:
     async def start(self) -> None:
         """Bind the socket and start serving; ``url`` is valid afterwards."""
         cfg = self._state.config
-        runner = web.AppRunner(self._app.build(), access_log=None, handle_signals=False)
+        # A short shutdown: in-flight handlers (maybe asleep in injected latency) get 2 s.
+        runner = web.AppRunner(
+            self._app.build(), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, reuse_address=True)
         await site.start()

@@ -7,7 +7,6 @@ inside one handler (no ``await`` in between), so the event loop makes every writ
 
 from __future__ import annotations
 
-import base64
 import bisect
 import gc
 import itertools
@@ -50,7 +49,6 @@ __all__ = [
 
 _encoder = msgspec.json.Encoder()
 _ALPHABET = string.ascii_letters + string.digits
-_B64_TO_ALNUM = bytes.maketrans(b"+/", b"xZ")
 
 #: The attempt relationships of the six marker roles, in a stable order.
 ATTEMPT_ROLE_RELATIONSHIPS: tuple[str, ...] = tuple(r.relationship for r in MARKER_ROLES.values())
@@ -490,7 +488,6 @@ class Store:
         self.wall = wall
         self._rng = random.Random(f"sandbox-ids:{config.seed}")
         self._used_ids: set[str] = set()
-        self._id_pool: list[str] = []
         self.users: dict[str, UserRec] = {}
         self.by_email: dict[str, str] = {}
         self.by_external_id: dict[str, str] = {}
@@ -522,22 +519,18 @@ class Store:
     # ----------------------------------------------------------------- ids and lists
 
     def new_id(self) -> str:
-        """A fresh 10-character alphanumeric id (like Synap's objectIds), deterministic per seed."""
+        """A fresh 10-character alphanumeric id (like Synap's objectIds), deterministic per seed.
+
+        The sequence is part of the seed's contract (demo files name seeded ids): keep it.
+        """
+        rnd = self._rng.random
+        alphabet = _ALPHABET
         while True:
-            if not self._id_pool:
-                self._refill_ids()
-            candidate = self._id_pool.pop()
+            # Same draws as ``"".join(rng.choices(_ALPHABET, k=10))``, without its overhead.
+            candidate = "".join([alphabet[int(rnd() * 62)] for _ in range(10)])
             if candidate not in self._used_ids:
                 self._used_ids.add(candidate)
                 return candidate
-
-    def _refill_ids(self, n: int = 4096) -> None:
-        # One base64 encoding of seeded random bytes, mapped onto letters and digits, is much
-        # cheaper than drawing ten characters one by one (seeding 500k attempts stays fast).
-        text = base64.b64encode(self._rng.randbytes(n * 8)).translate(_B64_TO_ALNUM).decode()
-        pool = [text[i : i + 10] for i in range(0, n * 10, 10)]
-        pool.reverse()
-        self._id_pool = pool
 
     def user_list(self) -> list[UserRec]:
         if self._user_list is None:
