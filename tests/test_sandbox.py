@@ -682,6 +682,17 @@ async def test_seeded_data_is_deterministic() -> None:
     assert fingerprint(3) != fingerprint(4)
 
 
+def test_seed_one_ids_are_stable() -> None:
+    """Seed 1's ids never change: demo job files (jobs/demo) name seeded attempts."""
+    from synap_bulk.sandbox.store import Store
+
+    store = Store(SandboxConfig(seed=1, users=200, exams=2, attempts_per_exam=60))
+    published, draft = store.attempts["sy0zQkLKMX"], store.attempts["aZDzucgT0A"]
+    assert store.users[published.user_id].external_id == "S000001"
+    assert store.exams[published.exam_id].status == "published"
+    assert store.exams[draft.exam_id].status == "draft"
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
