@@ -13,6 +13,7 @@ The ledger never sees the token: it stores keys, input rows, statuses and the se
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -155,6 +156,7 @@ class Ledger:
         self._calls: list[_Call] = []  # reads, cursor writes and waiters, after the records
         self._urgent = False  # somebody awaits: commit now rather than in max_delay
         self._kick_scheduled = False
+        self._lock_fd: int | None = None
         self._closing = False
         self._closed = False
         self._failure: BaseException | None = None
@@ -178,6 +180,7 @@ class Ledger:
     ) -> Ledger:
         """Open or create the ledger; refuse one whose task or input changed unless restarting."""
         ledger = cls(Path(path), asyncio.get_running_loop())
+        ledger._lock_fd = _lock(ledger.path)
         ledger._thread.start()
         try:
             await ledger._call(
@@ -400,6 +403,9 @@ class Ledger:
             except CheckpointError:
                 pass
         self._closed = True
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -522,6 +528,28 @@ class Ledger:
             self._loop.call_soon_threadsafe(settle)
         except RuntimeError:  # the loop is gone: nobody is waiting any more
             pass
+
+
+def _lock(path: Path) -> int | None:
+    """Hold an exclusive lock for this run: two runs of one job must never interleave."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no run lock
+        return None
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot create the run lock: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CheckpointError(
+            f"{path}: another run of this job is using the ledger; let it finish or stop it first"
+        ) from None
+    return fd
 
 
 def _rollback(db: sqlite3.Connection) -> None:

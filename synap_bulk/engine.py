@@ -422,8 +422,16 @@ class Engine:
                         item, "failed", attempts, ItemError(status=_status_of(exc), detail=str(exc))
                     )
                     return
+                if self._stop_requested:
+                    # Stopping (signal or breaker): no new attempt. The ledger keeps the item as
+                    # it was (absent, or in flight to reconcile), so a resume picks it up.
+                    self._unfinished = True
+                    return
                 self._retried += 1
                 await self._clock.sleep(self._backoff(tries))
+                if self._stop_requested:
+                    self._unfinished = True
+                    return
                 continue
             except ApiError as exc:  # 4xx: the server refused this item
                 self._note(False)

@@ -145,3 +145,16 @@ async def test_unusable_file_is_a_checkpoint_error(tmp_path: Path) -> None:
         await open_ledger(path)
     with pytest.raises(CheckpointError):
         await Ledger.open_readonly(tmp_path / "missing.sqlite")
+
+
+async def test_a_second_run_of_the_same_job_is_refused(tmp_path: Path) -> None:
+    """While one run holds the ledger, another open is refused; reading (status) still works."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as first:
+        with pytest.raises(CheckpointError, match="another run of this job"):
+            await open_ledger(path)
+        async with await Ledger.open_readonly(path) as reader:
+            assert await reader.counts() == {}
+        first.record(item(1), Outcome(status="done"), 1)
+    async with await open_ledger(path) as again:
+        assert await again.counts() == {"done": 1}

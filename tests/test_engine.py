@@ -459,3 +459,25 @@ async def test_plan_in_input_order_with_invalid_rows() -> None:
     assert rows[7].detail == "email: not an email address"
     assert rows[8].action == "create"
     assert task.executed == []
+
+
+async def test_breaker_stops_retries_and_resume_reconciles(tmp_path: Path) -> None:
+    """Once the breaker opens, items waiting to retry give up without being failed; a resume
+    reconciles them and sends each at most once more."""
+    faults = {f"k{i}": [COMMIT_THEN_500 if i % 2 else server_error()] for i in range(40)}
+    task = FakeTask(40, safety=Safety.RECONCILABLE, faults=faults)
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        r = await engine(
+            task, ledger, concurrency=4, breaker_window=8, breaker_min_requests=8
+        ).run()
+        assert r.status == "stopped"
+        assert r.reason.startswith("circuit breaker")
+        counts = await ledger.counts()
+        assert "failed" not in counts
+        resumed = FakeTask(40, safety=Safety.RECONCILABLE)
+        resumed.server = set(task.server)
+        r2 = await engine(resumed, ledger).run()
+        assert r2.status == "completed"
+        assert await ledger.counts() == {"done": 40}
+    assert not task.server & set(resumed.executed)  # nothing that took effect is re-sent

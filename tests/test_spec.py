@@ -270,3 +270,9 @@ def test_schema_describes_every_task_kind() -> None:
         assert defs[name]["additionalProperties"] is False
     assert defs["UserImportSpec"]["properties"]["kind"] == {"enum": ["user-import"]}
     assert defs["Job"]["required"] == ["version", "name", "api", "task"]
+
+
+def test_sandbox_section_is_checked_against_the_sandbox_config(tmp_path: Path) -> None:
+    """A sandbox key the simulator does not know is refused at its line."""
+    msg = error_of(tmp_path, BASE.replace("users: 0}", "users: 0, colour: red}"))
+    assert msg.startswith("jobs/import.yaml:7: sandbox.colour: unknown key (expected one of: seed,")
