@@ -566,6 +566,7 @@ class SandboxApp:
                         headers.update(rl_headers)
                     headers.update(exc.headers)
                     if kind == "truncate":
+                        c.fault(kind)
                         return await self._truncate(request, status, _error_body(exc.errors))
                     return web.Response(
                         body=_error_body(exc.errors), status=status, headers=headers
