@@ -14,6 +14,8 @@ from synap_bulk.spec import JobFile, load_job
 from synap_bulk.tasks.base import InvalidRow, Item, Safety
 from synap_bulk.tasks.request import RequestTask
 
+DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo"
+
 CSV = (
     "attempt_id,candidate,extra_ms,ref\n"
     "101,Ada,900000,AA-1\n"
@@ -200,9 +202,40 @@ async def test_server_pointer_maps_to_the_feeding_column(tmp_path: Path) -> None
 
 
 async def test_unsafe_paths_are_refused_per_row(tmp_path: Path) -> None:
-    """A rendered path with an empty or dot segment is an invalid row, never a request."""
-    csv = "attempt_id\n7\n\n../users\n"
+    """Values are quoted into one path segment; an empty or dot segment is an invalid row."""
+    csv = "attempt_id\n7\n..\n\na/b?x=1\n"
     t = task(job(tmp_path, method="DELETE", path='"attempt-locks/{attempt_id}"', extra="", csv=csv))
     items = await collect(t)
     assert isinstance(items[0], Item) and items[0].payload["path"] == "attempt-locks/7"
     assert isinstance(items[1], InvalidRow) and items[1].error.code == "path"
+    assert isinstance(items[2], Item) and items[2].payload["path"] == "attempt-locks/a%2Fb%3Fx%3D1"
+
+
+async def test_demo_extra_time_job_runs_as_documented(tmp_path: Path) -> None:
+    """The demo job sends its six good rows once and reports lines 6 and 8 as its comment says."""
+    import csv
+    import io
+    import json
+    import shutil
+
+    from rich.console import Console
+
+    from synap_bulk.runner import EXIT_FAILED, run_job
+
+    for name in ("extra-time.yaml", "access-arrangements.csv"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    console = Console(file=io.StringIO())
+    out = tmp_path / "out" / "demo-extra-time"
+    code = await run_job(
+        load_job(tmp_path / "extra-time.yaml"), console=console, handle_signals=False
+    )
+    assert code == EXIT_FAILED
+    failures = list(csv.DictReader(io.StringIO((out / "failures.csv").read_text())))
+    assert [(f["_line"], f["_error_status"], f["_error_field"]) for f in failures] == [
+        ("6", "invalid", "extra_ms"),
+        ("8", "403", ""),
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["done"] == 6
+    assert summary["requests"] == 7  # six resets and the refused one; nothing sent twice
+    assert summary["task"]["created"] == 6

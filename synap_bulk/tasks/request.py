@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -136,12 +137,14 @@ class RequestTask:
     # -- items --------------------------------------------------------------------------------
 
     def _render(self, values: Mapping[str, str]) -> dict[str, Any]:
-        path = str(self._path.render(values)).strip()
+        # In paths every value is one segment: "a/b" or "x?y=1" cannot reach another route.
+        quoted = {k: quote(v.strip(), safe="") for k, v in values.items()}
+        path = str(self._path.render(quoted)).strip()
         payload: dict[str, Any] = {"path": path.lstrip("/")}
         if self._body is not None:
             payload["body"] = self._body.render(values)
         if self._lookup_path is not None and self._lookup_params is not None:
-            payload["lookup_path"] = str(self._lookup_path.render(values)).strip().lstrip("/")
+            payload["lookup_path"] = str(self._lookup_path.render(quoted)).strip().lstrip("/")
             params = self._lookup_params.render(values)
             payload["lookup_params"] = {str(k): str(v) for k, v in params.items()}
         return payload
@@ -211,7 +214,7 @@ class RequestTask:
                 field=column,
                 detail=f"the path {path!r} has an empty segment",
             )
-        if any(seg in (".", "..") for seg in path.split("/")) or "?" in path or "#" in path:
+        if any(seg in (".", "..") for seg in path.split("?")[0].split("/")) or "#" in path:
             return ItemError(
                 status="invalid", code="path", field=column, detail=f"unsafe path {path!r}"
             )
