@@ -475,6 +475,12 @@ async def test_marker_assignment_checks_the_pool(api: Api, sb: Sandbox) -> None:
         {"type": "User", "id": marker1}]}))[0] == 204  # fmt: skip
     assert (await api.call("DELETE", path, body))[0] == 204
     assert list(sb.store.attempts[aid].role_members("moderatingMarkers")) == []
+    replace = {"data": [{"type": "User", "id": marker1}, {"type": "User", "id": marker0}]}
+    markers = f"/attempts/{aid}/relationships/markers"
+    assert (await api.call("PATCH", markers, replace))[0] == 204
+    assert list(sb.store.attempts[aid].role_members("markers")) == [marker1, marker0]
+    assert (await api.call("PATCH", markers, {"data": []}))[0] == 204
+    assert list(sb.store.attempts[aid].role_members("markers")) == []
     assert (await api.call("GET", f"/attempts/{aid}/relationships/graders"))[0] == 404
 
 
