@@ -12,7 +12,7 @@ Two load generators: ``aiohttp`` (a real client; on a small machine it, not the 
 limit) and ``raw`` (minimal HTTP/1.1 keep-alive on asyncio streams, cheap enough that the server
 saturates). The table gives the median requests/s over the repeats, the server's CPU time per
 request and share of its core (from ``/proc/<pid>/stat``), and the implied one-core capacity
-(1 s / CPU per request). Bounded in time (default about 45 s), loopback only.
+(1 s / CPU per request). Bounded in time (default about 40 s), loopback only.
 
     .venv/bin/python benchmarks/sandbox_throughput.py
 """
@@ -174,7 +174,7 @@ def run_load(url: str, scenario: str, client: str, args: argparse.Namespace) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
+    parser.add_argument("--duration", type=float, default=2.5, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--users", type=int, default=1000)
