@@ -318,6 +318,7 @@ async def test_mapping_by_candidate_and_exam_name(tmp_path: Path, client: SynapC
         6: "not-found",
     }
     assert "is a draft" in next(r for r in invalid if r.line == 5).error.detail
+    assert [u[0] for u in task.unsatisfied] == ["line 3", "line 4", "line 5", "line 6"]
     assert "No Such Exam" in next(r for r in invalid if r.line == 6).error.detail
     [item] = items
     assert await task.reconcile(item, client) is None
@@ -382,6 +383,9 @@ def test_allocation_table_lists_loads_and_reasons() -> None:
     assert "ada@example.edu" in text and "+3" in text
     assert "bob@example.edu (not in pool)" in text
     assert "needs 2 more markers, no eligible marker (3 excluded)" in text
+    many = [(str(i), 1, "why") for i in range(60)]
+    text = render_allocation_table([], many, max_rows=50)
+    assert "... and 10 more (see plan.csv)" in text and "(no markers)" in text
 
 
 async def test_demo_job_plans_and_runs(tmp_path: Path) -> None:

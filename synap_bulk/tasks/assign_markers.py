@@ -72,6 +72,8 @@ _MARKER_COLUMNS = ("marker", "email", "emailAddress", "id", "marker_id")
 #: Above this many users to resolve, one directory listing replaces per-value lookups.
 _LISTING_THRESHOLD = 200
 _PARALLEL_READS = 16
+#: Rows of the "cannot be satisfied" table printed by ``plan`` (all are in plan.csv).
+_MAX_SHORT_ROWS = 50
 
 
 class MarkerLoad(Struct, frozen=True, kw_only=True):
@@ -155,10 +157,11 @@ def render_allocation_table(
     *,
     role: str = "markers",
     width: int = 100,
+    max_rows: int = _MAX_SHORT_ROWS,
 ) -> str:
     """The plan's allocation as text: each marker's load before and after, then what cannot be."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
-    console.print(_allocation_renderable(loads, unsatisfied, role=role))
+    console.print(_allocation_renderable(loads, unsatisfied, role=role, max_rows=max_rows))
     out = console.file
     assert isinstance(out, io.StringIO)
     return out.getvalue()
@@ -169,6 +172,7 @@ def _allocation_renderable(
     unsatisfied: Sequence[tuple[str, int, str]],
     *,
     role: str,
+    max_rows: int = _MAX_SHORT_ROWS,
 ) -> RenderableType:
     table = Table(title=f"Allocation ({role})", title_justify="left")
     table.add_column("marker")
@@ -187,9 +191,11 @@ def _allocation_renderable(
         short.add_column("attempt")
         short.add_column("needs", justify="right")
         short.add_column("why")
-        for attempt, needed, reason in unsatisfied:
+        for attempt, needed, reason in unsatisfied[:max_rows]:
             short.add_row(Text(attempt), str(needed), Text(reason))
         parts.append(short)
+        if len(unsatisfied) > max_rows:
+            parts.append(Text(f"... and {len(unsatisfied) - max_rows} more (see plan.csv)"))
     return Group(*parts)
 
 
@@ -777,6 +783,11 @@ class AssignMarkersTask:
                 )
             )
         self._prepared.sort(key=lambda e: e.line)
+        self._unsatisfied = [
+            (f"line {e.line}", 1, e.error.detail)
+            for e in self._prepared
+            if isinstance(e, InvalidRow)
+        ]
         changed: Counter[str] = Counter()
         for entry in self._prepared:
             if isinstance(entry, Item):
