@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "RunResult"]
 
-#: Failures after which the request may or may not have taken effect.
-_AMBIGUOUS = (TransportError, ServerError, RateLimited, RetryBudgetExhausted)
+#: Failures worth another attempt. Among them only a 429 (the server refused before acting) or
+#: a transport error that never left (``never_sent``) certainly did not take effect; the others
+#: are ambiguous: the request may have been carried out.
+_RETRYABLE = (TransportError, ServerError, RateLimited, RetryBudgetExhausted)
 
 IN_DOUBT_AFTER_CRASH = (
     "in flight when a previous run stopped: it may have reached the server; check there "
@@ -403,9 +405,11 @@ class Engine:
             except Unauthorized as exc:
                 self._abort(str(exc))
                 return
-            except _AMBIGUOUS as exc:
-                self._note(True)
-                if not _never_sent(exc):
+            except _RETRYABLE as exc:
+                refused = _not_carried_out(exc)
+                if not isinstance(_last(exc), RateLimited):  # throttling is not a sick server
+                    self._note(True)
+                if not refused:
                     if safety is Safety.UNSAFE:
                         self._record_in_doubt(
                             item,
@@ -498,15 +502,18 @@ class Engine:
         return self._random.uniform(0, cap)
 
 
-def _never_sent(exc: BaseException) -> bool:
-    if isinstance(exc, RetryBudgetExhausted):
-        exc = exc.last
-    return isinstance(exc, TransportError) and exc.never_sent
+def _last(exc: BaseException) -> BaseException:
+    return exc.last if isinstance(exc, RetryBudgetExhausted) else exc
+
+
+def _not_carried_out(exc: BaseException) -> bool:
+    """True when the request certainly had no effect: never sent, or refused with a 429."""
+    exc = _last(exc)
+    return isinstance(exc, RateLimited) or (isinstance(exc, TransportError) and exc.never_sent)
 
 
 def _status_of(exc: BaseException) -> str:
-    if isinstance(exc, RetryBudgetExhausted):
-        exc = exc.last
+    exc = _last(exc)
     if isinstance(exc, ApiError):
         return str(exc.status)
     if isinstance(exc, TransportError):
@@ -516,7 +523,7 @@ def _status_of(exc: BaseException) -> str:
 
 def _was_ambiguous(error_status: str) -> bool:
     """A failure whose request may have taken effect (so reconcile before re-sending)."""
-    return error_status in ("transport", "malformed", "429") or error_status.startswith("5")
+    return error_status in ("transport", "malformed") or error_status.startswith("5")
 
 
 def _join(field: str, text: str) -> str:

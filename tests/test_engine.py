@@ -17,6 +17,7 @@ from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import (
     BadRequest,
     ConnectError,
+    RateLimited,
     RequestTimeout,
     ServerError,
     SourceError,
@@ -220,7 +221,7 @@ async def test_ambiguous_failure_then_reconcile_finds_it(tmp_path: Path) -> None
 
 async def test_ambiguous_failure_by_safety(tmp_path: Path) -> None:
     """A timeout is retried for IDEMPOTENT, reconciled-then-retried for RECONCILABLE, in doubt
-    for UNSAFE; a connect error (never sent) is retried even for UNSAFE."""
+    for UNSAFE; a connect error (never sent) or a 429 (refused) is retried even for UNSAFE."""
     timeout = RequestTimeout("timed out", method="POST", path="/v3/x")
     idem = FakeTask(2, faults={"k0": [timeout]})
     async with await open_ledger(tmp_path / "a.sqlite") as ledger:
@@ -246,11 +247,14 @@ async def test_ambiguous_failure_by_safety(tmp_path: Path) -> None:
     assert "timed out" in failed[0].error.detail
 
     refused = ConnectError("connection refused", method="POST", path="/v3/x")
-    unsafe2 = FakeTask(2, safety=Safety.UNSAFE, faults={"k0": [refused]})
+    throttled = RateLimited(method="POST", path="/v3/x", status=429, retry_after=1.0)
+    unsafe2 = FakeTask(2, safety=Safety.UNSAFE, faults={"k0": [refused], "k1": [throttled]})
     async with await open_ledger(tmp_path / "d.sqlite") as ledger:
         r = await engine(unsafe2, ledger).run()
     assert unsafe2.executed.count("k0") == 2
+    assert unsafe2.executed.count("k1") == 2
     assert r.stats.done == 2
+    assert r.stats.in_doubt == 0
 
 
 async def test_attempts_run_out_then_failed(tmp_path: Path) -> None:
