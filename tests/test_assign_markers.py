@@ -14,7 +14,9 @@ import pytest
 from rich.console import Console
 
 from synap_bulk.client import SynapClient
-from synap_bulk.errors import SourceError, SpecError
+from synap_bulk.clock import FakeClock
+from synap_bulk.engine import Engine, EngineConfig
+from synap_bulk.errors import SourceError, SpecError, SynapBulkError
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
 from synap_bulk.runner import plan_job, run_job
@@ -410,3 +412,52 @@ async def test_demo_job_plans_and_runs(tmp_path: Path) -> None:
     assert summary["task"]["notes"] == []
     after = [m["after"] for m in summary["task"]["markers"]]
     assert max(after) - min(after) <= 1
+
+
+async def test_faults_and_resume_leave_exactly_the_allocation(tmp_path: Path) -> None:
+    """Under 5xx and commit-then-fail faults, a stopped and resumed run ends with 2 markers each."""
+    config = SandboxConfig(
+        seed=3,
+        users=120,
+        exams=2,
+        attempts_per_exam=40,
+        markers=6,
+        fault_rate=0.15,
+        faults={"500": 1.0, "503": 1.0, "commit-then-500": 2.0, "commit-then-drop": 1.0},
+    )
+    clock = FakeClock()
+    async with (
+        Sandbox(config) as sb,
+        SynapClient(sb.url, token=sb.token, clock=clock) as c,
+    ):
+        exam_id = next(e.id for e in sb.store.exams.values() if e.status == "published")
+        # First run: only part of the work goes through before it "stops".
+        first = AssignMarkersTask(_spec(exams=[exam_id]), Job(tmp_path), DEFAULT_PROFILE)
+        await first.prepare(c)
+        items, _ = await _collect(first)
+        assert len(items) > 4
+        for item in items[: len(items) // 2]:
+            for _ in range(10):  # the engine would retry these; faults are random
+                try:
+                    await first.execute(item, c)
+                    break
+                except SynapBulkError:
+                    continue
+        # Resume: a fresh task sees what is on the server and finishes the rest.
+        second = AssignMarkersTask(_spec(exams=[exam_id]), Job(tmp_path), DEFAULT_PROFILE)
+        engine = Engine(
+            second,
+            c,
+            None,
+            config=EngineConfig(concurrency=4, max_item_attempts=10),
+            clock=clock,
+        )
+        result = await engine.run()
+        assert result.status == "completed" and result.stats.failed == 0
+        assert second.allocation is not None
+        # Only the attempts the first run did not reach were allocated again.
+        assert len(second.allocation.assignments) <= 2 * (len(items) - len(items) // 2)
+        sb.configure(fault_rate=0.0)
+        for item in items:
+            assert len(await _members(c, item.payload["attempt"])) == 2
+        assert sb.statistics().faults  # faults really happened
