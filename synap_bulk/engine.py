@@ -304,7 +304,9 @@ class Engine:
         if self._hard_stop:
             return
         await self._clock.sleep(self.config.grace_seconds)
-        if self._work_scope is not None and self._in_flight:
+        # Still running after the grace period (items in flight, or the reader stuck): cancel.
+        # Cancelled items stay as the ledger has them: in flight (reconciled on resume) or absent.
+        if self._work_scope is not None:
             self._unfinished = True
             self._work_scope.cancel()
 

@@ -485,3 +485,33 @@ async def test_breaker_stops_retries_and_resume_reconciles(tmp_path: Path) -> No
         assert r2.status == "completed"
         assert await ledger.counts() == {"done": 40}
     assert not task.server & set(resumed.executed)  # nothing that took effect is re-sent
+
+
+async def test_grace_expiry_also_ends_a_stuck_reader(tmp_path: Path) -> None:
+    """A stop ends the run after the grace period even when the item reader is blocked."""
+
+    class Stuck(FakeTask):
+        async def items(self) -> AsyncIterator[Item | InvalidRow]:
+            yield Item(key="k0", line=2)
+            self.started_enough.set()
+            await anyio.Event().wait()  # a source that never answers
+            yield Item(key="k1", line=3)
+
+    task = Stuck(2)
+    clock = FakeClock(auto_advance=False)
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        eng = Engine(task, CLIENT, ledger, config=EngineConfig(grace_seconds=5), clock=clock)  # type: ignore[arg-type]
+        results: list[Any] = []
+        async with anyio.create_task_group() as tg:
+
+            async def go() -> None:
+                results.append(await eng.run())
+
+            tg.start_soon(go)
+            await task.started_enough.wait()
+            eng.stop()
+            while clock.sleepers == 0:
+                await anyio.lowlevel.checkpoint()
+            clock.advance(5)
+        assert results[0].status == "stopped"
+        assert await ledger.counts() in ({"done": 1}, {})  # k0 finished or never started
