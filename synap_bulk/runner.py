@@ -218,11 +218,12 @@ async def run_job(
         summary = await _write_reports(job, task, engine, client, ledger, result, out, started)
         await ledger.end_run(run_id, result.status, summary.to_builtins())
     console.print(summary)
-    if result.status == "aborted":
-        return EXIT_INVALID
-    if result.status == "stopped":
-        console.print(f"Resume with: {resume_cmd}")
-        return EXIT_FAILED
+    if result.status != "completed":
+        console.print(f"Run {result.status}: {result.reason}")
+        if result.status == "stopped":
+            console.print(f"Resume with: {resume_cmd}")
+        breaker = result.reason.startswith("circuit breaker")
+        return EXIT_INVALID if result.status == "aborted" or breaker else EXIT_FAILED
     c = summary.counts
     bad = c.get("failed", 0) + c.get("invalid", 0) + c.get("in_doubt", 0)
     return EXIT_FAILED if bad else EXIT_OK

@@ -22,6 +22,8 @@ from synap_bulk.sampledata import CandidateFile, write_candidates
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
 
+from .requests_seen import RequestsSeen
+
 COHORTS = ["Cohort 01", "Cohort 02", "Cohort 03"]
 
 
@@ -139,13 +141,23 @@ def test_unknown_placeholder_names_the_job_line(tmp_path: Path) -> None:
     )
 
 
-async def _kill_when(sb: Sandbox, proc: Process, requests: int) -> bool:
+async def _kill_when(seen: RequestsSeen, proc: Process, requests: int) -> bool:
     """SIGKILL the run once the sandbox has seen ``requests`` requests; False if it ended first."""
+    ended = False
+
+    async def on_exit(scope: anyio.CancelScope) -> None:
+        nonlocal ended
+        await proc.wait()
+        ended = True
+        scope.cancel()
+
     with anyio.fail_after(60):
-        while sb.statistics().requests < requests:
-            if proc.returncode is not None:
-                return False
-            await anyio.sleep(0.002)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(on_exit, tg.cancel_scope)
+            await seen.reached(requests)
+            tg.cancel_scope.cancel()
+    if ended:
+        return False
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     return True
@@ -158,20 +170,21 @@ async def test_killed_five_times_and_resumed_leaves_exactly_the_valid_users(
     cands: CandidateFile = write_candidates(
         tmp_path / "candidates.csv", 2000, cohorts=COHORTS, seed=11, bad_every=50
     )
-    config = SandboxConfig(seed=11, users=0, groups=3, fault_rate=0.05)
+    config = SandboxConfig(seed=11, users=0, groups=3, fault_rate=0.05, latency_ms=0.5)
     rng = random.Random(2027)
-    async with Sandbox(config) as sb:
+    seen = RequestsSeen()
+    async with Sandbox(config, sleep=seen.sleep) as sb:
         env = {**os.environ, "SYNAP_TOKEN": sb.token}
         api = "  token: ${SYNAP_TOKEN}\n"
         path = _job(tmp_path, sb.url, api=api, name="kill")
         cmd = [sys.executable, "-m", "synap_bulk", "run", str(path)]
         kills = 0
         for _ in range(5):
-            start = sb.statistics().requests
+            start = seen.count
             proc = await anyio.open_process(
                 cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            if await _kill_when(sb, proc, start + rng.randint(30, 500)):
+            if await _kill_when(seen, proc, start + rng.randint(30, 500)):
                 kills += 1
         final = await anyio.run_process(cmd, env=env, check=False)
         stats = sb.statistics()

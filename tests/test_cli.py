@@ -1,0 +1,141 @@
+"""The command line as a user runs it: exit codes, messages, signals, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from synap_bulk.cli import main
+from synap_bulk.sampledata import write_candidates
+from synap_bulk.sandbox import Sandbox, SandboxConfig
+
+from .requests_seen import RequestsSeen
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMOS = sorted((ROOT / "jobs" / "demo").glob("*.yaml"))
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "synap_bulk", *args]
+
+
+def _job(tmp: Path, base_url: str, name: str = "cli") -> Path:
+    path = tmp / "job.yaml"
+    path.write_text(
+        f"""version: 1
+name: {name}
+api:
+  base_url: {base_url}
+  token: ${{SYNAP_TOKEN}}
+  concurrency: 4
+run:
+  grace_seconds: 30
+task:
+  kind: user-import
+  source: candidates.csv
+  match: externalId
+  fields:
+    name: "{{first_name}} {{last_name}}"
+    emailAddress: "{{email}}"
+    externalId: "{{candidate_no}}"
+  groups: ["{{cohort}}"]
+"""
+    )
+    return path
+
+
+@pytest.mark.parametrize("job", DEMOS, ids=[p.name for p in DEMOS])
+def test_every_demo_job_validates(job: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each example job in jobs/demo is valid as shipped."""
+    assert main(["validate", str(job)]) == 0
+    assert capsys.readouterr().out.strip().endswith(")")
+
+
+def test_invalid_job_exits_2_naming_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong value is reported as file:line: path: message with exit code 2."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "version: 1\nname: bad\napi:\n  base_url: sandbox\n  rate: fast\n"
+        "task:\n  kind: request\n  source: x.csv\n  method: GET\n  path: users\n"
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f'error: {path}:5: api.rate: expected a number >= 0.1 or "auto", got "fast"\n'
+
+
+def test_schema_is_json_schema_of_job_files(capsys: pytest.CaptureFixture[str]) -> None:
+    """`schema` prints a JSON Schema that knows the four task kinds."""
+    assert main(["schema"]) == 0
+    text = capsys.readouterr().out
+    schema = json.loads(text)
+    assert "$defs" in schema
+    for kind in ("user-import", "assign-markers", "export-attempts", "request"):
+        assert f'"{kind}"' in text
+
+
+async def test_wrong_token_aborts_with_exit_2_and_never_prints_it(tmp_path: Path) -> None:
+    """A 401 stops the run at once (exit 2); the token appears in no output or file."""
+    write_candidates(tmp_path / "candidates.csv", 20, cohorts=["Cohort 01"])
+    secret = "p:wrong-token-0123456789"
+    async with Sandbox(SandboxConfig(users=0, groups=1)) as sb:
+        path = _job(tmp_path, sb.url)
+        env = {**os.environ, "SYNAP_TOKEN": secret}
+        result = await anyio.run_process(_cmd("run", str(path)), env=env, check=False)
+        requests = sb.statistics().requests
+    assert result.returncode == 2
+    output = result.stdout.decode() + result.stderr.decode()
+    assert "401" in output
+    assert secret not in output
+    assert requests <= 4  # at most one per worker already on its way
+    assert _files_containing(tmp_path, secret.encode()) == []
+
+
+def _files_containing(folder: Path, needle: bytes) -> list[Path]:
+    return [f for f in folder.rglob("*") if f.is_file() and needle in f.read_bytes()]
+
+
+async def test_sigterm_stops_gracefully_and_run_again_resumes(tmp_path: Path) -> None:
+    """SIGTERM: in-flight work finishes, exit 1 with the resume command; re-running completes."""
+    cands = write_candidates(tmp_path / "candidates.csv", 300, cohorts=["Cohort 01"])
+    seen = RequestsSeen()
+    async with Sandbox(SandboxConfig(users=0, groups=1, latency_ms=5), sleep=seen.sleep) as sb:
+        path = _job(tmp_path, sb.url)
+        env = {**os.environ, "SYNAP_TOKEN": sb.token}
+        proc = await anyio.open_process(_cmd("run", str(path)), env=env)
+        with anyio.fail_after(60):
+            await seen.reached(60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout is not None and proc.stderr is not None
+        out = b"".join([chunk async for chunk in proc.stderr])
+        code = await proc.wait()
+        await proc.aclose()
+        assert code == 1, out.decode()
+        assert b"Resume with: python -m synap_bulk run" in out
+        created_before = len([k for k in sb.store.by_external_id if k.startswith("C")])
+        assert 0 < created_before < 300
+        status = await anyio.run_process(_cmd("status", str(path)), env=env, check=False)
+        assert b"done" in status.stdout and status.returncode == 0
+        again = await anyio.run_process(_cmd("run", str(path)), env=env, check=False)
+        stats = sb.statistics()
+        ids = {k for k in sb.store.by_external_id if k.startswith("C")}
+    assert again.returncode == 0, again.stderr.decode()
+    assert ids == set(cands.valid_ids)
+    assert stats.duplicate_creates == 0
+    summary = json.loads((tmp_path / "out" / "cli" / "summary.json").read_text())
+    assert summary["counts"]["skipped"] == created_before
+
+
+def test_help_lists_the_commands() -> None:
+    """`python -m synap_bulk --help` works from a fresh interpreter and names each command."""
+    out = subprocess.run(_cmd("--help"), capture_output=True, text=True, check=True).stdout
+    for command in ("run", "validate", "plan", "status", "schema", "sandbox"):
+        assert command in out
