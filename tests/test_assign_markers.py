@@ -17,6 +17,7 @@ from synap_bulk.client import SynapClient
 from synap_bulk.clock import FakeClock
 from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import SourceError, SpecError, SynapBulkError
+from synap_bulk.jsonapi import ResourceIdentifier
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
 from synap_bulk.runner import plan_job, run_job
@@ -461,3 +462,28 @@ async def test_faults_and_resume_leave_exactly_the_allocation(tmp_path: Path) ->
         for item in items:
             assert len(await _members(c, item.payload["attempt"])) == 2
         assert sb.statistics().faults  # faults really happened
+
+
+async def test_balanced_counts_the_load_already_on_the_server(
+    tmp_path: Path, client: SynapClient
+) -> None:
+    """Markers already on attempts count: the busy marker gets the fewest new attempts."""
+    exam = await _published(client)
+    attempts = await _attempts(client, exam.id)
+    busy = "marker0001@sandbox.example"
+    p = DEFAULT_PROFILE
+    [busy_user] = [u async for u in client.paginate(p.users_path, {p.filter_email: busy}, User)]
+    for attempt in attempts[:4]:
+        body = [ResourceIdentifier(type="User", id=busy_user.id)]
+        await client.add_members(p.attempts_path, attempt.id, ROLE_PATH, body)
+    task = await _task(tmp_path, client, exams=[exam.id], per_attempt=1)
+    loads = {m.label: m for m in task.loads}
+    assert loads[busy].before == 4
+    assert all(m.before == 0 for label, m in loads.items() if label != busy)
+    new = {label: m.after - m.before for label, m in loads.items()}
+    # The others catch up with the busy marker first: it gets nothing until they reach 4.
+    assert len(attempts) - 4 <= 4 * (len(loads) - 1)
+    assert new[busy] == 0
+    assert max(new.values()) - min(v for k, v in new.items() if k != busy) <= 1
+    items, _ = await _collect(task)
+    assert sum(1 for i in items if not i.payload["markers"]) == 4  # already marked
