@@ -239,6 +239,16 @@ class Ledger:
         self._add_record((item.key, item.line, "in_flight", "", "", attempts, None, None), fut)
         await fut
 
+    async def forget(self, item: Item) -> None:
+        """Drop an item's row: its in-flight mark was for a request that certainly had no
+        effect (never sent, or refused), so a resume must treat it as never started."""
+        key = item.key
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM items WHERE key = ?", (key,))
+
+        await self._call(write)
+
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
         await self._call(lambda db: None)

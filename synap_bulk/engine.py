@@ -109,6 +109,9 @@ class _NullLedger:
     async def flush(self) -> None:
         return None
 
+    async def forget(self, item: Item) -> None:
+        return None
+
     async def load_states(self) -> dict[str, ItemState]:
         return {}
 
@@ -423,20 +426,24 @@ class Engine:
                     if safety is Safety.RECONCILABLE:
                         reconcile_first = True
                 if tries >= max_tries:
+                    if reconcile_first and await self._last_look(item, attempts):
+                        return
                     self._failed += 1
                     ledger.record(
                         item, "failed", attempts, ItemError(status=_status_of(exc), detail=str(exc))
                     )
                     return
+                if not self._stop_requested:
+                    self._retried += 1
+                    await self._clock.sleep(self._backoff(tries))
                 if self._stop_requested:
                     # Stopping (signal or breaker): no new attempt. The ledger keeps the item as
-                    # it was (absent, or in flight to reconcile), so a resume picks it up.
+                    # it was (absent, or in flight to reconcile) so that a resume picks it up;
+                    # an unsafe item whose request certainly had no effect is forgotten rather
+                    # than left in flight, which a resume would report as in doubt.
                     self._unfinished = True
-                    return
-                self._retried += 1
-                await self._clock.sleep(self._backoff(tries))
-                if self._stop_requested:
-                    self._unfinished = True
+                    if refused and safety is Safety.UNSAFE:
+                        await ledger.forget(item)
                     return
                 continue
             except ApiError as exc:  # 4xx: the server refused this item
@@ -460,6 +467,21 @@ class Engine:
             self._note(False)
             self._finish(item, outcome, attempts)
             return
+
+    async def _last_look(self, item: Item, attempts: int) -> bool:
+        """Attempts are used up after an unknown outcome: one last lookup before failing."""
+        try:
+            found = await self.task.reconcile(item, self.client)
+        except Unauthorized as exc:
+            self._abort(str(exc))
+            return True
+        except (*_RETRYABLE, ApiError, MalformedResponse):
+            return False
+        if found is None:
+            return False
+        self._reconciled += 1
+        self._finish(item, found, attempts)
+        return True
 
     def _finish(self, item: Item, outcome: Outcome, attempts: int) -> None:
         if outcome.status == "done":

@@ -515,3 +515,42 @@ async def test_grace_expiry_also_ends_a_stuck_reader(tmp_path: Path) -> None:
             clock.advance(5)
         assert results[0].status == "stopped"
         assert await ledger.counts() in ({"done": 1}, {})  # k0 finished or never started
+
+
+async def test_last_lookup_before_failing_after_unknown_outcomes(tmp_path: Path) -> None:
+    """When attempts run out after an unknown outcome, a last lookup finds a create that took
+    effect, so the item is done rather than failed."""
+    faults = {"k0": [server_error(), server_error(), COMMIT_THEN_500]}
+    task = FakeTask(1, safety=Safety.RECONCILABLE, faults=faults)
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r = await engine(task, ledger, max_item_attempts=3).run()
+        states = await ledger.load_states()
+    assert task.executed == ["k0"] * 3
+    assert task.reconciled == ["k0"] * 3
+    assert r.stats.reconciled == 1
+    assert states["k0"].status == "done"
+
+
+async def test_stopping_forgets_an_unsafe_item_that_was_refused(tmp_path: Path) -> None:
+    """An unsafe item refused with 429 while the run stops is forgotten, not left in flight, so
+    the resume sends it instead of reporting it in doubt."""
+    path = tmp_path / "l.sqlite"
+    throttled = RateLimited(method="POST", path="/v3/x", status=429, retry_after=1.0)
+    async with await open_ledger(path) as ledger:
+        task = FakeTask(1, safety=Safety.UNSAFE, faults={"k0": [throttled]})
+        eng = engine(task, ledger)
+
+        class StopOnExecute(FakeTask):
+            async def execute(self, item: Item, client: Any) -> Outcome:
+                eng.stop()
+                return await task.execute(item, client)
+
+        eng.task = StopOnExecute(1, safety=Safety.UNSAFE)
+        r = await eng.run()
+        assert r.status == "stopped"
+        assert await ledger.counts() == {}
+        resumed = FakeTask(1, safety=Safety.UNSAFE)
+        r = await engine(resumed, ledger).run()
+        assert resumed.executed == ["k0"]
+        assert r.stats.in_doubt == 0
+        assert await ledger.counts() == {"done": 1}
