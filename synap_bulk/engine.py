@@ -11,8 +11,10 @@ stream (backpressure) to ``concurrency`` workers. The ledger decides what to ski
 - UNSAFE items are marked in flight before sending; one found in flight, or whose attempt ended
   ambiguously, is recorded ``in_doubt`` for a person to review and is never re-sent.
 
-A 401 aborts the run at once; other 4xx fail the item with the server's error kept; a circuit
-breaker stops the run (resumably) when too many recent attempts failed on the server side.
+A 429 or a connection that never opened certainly had no effect, so it is retried whatever the
+safety. A 401 aborts the run at once; other 4xx fail the item with the server's error kept; a
+circuit breaker stops the run (resumably) when too many recent attempts failed on the server
+side (5xx, transport, malformed answers; not 429s, which the client's rate control handles).
 The engine itself never touches the disk or the network: the ledger and the task do.
 """
 
