@@ -75,6 +75,14 @@ class ApiSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     timeout: Annotated[float, Meta(gt=0)] = 30.0
     profile: dict[str, Any] = {}
 
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        # rich's pretty printer (progress, tracebacks with locals) must not show it either.
+        return [
+            (name, "<redacted>" if name == "token" and value else value)
+            for name in self.__struct_fields__
+            for value in (getattr(self, name),)
+        ]
+
     def __repr__(self) -> str:
         # The token must never reach a log or a traceback through a repr.
         token = "<redacted>" if self.token else "None"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rich.pretty import pretty_repr
 
 from synap_bulk.errors import SpecError
 from synap_bulk.spec import (
@@ -197,6 +198,8 @@ def test_errors_never_quote_environment_values_or_tokens(
     assert msg == "jobs/import.yaml:5: api.token: expected a string, got a value (not shown)"
     job = load_job(write(tmp_path, BASE.replace("${SYNAP_TOKEN:-p:sandbox}", "p:secret")))
     assert "p:secret" not in repr(job.spec)
+    assert "p:secret" not in pretty_repr(job.spec)
+    assert job.spec.api.token == "p:secret"
 
 
 def test_task_kinds_and_cross_field_rules(tmp_path: Path) -> None:
