@@ -186,9 +186,9 @@ class RateLimiter:
         if bucket is None:
             bucket = self._buckets[label] = _Bucket(size, now)
         else:
-            elapsed = now - bucket.last
-            if elapsed > 0:
-                bucket.tokens = min(size, bucket.tokens + elapsed * rate)
+            elapsed = max(0.0, now - bucket.last)
+            # min() even without elapsed time: a live config change may have shrunk the bucket.
+            bucket.tokens = min(size, bucket.tokens + elapsed * rate)
             bucket.last = now
         if bucket.windows:
             self._note_inside(label, bucket, now, config)
