@@ -600,7 +600,7 @@ async def test_subject_user_header_name_is_a_setting(http: aiohttp.ClientSession
 
 async def test_request_body_media_type_and_resource_type(api: Api, sb: Sandbox) -> None:
     """Bodies must be application/vnd.api+json (415), carry the endpoint's data.type (409), no
-    client id on create (403), valid JSON (400)."""
+    client id on create (403), valid JSON (400); Accept with only a modified media type is 406."""
     body = registration("mt@example.org")
     status, doc, _ = await api.call(
         "POST", "/user-registrations", body, content_type="application/json"
@@ -626,6 +626,11 @@ async def test_request_body_media_type_and_resource_type(api: Api, sb: Sandbox) 
     assert sb.store.user_by_email("mt@example.org") is None
     status, doc, resp = await api.call("PUT", "/users")
     assert status == 405 and resp.headers["Allow"] == "GET"
+    accept = {"Accept": MEDIA_TYPE + "; version=2"}
+    status, doc, _ = await api.call("GET", "/users", headers=accept)
+    assert status == 406 and doc["errors"][0]["source"] == {"header": "Accept"}
+    accept = {"Accept": f"{MEDIA_TYPE}; version=2, {MEDIA_TYPE}"}
+    assert (await api.call("GET", "/users", headers=accept))[0] == 200
 
 
 # ----------------------------------------------------------------------------- control

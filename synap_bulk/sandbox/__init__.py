@@ -45,7 +45,7 @@ Duplicates            users may not share an email or an externalId; user groups
 Request bodies        ``Content-Type`` must be ``application/vnd.api+json`` (parameters other than
                       ext/profile: 415); malformed JSON: 400; wrong ``data.type`` or ``data.id``:
                       409; an ``id`` in a create: 403; a read-only or unknown attribute in a PATCH:
-                      400.
+                      400; an ``Accept`` whose JSON:API media types all carry other parameters: 406.
 Authentication        ``Authorization: Bearer <PAT>``; missing: 401; wrong: 401, or 404 with
                       ``bad_token_status=404`` (the docs' misconfigured-PAT case). The PAT acts as
                       the portal's admin.

@@ -547,6 +547,9 @@ class SandboxApp:
                     return response
                 # --- the handler
                 try:
+                    accept = request.headers.get("Accept")
+                    if accept is not None and MEDIA_TYPE in accept:
+                        _check_accept(accept)
                     actor = self._actor(request, cfg, label)
                     if actor.role not in allowed_roles:
                         raise fail(
@@ -1600,6 +1603,30 @@ class SandboxApp:
         self.state.set_config(new)
         body = _encoder.encode(public_config(new))
         return web.Response(body=body, headers={"Content-Type": "application/json"})
+
+
+def _check_accept(accept: str) -> None:
+    """JSON:API: 406 when every instance of its media type in Accept carries a parameter other
+    than ext/profile (and nothing else acceptable is offered)."""
+    plain = False
+    for item in accept.split(","):
+        media, _, params = item.partition(";")
+        media = media.strip().lower()
+        if media != MEDIA_TYPE:
+            if media in ("*/*", "application/*"):
+                plain = True
+            continue
+        names = [p.partition("=")[0].strip().lower() for p in params.split(";") if p.strip()]
+        if all(n in ("ext", "profile", "q") for n in names):
+            plain = True
+    if not plain:
+        raise fail(
+            406,
+            "Not Acceptable",
+            f"{MEDIA_TYPE} may only carry the ext and profile parameters",
+            code="not_acceptable",
+            header="Accept",
+        )
 
 
 def _required(pointer: str, name: str) -> ErrorObject:
