@@ -1179,7 +1179,8 @@ class SandboxApp:
         group = self._group(m["id"])
         ids = self._member_ids(ctx)
         store = self.state.store
-        store.remove_members(group, [u for u in group.members if u not in set(ids)])
+        keep = set(ids)
+        store.remove_members(group, [u for u in group.members if u not in keep])
         store.add_members(group, ids)
         return Out(204, None)
 
