@@ -26,6 +26,7 @@ from .progress import Progress, Snapshot
 from .report import FailuresWriter, PlanWriter, SuccessWriter, Summary
 from .spec import JobFile
 from .tasks.base import Task
+from .transport import Timeouts
 
 __all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "plan_job", "run_job", "status_job"]
 
@@ -96,6 +97,7 @@ async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[SynapC
             concurrency=api.concurrency,
             profile=profile,
             subject_user=api.subject_user,
+            timeouts=Timeouts(connect=min(10.0, api.timeout), read=api.timeout, total=api.timeout),
         )
         yield await stack.enter_async_context(client)
 
