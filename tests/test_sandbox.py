@@ -693,6 +693,16 @@ async def test_seeded_data_is_deterministic() -> None:
     assert fingerprint(3) != fingerprint(4)
 
 
+def test_route_names_are_the_documented_ones(sb: Sandbox) -> None:
+    """Every route's counter name is in ROUTE_NAMES (route_latency_ms keys are checked too)."""
+    from synap_bulk.sandbox.config import ROUTE_NAMES
+
+    names = {r.name for r in sb._app.routes} | {"unmatched"}
+    assert names == set(ROUTE_NAMES)
+    with pytest.raises(ValueError, match="unknown route 'users/get'"):
+        SandboxConfig(route_latency_ms={"users/get": 5})
+
+
 def test_seed_one_ids_are_stable() -> None:
     """Seed 1's ids never change: demo job files (jobs/demo) name seeded attempts."""
     from synap_bulk.sandbox.store import Store

@@ -220,12 +220,13 @@ async def test_drop_and_truncate(http: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.parametrize(("kind", "seen"), [("commit-then-500", "500"),
-                                            ("commit-then-drop", "dropped")])  # fmt: skip
+                                            ("commit-then-drop", "dropped"),
+                                            ("truncate", "truncated")])  # fmt: skip
 async def test_commit_then_fail_really_commits(
     http: aiohttp.ClientSession, kind: str, seen: str
 ) -> None:
-    """The write is applied, then the client gets a 5xx or a dropped connection; resending it
-    naively is refused as a duplicate."""
+    """The write is applied, then the client gets a 5xx, a dropped connection or a cut body;
+    resending it naively is refused as a duplicate."""
     async with Sandbox(small(fault_rate=1.0, faults={kind: 1.0})) as sb:
         email = "ambiguous@example.org"
         assert await outcome(http, sb, "POST", "/user-registrations", registration(email)) == seen

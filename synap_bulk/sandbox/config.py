@@ -13,6 +13,7 @@ from ..profile import DEFAULT_PROFILE
 
 __all__ = [
     "FAULT_KINDS",
+    "ROUTE_NAMES",
     "SHAPE_FIELDS",
     "SandboxConfig",
     "apply_changes",
@@ -31,6 +32,39 @@ FAULT_KINDS: tuple[str, ...] = (
     "truncate",
     "commit-then-500",
     "commit-then-drop",
+)
+
+
+#: The /v3 route names (counters' ``by_route`` keys and ``route_latency_ms`` keys).
+ROUTE_NAMES: tuple[str, ...] = (
+    "portals.current",
+    "portals.get",
+    "users.list",
+    "users.get",
+    "users.update",
+    "users.delete",
+    "user-registrations.create",
+    "user-groups.list",
+    "user-groups.create",
+    "user-groups.get",
+    "user-groups.update",
+    "user-groups.delete",
+    "user-groups.members.get",
+    "user-groups.members.add",
+    "user-groups.members.remove",
+    "user-groups.members.replace",
+    "exams.list",
+    "exams.get",
+    "attempts.list",
+    "attempts.get",
+    "attempts.markers.get",
+    "attempts.markers.add",
+    "attempts.markers.remove",
+    "attempts.markers.replace",
+    "attempt-timer-resets.create",
+    "export-enriched-attempts.create",
+    "background-jobs.get",
+    "unmatched",
 )
 
 
@@ -123,6 +157,9 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
                 problems.append(f"fault weight of {kind!r} must be >= 0")
         if self.fault_rate > 0 and not any(w > 0 for w in self.faults.values()):
             problems.append("fault_rate > 0 needs at least one fault kind with a weight > 0")
+        for route in self.route_latency_ms:
+            if route not in ROUTE_NAMES:
+                problems.append(f"unknown route {route!r} in route_latency_ms")
         if self.latency_ms < 0 or self.jitter_ms < 0:
             problems.append("latency_ms and jitter_ms must be >= 0")
         if not 1 <= self.default_page_size <= self.max_page_size:
