@@ -193,7 +193,7 @@ async def run_job(
             e = engine.statistics()
             c = client.statistics()
             return Snapshot(
-                total=e.total_seen or None,
+                total=getattr(task, "total", None) or e.total_seen or None,
                 done=e.done,
                 failed=e.failed + e.invalid + e.in_doubt,
                 skipped=e.skipped_done + e.skipped_failed,

@@ -191,6 +191,8 @@ class UserImportTask:
         self._group_ids: set[str] = set()
         self._directory: dict[str, _Known] | None = None
         self._batcher: GroupBatcher | None = None
+        #: Rows in the input, known after prepare() (the progress bar's total).
+        self.total: int | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -242,10 +244,11 @@ class UserImportTask:
             self._group_ids.add(group.id)
             if group.attributes.name:
                 self._groups_by_name.setdefault(group.attributes.name.strip().lower(), group.id)
+        # Counting the rows up front gives the progress bar its total (and "auto" its choice).
+        self.total = sum(1 for _ in self._source)
         mode = self.spec.lookup
         if mode == "auto":
-            rows = sum(1 for _ in self._source)
-            mode = "listing" if rows > self.spec.listing_threshold else "per-row"
+            mode = "listing" if self.total > self.spec.listing_threshold else "per-row"
         if mode == "listing":
             directory: dict[str, _Known] = {}
             params = {p.page_size_param: str(p.max_page_size)}
