@@ -221,7 +221,7 @@ class Columns:
                 fields.append((name, sub | None, msgspec.field(default_factory=sub)))
         self._counter += 1
         return msgspec.defstruct(
-            f"_Row{self._counter}", fields, rename=rename, kw_only=True, module=__name__
+            f"_Row{self._counter}", fields, rename=rename, kw_only=True, module=__name__, gc=False
         )
 
     def _slow(self, row: Any) -> list[Any]:
