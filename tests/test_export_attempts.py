@@ -477,3 +477,27 @@ async def test_demo_export_job_runs_as_documented(tmp_path: Path) -> None:
         ids = ids_in(out, "csv")
         assert len(ids) == len(set(ids)) == 6000
     assert "Export completed: 6000 attempts" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_parquet_killed_after_conversion_completes_on_resume(tmp_path: Path) -> None:
+    """A Parquet export killed between its final conversion and the ledger's "complete" resumes
+    to a completed export without touching the finished file."""
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    class DiesAtCompletion(FakeLedger):
+        async def set_cursor(self, name: str, value: str) -> None:
+            if name == "export" and '"complete"' in value and not self.crash_on:
+                self.crash_on = -1
+                raise Crash(name)
+            await super().set_cursor(name, value)
+
+    attempts = make_attempts(30)
+    out = tmp_path / "a.parquet"
+    s = settings(tmp_path, format="parquet", output=out)
+    ledger = DiesAtCompletion()
+    with pytest.raises(Crash):
+        await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    client = FakeClient(attempts)
+    result = await run_export(s, None, client, ledger)  # type: ignore[arg-type]
+    assert result.status == "completed" and result.resumed and client.page_requests == []
+    assert pq.read_table(out).column("id").to_pylist() == expected_ids(attempts, ("e1", "e2"))

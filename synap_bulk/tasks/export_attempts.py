@@ -299,7 +299,11 @@ class _Exporter:
         columns: Sequence[str] | None = self.s.columns
         if columns is None and self.s.format != "ndjson":
             columns = DEFAULT_COLUMNS
-        self.sink.open(self.s.output, columns, resume_offset)
+        if resumed and self._finished_before(streams):
+            # Killed after the final conversion but before the ledger heard of it.
+            names = []
+        else:
+            self.sink.open(self.s.output, columns, resume_offset)
         self.offset = resume_offset or 0
         status: Literal["completed", "stopped"] = "completed"
         try:
@@ -314,8 +318,9 @@ class _Exporter:
                     await self._server_stream(name, st, meta.since)
                 else:
                     await self._page_stream(name, st, meta.since)
-            self._report("finishing")
-            self.sink.finish()
+            if names:
+                self._report("finishing")
+                self.sink.finish()
         except _Stop:
             status = "stopped"
         finally:
@@ -339,6 +344,15 @@ class _Exporter:
             generation=gen,
             elapsed_s=time.monotonic() - started,
         )
+
+    def _finished_before(self, streams: dict[str, _Stream | None]) -> bool:
+        """Whether a Parquet export was already converted (its staging file is gone)."""
+        if self.s.format != "parquet" or not all(
+            st is not None and st.done for st in streams.values()
+        ):
+            return False
+        staging = self.s.output.with_name(self.s.output.name + ".partial")
+        return self.s.output.exists() and not staging.exists()
 
     async def _new_generation(self, previous: _Meta | None) -> _Meta:
         since: str | None = None
