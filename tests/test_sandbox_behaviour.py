@@ -239,6 +239,20 @@ async def test_commit_then_fail_really_commits(
         assert stats.committed_then_failed == 1 and stats.faults == {kind: 1}
 
 
+async def test_truncating_a_204_hangs_up_after_the_write(http: aiohttp.ClientSession) -> None:
+    """A 204 has no body to cut, so a truncate fault hangs up instead; the join still applied."""
+    async with Sandbox(small(fault_rate=1.0, faults={"truncate": 1.0})) as sb:
+        gid = next(iter(sb.store.groups))
+        uid = sb.store.marker_ids[0]
+        body = {"data": [{"type": "User", "id": uid}]}
+        path = f"/user-groups/{gid}/relationships/users"
+        assert await outcome(http, sb, "POST", path, body) == "dropped"
+        assert uid in sb.store.groups[gid].members
+        stats = sb.statistics()
+        assert stats.faults == {"truncate": 1} and stats.by_status == {0: 1}
+        assert stats.committed_then_failed == 1
+
+
 async def test_faults_spare_the_control_routes(http: aiohttp.ClientSession) -> None:
     """With every /v3 request failing, /_sandbox/stats still answers."""
     async with Sandbox(small(fault_rate=1.0, faults={"drop": 1.0})) as sb:

@@ -578,9 +578,11 @@ class SandboxApp:
                     c.fault(kind)
                     if is_write:
                         c.committed_then_failed += 1
-                    if kind == "truncate":
+                    if kind == "truncate" and out.body:
                         status = out.status
-                        return await self._truncate(request, out.status, out.body or b"")
+                        return await self._truncate(request, out.status, out.body)
+                    if kind == "truncate":  # a 204 has no body to cut: hang up instead
+                        kind = "drop"
                     status, response = self._fault(
                         request, kind.removeprefix("commit-then-"), trace_id
                     )
