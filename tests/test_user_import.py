@@ -10,17 +10,22 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 from anyio.abc import Process
 from rich.console import Console
 
-from synap_bulk.errors import SpecError
+from synap_bulk.clock import FakeClock
+from synap_bulk.errors import ConnectError, SpecError
+from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.runner import EXIT_FAILED, EXIT_OK, plan_job, run_job
 from synap_bulk.sampledata import CandidateFile, write_candidates
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
+from synap_bulk.tasks.user_import import GroupBatcher
 
 from .requests_seen import RequestsSeen
 
@@ -129,7 +134,6 @@ def test_unknown_placeholder_names_the_job_line(tmp_path: Path) -> None:
     """A field template naming a column the CSV lacks is refused with the job file's line."""
     write_candidates(tmp_path / "candidates.csv", 3, cohorts=COHORTS)
     path = _job(tmp_path, "sandbox", extra_task="  password: '{pin}'\n")
-    from synap_bulk.profile import DEFAULT_PROFILE
     from synap_bulk.tasks.user_import import UserImportTask
 
     job = load_job(path)
@@ -196,3 +200,60 @@ async def test_killed_five_times_and_resumed_leaves_exactly_the_valid_users(
     assert ids == set(cands.valid_ids)
     failures = _read_csv(tmp_path / "out" / "kill" / "failures.csv")
     assert {int(r["_line"]) for r in failures} == set(cands.invalid_lines)
+
+
+class _MembersClient:
+    """Records add_members calls (the only client method GroupBatcher uses)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def add_members(self, path: str, id: str, rel: str, members: list[Any]) -> None:
+        self.calls.append((id, [m.id for m in members]))
+
+
+async def test_group_batcher_sends_many_users_per_call() -> None:
+    """250 joins to one group go out as 100 + 100 at size and the last 50 after the linger."""
+    client = _MembersClient()
+    clock = FakeClock(auto_advance=False)
+    batcher = GroupBatcher(client, DEFAULT_PROFILE, size=100, linger=0.05, clock=clock)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        for i in range(250):
+            tg.start_soon(batcher.add, "g1", f"u{i}")
+        await wait_all_tasks_blocked()
+        assert len(client.calls) == 2
+        clock.advance(0.05)
+    assert [len(users) for _, users in client.calls] == [100, 100, 50]
+    assert sorted(u for _, users in client.calls for u in users) == sorted(
+        f"u{i}" for i in range(250)
+    )
+
+
+async def test_group_batcher_cancelled_owner_releases_the_others() -> None:
+    """If the caller that opened a batch is cancelled, the others fail retryably, not hang."""
+    client = _MembersClient()
+    clock = FakeClock(auto_advance=False)
+    batcher = GroupBatcher(client, DEFAULT_PROFILE, clock=clock)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    async def other() -> None:
+        try:
+            await batcher.add("g1", "u2")
+        except ConnectError as exc:
+            errors.append(exc)
+
+    owner_scope = anyio.CancelScope()
+
+    async def owner() -> None:
+        with owner_scope:
+            await batcher.add("g1", "u1")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(owner)
+            await wait_all_tasks_blocked()
+            tg.start_soon(other)
+            await wait_all_tasks_blocked()
+            owner_scope.cancel()
+    assert client.calls == []
+    assert len(errors) == 1 and errors[0].never_sent

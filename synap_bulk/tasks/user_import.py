@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..clock import Clock, SystemClock
-from ..errors import SpecError
+from ..errors import ConnectError, SpecError
 from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePatch
 from ..profile import ApiProfile
 from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION, User, UserGroup
@@ -61,9 +61,10 @@ class _Known:
 class GroupBatcher:
     """Collects "add user U to group G" requests and sends them many users per call.
 
-    Each caller awaits its own batch; a batch goes out when it holds ``size`` users or
-    ``linger`` seconds after its first entry. Group membership is a set on the server, so a
-    batch that is re-sent (after an error) changes nothing twice.
+    Each caller awaits its own batch. The caller that opens a batch waits ``linger`` seconds
+    for others to join, then sends it; a batch that reaches ``size`` users goes at once. No
+    task outlives its caller. Group membership is a set on the server, so a batch re-sent after
+    an error changes nothing twice.
     """
 
     def __init__(
@@ -85,28 +86,26 @@ class GroupBatcher:
 
     async def add(self, group_id: str, user_id: str) -> None:
         batch = self._pending.get(group_id)
+        owner = batch is None
         if batch is None:
-            batch = _Batch(group_id)
-            self._pending[group_id] = batch
-            batch.timer_started = True
-            await self._start_timer(batch)
+            batch = self._pending[group_id] = _Batch(group_id)
         batch.users.append(user_id)
         if len(batch.users) >= self._size:
-            self._detach(batch)
             await self._send(batch)
+        elif owner:
+            try:
+                await self._clock.sleep(self._linger)
+                await self._send(batch)
+            finally:
+                if not batch.sent:
+                    # Cancelled before sending: the others must not wait for ever. Nothing
+                    # left this process, so their items may safely try again.
+                    self._detach(batch)
+                    batch.error = ConnectError("group batch was cancelled before it was sent")
+                    batch.done.set()
         await batch.done.wait()
         if batch.error is not None:
             raise batch.error
-
-    async def _start_timer(self, batch: _Batch) -> None:
-        async def fire() -> None:
-            await self._clock.sleep(self._linger)
-            if self._pending.get(batch.group_id) is batch:
-                self._detach(batch)
-                await self._send(batch)
-
-        # The timer runs in a short-lived task of its own; the caller does not wait for it.
-        batch.timer = _spawn(fire)
 
     def _detach(self, batch: _Batch) -> None:
         if self._pending.get(batch.group_id) is batch:
@@ -116,6 +115,7 @@ class GroupBatcher:
         if batch.sent:
             return
         batch.sent = True
+        self._detach(batch)
         try:
             self.calls += 1
             await self._client.add_members(
@@ -131,7 +131,7 @@ class GroupBatcher:
 
 
 class _Batch:
-    __slots__ = ("done", "error", "group_id", "sent", "timer", "timer_started", "users")
+    __slots__ = ("done", "error", "group_id", "sent", "users")
 
     def __init__(self, group_id: str) -> None:
         self.group_id = group_id
@@ -139,15 +139,6 @@ class _Batch:
         self.done = anyio.Event()
         self.error: Exception | None = None
         self.sent = False
-        self.timer: Any = None
-        self.timer_started = False
-
-
-def _spawn(fn: Any) -> Any:
-    """Run ``fn`` as a detached asyncio task (the batcher's linger timer)."""
-    import asyncio
-
-    return asyncio.get_running_loop().create_task(fn())
 
 
 class UserImportTask:
