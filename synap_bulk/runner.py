@@ -34,6 +34,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
+_IMPORT_ACTIONS = ("create", "update", "unchanged", "invalid", "conflict")
+
 
 def _profile(job: JobFile) -> ApiProfile:
     return load_profile(job.spec.api.profile or None)
@@ -299,9 +301,11 @@ async def plan_job(job: JobFile, *, console: Console | None = None) -> int:
     render = getattr(task, "render_plan", None)
     if callable(render):
         console.print(render())
-    console.print(
-        "Plan: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) + f" -> {plan_path}"
-    )
+    if job.spec.task.kind == "user-import":
+        counts = {a: counts.get(a, 0) for a in _IMPORT_ACTIONS} | counts
+    shown = ", ".join(f"{n:,} {a}" for a, n in counts.items())
+    console.print(f"Plan for {len(rows):,} rows: {shown}")
+    console.print(f"Plan file: {plan_path}")
     return EXIT_OK
 
 
