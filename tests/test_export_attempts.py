@@ -501,3 +501,22 @@ async def test_parquet_killed_after_conversion_completes_on_resume(tmp_path: Pat
     result = await run_export(s, None, client, ledger)  # type: ignore[arg-type]
     assert result.status == "completed" and result.resumed and client.page_requests == []
     assert pq.read_table(out).column("id").to_pylist() == expected_ids(attempts, ("e1", "e2"))
+
+
+async def test_plan_export_counts_without_writing(tmp_path: Path) -> None:
+    """plan counts the attempts an export would write, per exam, and creates no file or ledger."""
+    import io
+    import os
+    import shutil
+
+    from rich.console import Console
+
+    from synap_bulk.spec import load_job
+    from synap_bulk.tasks.export_attempts import plan_export_job
+
+    shutil.copy(ROOT / "jobs" / "demo" / "export-attempts.yaml", tmp_path / "job.yaml")
+    console = Console(file=io.StringIO(), width=200)
+    assert await plan_export_job(load_job(tmp_path / "job.yaml"), console=console) == 0
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "Plan: export 6000 attempts -> " in text and "a new export (new file)" in text
+    assert sorted(os.listdir(tmp_path)) == ["job.yaml"]

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from ..checkpoint import Ledger
     from ..client import SynapClient
+    from ..profile import ApiProfile
     from ..spec import ExportAttemptsSpec, JobFile
 
 __all__ = [
@@ -390,25 +391,11 @@ class _Exporter:
 
     # -- mode pages -------------------------------------------------------------------------
 
-    def _params(self, exam: str, since: str | None) -> dict[str, str]:
-        p = self.profile
-        params: dict[str, str] = {
-            p.sort_param: "id",
-            p.page_size_param: str(self.s.page_size or p.max_page_size),
-        }
-        if exam != ALL_EXAMS:
-            params[p.filter_exam] = exam
-        if self.s.statuses:
-            params[p.filter_status] = ",".join(self.s.statuses)
-        if since:
-            params[p.filter_updated_since] = since
-        return params
-
     async def _page_stream(self, name: str, st: _Stream, since: str | None) -> None:
         p = self.profile
         pages = self.client.pages(
             p.attempts_path,
-            self._params(name, since),
+            _attempt_params(self.profile, self.s, name, since),
             self.sink.row_type,
             start=_cursor_in(st.cursor),
             parallel=self.s.parallel,
@@ -531,6 +518,23 @@ class _Exporter:
             self._report("downloading", name)
 
 
+def _attempt_params(
+    p: ApiProfile, s: ExportSettings, exam: str, since: str | None
+) -> dict[str, str]:
+    """Query parameters of the attempt listing: filters, sorted by id for stable paging."""
+    params: dict[str, str] = {
+        p.sort_param: "id",
+        p.page_size_param: str(s.page_size or p.max_page_size),
+    }
+    if exam != ALL_EXAMS:
+        params[p.filter_exam] = exam
+    if s.statuses:
+        params[p.filter_status] = ",".join(s.statuses)
+    if since:
+        params[p.filter_updated_since] = since
+    return params
+
+
 class _FilterAttrs(Struct):
     examStatus: str | None = None
     updatedAt: str | None = None
@@ -637,6 +641,49 @@ async def run_export_job(
     if result.status != "completed":
         console.print(f"Resume with: python -m synap_bulk run {job.path}")
         return EXIT_FAILED
+    return EXIT_OK
+
+
+async def plan_export_job(job: JobFile, *, console: Console) -> int:
+    """``plan`` for an export job: how many attempts each exam would give, and whether the run
+    would resume or start afresh. Reads one attempt per exam; writes nothing anywhere."""
+    from ..checkpoint import Ledger
+    from ..profile import load_profile
+    from ..runner import EXIT_OK, ledger_path, open_client
+
+    spec: ExportAttemptsSpec = job.spec.task  # type: ignore[assignment]
+    settings = settings_from_spec(spec, job)
+    profile = load_profile(job.spec.api.profile or None)
+    meta: _Meta | None = None
+    path = ledger_path(job)
+    if path.exists():
+        async with await Ledger.open_readonly(path) as ledger:
+            meta = _load(await ledger.get_cursor(META_CURSOR), _Meta)
+    resumes = meta is not None and meta.state == "running"
+    since = settings.since
+    if resumes and meta is not None:
+        since = meta.since
+    elif since == "last-run":
+        since = meta.last_complete_started_at if meta is not None else None
+    async with open_client(job, profile) as client:
+        counts: dict[str, int | None] = {}
+        for name in list(settings.exams) or [ALL_EXAMS]:
+            params = _attempt_params(profile, settings, name, since)
+            params[profile.page_size_param] = "1"
+            page = await client.get_page(profile.attempts_path, params, AnyResource)
+            total = page.meta.get("total")
+            counts[name] = total if isinstance(total, int) else None
+    known = [n for n in counts.values() if n is not None]
+    for name, n in counts.items():
+        label = "all exams" if name == ALL_EXAMS else f"exam {name}"
+        console.print(f"  {label}: {n if n is not None else 'unknown number of'} attempts")
+    console.print(
+        f"Plan: export {sum(known)} attempts -> {settings.output} ({settings.format}, "
+        f"mode {settings.mode}"
+        + (f", updated since {since}" if since else "")
+        + "); "
+        + ("resumes the export in progress" if resumes else "a new export (new file)")
+    )
     return EXIT_OK
 
 
