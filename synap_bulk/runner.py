@@ -283,6 +283,10 @@ async def _write_reports(
 async def plan_job(job: JobFile, *, console: Console | None = None) -> int:
     """Read everything, write nothing to the server; print counts and write the plan file."""
     console = console or Console(stderr=True)
+    if job.spec.task.kind == "export-attempts":
+        from .tasks.export_attempts import plan_export_job
+
+        return await plan_export_job(job, console=console)
     profile = _profile(job)
     task = build_task(job, profile)
     out = out_dir(job)
