@@ -115,9 +115,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         job = _load(args.job)
-        if job.spec.task.kind != "export-attempts":
-            task = build_task(job, load_profile(job.spec.api.profile or None))
-            del task
+        if job.spec.task.kind == "export-attempts":
+            from .tasks.export_attempts import settings_from_spec
+
+            settings_from_spec(job.spec.task, job)  # checks since and columns at their line
+        else:
+            build_task(job, load_profile(job.spec.api.profile or None))
         print(f"{args.job}: ok ({job.spec.task.kind})")
         return 0
 
