@@ -5,6 +5,8 @@ started with ``python -m synap_bulk sandbox``; traffic only to 127.0.0.1):
 
 * ``ceiling``: client ``rate=100`` against sandbox ``--rate 100``: achieved rate and 429 share
   (target >= 97 % of the limit, <= 1 % 429s), for CUBIC and AIMD recovery.
+* ``overshoot``: client ``rate=150`` against sandbox ``--rate 100`` (a ceiling set too high):
+  here the recovery algorithm decides, CUBIC against AIMD.
 * ``auto``: client ``rate="auto"`` against sandbox ``--rate 100`` (target >= 90 %, <= 3 % 429s),
   for CUBIC and AIMD, with the sandbox's X-RateLimit-* headers off (the recovery algorithm
   alone) and on (header pacing).
@@ -424,8 +426,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     parser.add_argument(
         "--only",
-        default="ceiling,auto,cpu,pacer",
-        help="comma-separated scenarios: ceiling, auto, cpu, pacer",
+        default="ceiling,overshoot,auto,cpu,pacer",
+        help="comma-separated scenarios: ceiling, overshoot, auto, cpu, pacer",
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -456,6 +458,14 @@ def main() -> None:
         ]
         figures["ceiling"] = rows
         print_table(f"Known ceiling, {ceiling_s:.0f} s", rows, keys)
+    if "overshoot" in only:
+        rows = [
+            rate_scenario("rate=150 vs limit 100", "150", ceiling_s, alg, headers)
+            for alg in ("cubic", "aimd")
+            for headers in (False, True)
+        ]
+        figures["overshoot"] = rows
+        print_table(f"Ceiling set too high, {ceiling_s:.0f} s", rows, keys)
     if "auto" in only:
         rows = [
             rate_scenario('rate="auto" vs limit 100', "auto", auto_s, alg, headers)

@@ -82,6 +82,9 @@ def translate(exc: BaseException, method: str, url: str) -> TransportError:
     """Map an aiohttp/asyncio failure to our tree; the message names no header and no query."""
     path = _where(url)
     name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # Timed out while connecting: the request never left, so any method may be resent.
+        return ConnectError(f"timed out connecting ({name})", method=method, path=path)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return RequestTimeout(f"timed out ({name})", method=method, path=path)
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -123,6 +123,7 @@ async def test_refused_connection_is_connect_error_never_sent() -> None:
     [
         (TimeoutError(), RequestTimeout),
         (aiohttp.ServerTimeoutError("read"), RequestTimeout),
+        (aiohttp.ConnectionTimeoutError("connect"), ConnectError),
         (aiohttp.ServerDisconnectedError(), ConnectionDropped),
         (aiohttp.ClientPayloadError("cut"), ConnectionDropped),
         (aiohttp.ClientOSError(104, "reset"), ConnectionDropped),
