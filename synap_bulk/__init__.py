@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._version import __version__
+from .client import ClientStatistics, PageCursor, Response, SynapClient
 from .errors import (
     ApiError,
     BadRequest,
@@ -24,8 +26,10 @@ from .errors import (
     UnprocessableEntity,
 )
 from .profile import DEFAULT_PROFILE, ApiProfile
-
-__version__ = "0.1.0"
+from .ratecontrol import RateSettings
+from .retry import RetryPolicy
+from .spec import JobFile, load_job
+from .transport import Timeouts
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -33,21 +37,30 @@ __all__ = [
     "ApiProfile",
     "BadRequest",
     "CheckpointError",
+    "ClientStatistics",
     "Conflict",
     "ConnectError",
     "ConnectionDropped",
     "Forbidden",
+    "JobFile",
     "MalformedResponse",
     "NotFound",
+    "PageCursor",
     "RateLimited",
+    "RateSettings",
     "RequestTimeout",
+    "Response",
     "RetryBudgetExhausted",
+    "RetryPolicy",
     "ServerError",
     "SourceError",
     "SpecError",
     "SynapBulkError",
+    "SynapClient",
+    "Timeouts",
     "TransportError",
     "Unauthorized",
     "UnprocessableEntity",
     "__version__",
+    "load_job",
 ]

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import msgspec
 from msgspec import Struct
 
-from . import __version__
+from ._version import __version__
 from .clock import Clock, SystemClock
 from .errors import (
     ApiError,
