@@ -27,17 +27,18 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 TOKEN = "p:sandbox"
 CONCURRENCY = 16
 
@@ -45,55 +46,9 @@ CONCURRENCY = 16
 # --- the sandbox process ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def sandbox(*extra: str) -> Iterator[str]:
-    """Start ``python -m synap_bulk sandbox`` and yield its base URL once it says it listens."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "synap_bulk",
-        "sandbox",
-        "--port",
-        str(free_port()),
-        "--seed",
-        "1",
-        "--users",
-        "200",
-        "--token",
-        TOKEN,
-        *extra,
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        url = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"sandbox exited early ({proc.poll()}): {' '.join(cmd)}")
-            if line.startswith("sandbox listening on "):
-                url = line.split("sandbox listening on ", 1)[1].strip()
-                break
-        if not url:
-            raise RuntimeError("sandbox did not say it was listening within 60 s")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def sandbox(*extra: str) -> contextlib.AbstractContextManager[str]:
+    """A standalone sandbox (seed 1, 200 users) for one scenario; yields its base URL."""
+    return common.sandbox("--seed", "1", "--users", "200", *extra, token=TOKEN)
 
 
 def control(url: str, method: str, route: str, body: dict[str, Any] | None = None) -> Any:

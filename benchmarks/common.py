@@ -1,12 +1,15 @@
-"""Shared pieces of the benchmarks: a standalone sandbox process, child runs, CPU time."""
+"""Shared pieces of the benchmarks: a standalone sandbox process, child runs, medians.
+
+Each benchmark is a plain script; it imports this module from its own folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,26 +18,44 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "p:bench"
 
 
+def start_sandbox(*args: str, token: str = TOKEN) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m synap_bulk sandbox --port 0 ARGS``; return it and its URL.
+
+    The token goes through ``$SYNAP_SANDBOX_TOKEN``, not the command line (which ``ps`` shows).
+    Returns once the sandbox prints ``sandbox listening on URL`` (seeding a large portal takes a
+    while, so there is no timeout of our own).
+    """
+    cmd = [sys.executable, "-m", "synap_bulk", "sandbox", "--port", "0", *args]
+    env = {**os.environ, "SYNAP_SANDBOX_TOKEN": token}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("sandbox listening on "):
+        proc.kill()
+        proc.wait()
+        raise SystemExit(f"the sandbox did not start ({line!r}): {' '.join(cmd)}")
+    return proc, line.split("sandbox listening on ", 1)[1].strip()
+
+
+def stop_sandbox(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def sandbox(*args: str, token: str = TOKEN) -> Iterator[str]:
-    """Run ``python -m synap_bulk sandbox --port 0 ARGS`` in its own process; yield its URL."""
-    cmd = [sys.executable, "-m", "synap_bulk", "sandbox", "--port", "0", "--token", token, *args]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+    """A standalone sandbox for the duration of a ``with`` block; yields its base URL."""
+    proc, url = start_sandbox(*args, token=token)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("sandbox listening on "):
-            raise RuntimeError(f"sandbox did not start ({proc.poll()}): {' '.join(cmd)}")
-        yield line.split("sandbox listening on ", 1)[1].strip()
+        yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_sandbox(proc)
 
 
 def child(script: Path, args: list[str], timeout: float = 900) -> dict[str, Any]:
@@ -55,7 +76,3 @@ def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-
-
-def now() -> float:
-    return time.perf_counter()

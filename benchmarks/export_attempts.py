@@ -26,44 +26,20 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 TOKEN = "p:bench-export"
 RSS_TARGET_MB = 150.0
 
 
 def start_sandbox(exams: int, per_exam: int, users: int) -> tuple[subprocess.Popen[str], str]:
     """A standalone sandbox with ``exams * per_exam`` attempts; returns (process, base URL)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "synap_bulk",
-        "sandbox",
-        "--port",
-        "0",
-        "--seed",
-        "1",
-        "--users",
-        str(users),
-        "--exams",
-        str(exams),
-        "--attempts-per-exam",
-        str(per_exam),
-        "--markers",
-        "10",
-        "--rate",
-        "0",
-        "--token",
-        TOKEN,
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 600
-    for line in proc.stdout:
-        if line.startswith("sandbox listening on "):
-            return proc, line.split()[-1]
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit("the sandbox did not start")
+    return common.start_sandbox(
+        "--seed", "1", "--users", str(users), "--exams", str(exams),
+        "--attempts-per-exam", str(per_exam), "--markers", "10", "--rate", "0",
+        token=TOKEN,
+    )  # fmt: skip
 
 
 def child(args: argparse.Namespace) -> None:

@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 #: The token only this benchmark's sandbox knows; passed through the environment, never printed.
 TOKEN = "p:bench-" + os.urandom(6).hex()
 SCENARIOS = {
@@ -46,21 +49,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_sandbox(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable, "-m", "synap_bulk", "sandbox",
-        "--port", "0", "--seed", "1",
-        "--users", str(args.users), "--exams", "5",
+    return common.start_sandbox(
+        "--seed", "1", "--users", str(args.users), "--exams", "5",
         "--attempts-per-exam", str(args.attempts_per_exam), "--markers", "40",
         "--rate", "0", "--latency-ms", "0", "--fault-rate", "0",
-    ]  # fmt: skip
-    env = {**os.environ, "SYNAP_SANDBOX_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("sandbox listening on "):
-        proc.kill()
-        raise SystemExit(f"the sandbox did not start: {line!r}")
-    return proc, line.split()[-1]
+        token=TOKEN,
+    )  # fmt: skip
 
 
 def pin(pid: int, cpu: int) -> bool:
