@@ -28,6 +28,7 @@ from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePat
 from ..profile import ApiProfile
 from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION, User, UserGroup
 from ..sources import (
+    CsvRow,
     CsvSource,
     DuplicateTracker,
     is_email,
@@ -268,69 +269,51 @@ class UserImportTask:
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         seen = DuplicateTracker()
         for row in self._source:
-            values = row.values
-            key_hint = f"line:{row.line}"
-            if row.problem:
+            result = self._item(row, seen)
+            if isinstance(result, ItemError):
                 yield InvalidRow(
-                    key=key_hint,
-                    line=row.line,
-                    row=values,
-                    error=ItemError(status="invalid", code="row", detail=row.problem),
+                    key=f"line:{row.line}", line=row.line, row=row.values, error=result
                 )
+            else:
+                yield result
+
+    def _item(self, row: CsvRow, seen: DuplicateTracker) -> Item | ItemError:
+        """The row as an item, or what is wrong with it (checked before any request)."""
+        values = row.values
+        if row.problem:
+            return ItemError(status="invalid", code="row", detail=row.problem)
+        attrs = {a: render_template(t, values).strip() for a, t in self._fields.items()}
+        problem = self._row_problem(attrs)
+        if problem is not None:
+            return problem
+        match = self._match_value(attrs)
+        earlier = seen.seen(match, row.line)
+        if earlier is not None:
+            return ItemError(
+                status="invalid",
+                code="duplicate",
+                field=self._column_of(self.spec.match),
+                detail=f"duplicate {self.spec.match} {match!r}: already on line {earlier}",
+            )
+        groups: list[str] = []
+        for template in self.spec.groups:
+            name = render_template(template, values).strip()
+            if not name:
                 continue
-            attrs: dict[str, str] = {}
-            for attr, template in self._fields.items():
-                attrs[attr] = render_template(template, values).strip()
-            if "emailAddress" in attrs:
-                attrs["emailAddress"] = attrs["emailAddress"].strip()
-            problem = self._row_problem(attrs)
-            if problem is not None:
-                yield InvalidRow(key=key_hint, line=row.line, row=values, error=problem)
-                continue
-            match = self._match_value(attrs)
-            earlier = seen.seen(match, row.line)
-            if earlier is not None:
-                yield InvalidRow(
-                    key=key_hint,
-                    line=row.line,
-                    row=values,
-                    error=ItemError(
-                        status="invalid",
-                        code="duplicate",
-                        field=self._column_of(self.spec.match),
-                        detail=f"duplicate {self.spec.match} {match!r}: already on line {earlier}",
-                    ),
+            gid = self._resolve_group(name)
+            if gid is None:
+                return ItemError(
+                    status="invalid",
+                    code="unknown-group",
+                    field=self._column_of_groups(),
+                    detail=f"user group {name!r} does not exist",
                 )
-                continue
-            groups: list[str] = []
-            bad_group = None
-            for template in self.spec.groups:
-                name = render_template(template, values).strip()
-                if not name:
-                    continue
-                gid = self._resolve_group(name)
-                if gid is None:
-                    bad_group = name
-                    break
-                if gid not in groups:
-                    groups.append(gid)
-            if bad_group is not None:
-                yield InvalidRow(
-                    key=key_hint,
-                    line=row.line,
-                    row=values,
-                    error=ItemError(
-                        status="invalid",
-                        code="unknown-group",
-                        field=self._column_of_groups(),
-                        detail=f"user group {bad_group!r} does not exist",
-                    ),
-                )
-                continue
-            payload: dict[str, Any] = {"attributes": attrs, "groups": groups}
-            if self.spec.password is not None:
-                payload["password"] = render_template(self.spec.password, values)
-            yield Item(key=f"{self.spec.match}:{match}", line=row.line, row=values, payload=payload)
+            if gid not in groups:
+                groups.append(gid)
+        payload: dict[str, Any] = {"attributes": attrs, "groups": groups}
+        if self.spec.password is not None:
+            payload["password"] = render_template(self.spec.password, values)
+        return Item(key=f"{self.spec.match}:{match}", line=row.line, row=values, payload=payload)
 
     def _resolve_group(self, name: str) -> str | None:
         if name in self._group_ids:
