@@ -482,6 +482,7 @@ class SandboxApp:
         needs_body = route.needs_body
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            arrived = state.clock()
             c = counters
             c.requests += 1
             seq = c.requests
@@ -539,13 +540,17 @@ class SandboxApp:
                     delay += cfg.route_latency_ms.get(name, 0.0)
                 if name in ("user-groups.members.add", "user-groups.members.replace"):
                     delay += cfg.join_latency_ms
-                if delay > 0:
-                    await state.sleep(delay / 1000.0)
                 if kind is not None and kind not in WRITE_FAULTS and kind != "truncate":
+                    if delay > 0:
+                        await state.sleep(delay / 1000.0)
                     c.fault(kind)
                     status, response = self._fault(request, kind, trace_id)
                     return response
-                # --- the handler
+                # --- the handler, then the rest of the latency: the answer leaves no earlier
+                # than arrival + latency, and the server's own work counts towards it (a
+                # server's latency includes its processing; added on top, 16 requests woken
+                # together would queue behind each other's handlers and overshoot).
+                failure: ApiFailure | None = None
                 try:
                     accept = request.headers.get("Accept")
                     if accept is not None and MEDIA_TYPE in accept:
@@ -563,16 +568,20 @@ class SandboxApp:
                         body_doc = await self._read_body(request)
                     out = fn(Ctx(request, label, actor, body_doc), request.match_info)
                 except ApiFailure as exc:
-                    status = exc.status
+                    failure = exc
+                if delay > 0:
+                    await state.sleep(max(0.0, delay / 1000.0 - (state.clock() - arrived)))
+                if failure is not None:
+                    status = failure.status
                     headers = dict(_JSON_HEADERS)
                     if rl_headers:
                         headers.update(rl_headers)
-                    headers.update(exc.headers)
+                    headers.update(failure.headers)
                     if kind == "truncate":
                         c.fault(kind)
-                        return await self._truncate(request, status, _error_body(exc.errors))
+                        return await self._truncate(request, status, _error_body(failure.errors))
                     return web.Response(
-                        body=_error_body(exc.errors), status=status, headers=headers
+                        body=_error_body(failure.errors), status=status, headers=headers
                     )
                 if kind is not None:  # commit-then-* or truncate: the write has been applied
                     c.fault(kind)
