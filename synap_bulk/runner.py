@@ -41,6 +41,16 @@ def _profile(job: JobFile) -> ApiProfile:
     return load_profile(job.spec.api.profile or None)
 
 
+def engine_workers(concurrency: int) -> int:
+    """Workers for a client capped at ``concurrency`` requests in flight.
+
+    A few more workers than request slots keep the pipeline full: while some wait for their
+    durable in-flight mark or do their bookkeeping, the others' requests use every slot. The
+    client's cap still bounds what reaches the server.
+    """
+    return concurrency + max(2, concurrency // 4)
+
+
 def ledger_path(job: JobFile) -> Path:
     run = job.spec.run
     if run.ledger:
@@ -180,7 +190,7 @@ async def run_job(
             client,
             ledger,
             config=EngineConfig(
-                concurrency=job.spec.api.concurrency,
+                concurrency=engine_workers(job.spec.api.concurrency),
                 grace_seconds=run_cfg.grace_seconds,
                 max_item_attempts=run_cfg.max_item_attempts,
                 retry_failed=retry_failed,
