@@ -168,6 +168,7 @@ def scenario_latency(rows: int, folder: Path) -> list[dict[str, Any]]:
             "requests": s["requests"],
             "req_per_s": round(achieved, 1),
             "of_ceiling": f"{achieved / ceiling:.1%} of {ceiling:.0f}/s",
+            "p50_ms": s["latency_ms_p50"],
             "done": s["counts"]["done"],
         },
         {
