@@ -18,7 +18,7 @@ import anyio
 from rich.console import Console
 
 from .checkpoint import Ledger
-from .client import SynapClient
+from .client import ClientStatistics, SynapClient
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SourceError, SpecError, SynapBulkError, Unauthorized
 from .profile import ApiProfile, load_profile
@@ -39,6 +39,30 @@ _IMPORT_ACTIONS = ("create", "update", "unchanged", "invalid", "conflict")
 
 def _profile(job: JobFile) -> ApiProfile:
     return load_profile(job.spec.api.profile or None)
+
+
+def progress_snapshot(
+    c: ClientStatistics,
+    started: float,
+    *,
+    total: int | None,
+    done: int,
+    failed: int = 0,
+    skipped: int = 0,
+) -> Snapshot:
+    """A progress snapshot: the run's own counts plus the client's request figures."""
+    return Snapshot(
+        total=total,
+        done=done,
+        failed=failed,
+        skipped=skipped,
+        in_flight=c.in_flight,
+        requests=c.requests,
+        rate=c.current_rate,
+        throttled=c.throttled,
+        retries=c.retries,
+        elapsed_s=time.monotonic() - started,
+    )
 
 
 def engine_workers(concurrency: int) -> int:
@@ -203,18 +227,13 @@ async def run_job(
 
         def snapshot() -> Snapshot:
             e = engine.statistics()
-            c = client.statistics()
-            return Snapshot(
+            return progress_snapshot(
+                client.statistics(),
+                started,
                 total=getattr(task, "total", None) or e.total_seen or None,
                 done=e.done,
                 failed=e.failed + e.invalid + e.in_doubt,
                 skipped=e.skipped_done + e.skipped_failed,
-                in_flight=c.in_flight,
-                requests=c.requests,
-                rate=c.current_rate,
-                throttled=c.throttled,
-                retries=c.retries,
-                elapsed_s=time.monotonic() - started,
             )
 
         progress = Progress(snapshot, console=console)

@@ -699,25 +699,14 @@ async def _with_progress(
     import signal
 
     from ..progress import Progress, Snapshot
+    from ..runner import progress_snapshot
 
     def snapshot() -> Snapshot:
         p = last[0] if last else ExportProgress(phase="paging")
-        c = client.statistics()
         total, done = p.total, p.rows
         if p.phase == "waiting":  # the server's job: its progress, in percent
             total, done = 100, round((p.job_progress or 0.0) * 100)
-        return Snapshot(
-            total=total,
-            done=done,
-            failed=0,
-            skipped=0,
-            in_flight=c.in_flight,
-            requests=c.requests,
-            rate=c.current_rate,
-            throttled=c.throttled,
-            retries=c.retries,
-            elapsed_s=time.monotonic() - started,
-        )
+        return progress_snapshot(client.statistics(), started, total=total, done=done)
 
     progress = Progress(snapshot, console=console)
     result: ExportResult | None = None
