@@ -41,14 +41,18 @@ __all__ = [
 ITEM_RATE_TAU = 20.0
 #: Seconds over which the displayed request rate is smoothed.
 REQUEST_RATE_TAU = 5.0
+#: Columns of the live bar when the figures fit beside it.
+BAR_WIDTH = 40
 
 
 class Snapshot(Struct, frozen=True, kw_only=True):
     """The counters progress shows, read at one instant.
 
     ``total`` is ``None`` while unknown. ``done``, ``failed`` and ``skipped`` (done by an
-    earlier run) partition the finished items; ``rate`` is the rate limit currently applied
-    (0 when nothing paces sends): shown as the limit, not as the achieved rate.
+    earlier run) partition the finished items; ``failed`` counts every item to fix (failed,
+    invalid or in doubt) and shows as "to fix", like the summary's row. ``rate`` is the rate
+    limit currently applied (0 when nothing paces sends): shown as the limit, not as the
+    achieved rate.
     """
 
     total: int | None = None
@@ -155,7 +159,7 @@ class Progress:
     ) -> str:
         """One plain progress line (the format of logs and CI output)."""
         count = f"{snap.done:,}/{snap.total:,}" if snap.total is not None else f"{snap.done:,}"
-        parts = [f"{count} done", f"{snap.failed:,} failed"]
+        parts = [f"{count} done", f"{snap.failed:,} to fix"]
         if snap.skipped:
             parts.append(f"{snap.skipped:,} already done")
         parts.append(f"{request_rate or 0.0:.1f} req/s")
@@ -174,38 +178,51 @@ class Progress:
         *,
         final: bool = False,
     ) -> RenderableType:
-        """The live display: a bar, then the figures (styled, never parsed as markup)."""
+        """The live display: a bar, then the figures (styled, never parsed as markup).
+
+        On one line when the terminal is wide enough; on a narrow one (80 columns) the bar and
+        the counts make the first line and the rates the second, rather than wrapping the
+        figures into a ragged column beside the bar.
+        """
         finished = snap.done + snap.failed + snap.skipped
         total = snap.total
-        if total is None:
-            bar = ProgressBar(total=None, width=40, pulse=not final)
-        else:  # a total of 0 is a full bar, never a division by zero
-            completed = min(finished, total) if total else 1
-            bar = ProgressBar(total=float(max(total, 1)), completed=float(completed), width=40)
         count = f"{snap.done:,}/{total:,}" if total is not None else f"{snap.done:,}"
-        text = Text.assemble(
+        head = Text.assemble(
             (f" {count} done", "bold"),
             " · ",
-            (f"{snap.failed:,} failed", "red" if snap.failed else ""),
+            (f"{snap.failed:,} to fix", "red" if snap.failed else ""),
         )
         if snap.skipped:
-            text.append(f" · {snap.skipped:,} already done")
-        text.append(f" · {request_rate or 0.0:.1f} req/s")
+            head.append(f" · {snap.skipped:,} already done")
+        tail = Text(f"{request_rate or 0.0:.1f} req/s")
         if snap.rate:
-            text.append(f" (limit {snap.rate:.4g})", "dim")
-        text.append(" · ")
-        text.append(f"{snap.throttled:,} throttled", "yellow" if snap.throttled else "")
+            tail.append(f" (limit {snap.rate:.4g})", "dim")
+        tail.append(" · ")
+        tail.append(f"{snap.throttled:,} throttled", "yellow" if snap.throttled else "")
         if snap.retries:
-            text.append(f" · {snap.retries:,} retries")
+            tail.append(f" · {snap.retries:,} retries")
         if final:
-            text.append(f" · elapsed {format_duration(snap.elapsed_s)}")
+            tail.append(f" · elapsed {format_duration(snap.elapsed_s)}")
         elif eta is not None:
-            text.append(f" · ETA {format_eta(eta)}", "cyan")
+            tail.append(f" · ETA {format_eta(eta)}", "cyan")
         else:
-            text.append(f" · {snap.in_flight:,} in flight", "dim")
+            tail.append(f" · {snap.in_flight:,} in flight", "dim")
+        width = self.console.width
+        one_line = BAR_WIDTH + head.cell_len + 3 + tail.cell_len <= width
+        bar_width = BAR_WIDTH if one_line else max(10, min(BAR_WIDTH, width - head.cell_len))
+        if total is None:
+            bar = ProgressBar(total=None, width=bar_width, pulse=not final)
+        else:  # a total of 0 is a full bar, never a division by zero
+            completed = min(finished, total) if total else 1
+            bar = ProgressBar(
+                total=float(max(total, 1)), completed=float(completed), width=bar_width
+            )
         grid = Table.grid(padding=0)
-        grid.add_row(bar, text)
-        return Group(grid)
+        if one_line:
+            grid.add_row(bar, Text.assemble(head, " · ", tail))
+            return Group(grid)
+        grid.add_row(bar, head)
+        return Group(grid, Text.assemble("  ", tail))
 
     # -- running ------------------------------------------------------------------------------
 

@@ -289,7 +289,13 @@ class Summary(Struct, kw_only=True):
     latency_ms_p50: float = 0.0
     latency_ms_p95: float = 0.0
     latency_ms_p99: float = 0.0
+    #: Requests the client re-sent (after a 429, a 5xx or a dropped connection).
     retries: int = 0
+    #: Items the engine attempted again after a failure the client gave up on or would not
+    #: repeat alone (a create whose outcome was unknown is looked up first, never just re-sent).
+    item_retries: int = 0
+    #: Items whose unknown outcome a lookup resolved: the server had carried the write out.
+    reconciled: int = 0
     throttled: int = 0
     pauses: int = 0
     task: dict[str, Any] = {}
@@ -308,6 +314,8 @@ class Summary(Struct, kw_only=True):
         skipped: int | None = None,
         elapsed_s: float,
         client: ClientFigures | None = None,
+        item_retries: int = 0,
+        reconciled: int = 0,
         task: Mapping[str, Any] | None = None,
         failures_file: str = "",
         success_file: str = "",
@@ -332,6 +340,8 @@ class Summary(Struct, kw_only=True):
             latency_ms_p95=round(client.latency_ms_p95, 2) if client is not None else 0.0,
             latency_ms_p99=round(client.latency_ms_p99, 2) if client is not None else 0.0,
             retries=client.retries if client is not None else 0,
+            item_retries=item_retries,
+            reconciled=reconciled,
             throttled=client.throttled if client is not None else 0,
             pauses=client.pauses if client is not None else 0,
             task=dict(task or {}),
@@ -375,20 +385,29 @@ class Summary(Struct, kw_only=True):
         items = f"{c.get('done', 0):,} done"
         if actions:
             items += f" ({', '.join(actions)})"
-        items += " · " + " · ".join(
-            f"{c.get(k, 0):,} {k.replace('_', ' ')}" for k in ("failed", "invalid", "in_doubt")
-        )
         if c.get("skipped"):
             items += f" · {c['skipped']:,} already done"
+        # What needs a person's attention on a line of its own, zeros included: a summary that
+        # says "0 failed" is one you can trust, and two short lines fit an 80-column terminal.
+        to_fix = " · ".join(
+            f"{c.get(k, 0):,} {k.replace('_', ' ')}" for k in ("failed", "invalid", "in_doubt")
+        )
         extra = [f"{v:,} {k.replace('_', ' ')}" for k, v in c.items() if k not in COUNT_KEYS and v]
         if extra:
-            items += " · " + " · ".join(extra)
-        rows: list[tuple[str, str]] = [("items", items)]
+            to_fix += " · " + " · ".join(extra)
+        rows: list[tuple[str, str]] = [("items", items), ("to fix", to_fix)]
         rows.append(
             (
                 "requests",
-                f"{self.requests:,} at {self.achieved_rate:.1f} req/s · {self.retries:,} retries"
+                f"{self.requests:,} at {self.achieved_rate:.1f} req/s"
                 f" · {self.throttled:,} throttled (429) · {self.pauses:,} pauses",
+            )
+        )
+        rows.append(
+            (
+                "retries",
+                f"{self.retries:,} requests re-sent · {self.item_retries:,} items tried again"
+                f" · {self.reconciled:,} reconciled",
             )
         )
         if self.requests:

@@ -49,8 +49,12 @@ def progress_snapshot(
     done: int,
     failed: int = 0,
     skipped: int = 0,
+    item_retries: int = 0,
 ) -> Snapshot:
-    """A progress snapshot: the run's own counts plus the client's request figures."""
+    """A progress snapshot: the run's own counts plus the client's request figures.
+
+    Retries are the client's re-sent requests plus the items the engine tried again.
+    """
     return Snapshot(
         total=total,
         done=done,
@@ -60,7 +64,7 @@ def progress_snapshot(
         requests=c.requests,
         rate=c.current_rate,
         throttled=c.throttled,
-        retries=c.retries,
+        retries=c.retries + item_retries,
         elapsed_s=time.monotonic() - started,
     )
 
@@ -234,6 +238,7 @@ async def run_job(
                 done=e.done,
                 failed=e.failed + e.invalid + e.in_doubt,
                 skipped=e.skipped_done + e.skipped_failed,
+                item_retries=e.retried,
             )
 
         progress = Progress(snapshot, console=console)
@@ -301,6 +306,8 @@ async def _write_reports(
         skipped=e.skipped_done,
         elapsed_s=time.monotonic() - started,
         client=c,
+        item_retries=e.retried,
+        reconciled=e.reconciled,
         task=task.summary(),
         failures_file=str(failures_path) if failed else "",
         success_file=str(success_path),

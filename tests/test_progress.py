@@ -61,9 +61,9 @@ async def test_plain_lines_follow_the_fake_clock() -> None:
     # = 13.93/s, 700 left -> 50.2 s, shown rounded up. Requests: 12/s, then 12 + (1 - e^-2) * 12
     # = 22.4/s, then 4/s for the last 10 s: 22.4 + (1 - e^-2) * (4 - 22.4) = 6.5/s.
     assert out.getvalue().splitlines() == [
-        "[12:00:01] 98/1,000 done · 2 failed · 12.0 req/s · 1 throttled · ETA 1m30s",
-        "[12:00:01] 295/1,000 done · 5 failed · 22.4 req/s · 12 throttled · ETA 51s",
-        "[12:00:01] 1,234/1,000 done · 5 failed · 6.5 req/s · 12 throttled · elapsed 25.5s",
+        "[12:00:01] 98/1,000 done · 2 to fix · 12.0 req/s · 1 throttled · ETA 1m30s",
+        "[12:00:01] 295/1,000 done · 5 to fix · 22.4 req/s · 12 throttled · ETA 51s",
+        "[12:00:01] 1,234/1,000 done · 5 to fix · 6.5 req/s · 12 throttled · elapsed 25.5s",
     ]
     assert clock.now() == 130.0
     assert clock.slept == [10.0, 10.0, 10.0]
@@ -87,7 +87,7 @@ async def test_no_line_before_the_interval_has_passed() -> None:
             await anyio.lowlevel.checkpoint()
         tg.cancel_scope.cancel()
     (line,) = out.getvalue().splitlines()
-    assert line.endswith("] 5 done · 0 failed · 3 already done · 0.0 req/s · 0 throttled")
+    assert line.endswith("] 5 done · 0 to fix · 3 already done · 0.0 req/s · 0 throttled")
 
 
 def test_final_without_run_prints_one_line() -> None:
@@ -98,7 +98,7 @@ def test_final_without_run_prints_one_line() -> None:
     )
     progress.final()
     progress.close()
-    assert out.getvalue() == "[T] 3/3 done · 0 failed · 0.0 req/s · 0 throttled · elapsed 4.5s\n"
+    assert out.getvalue() == "[T] 3/3 done · 0 to fix · 0.0 req/s · 0 throttled · elapsed 4.5s\n"
 
 
 def test_rate_meter_smooths_and_survives_stalls() -> None:
@@ -138,8 +138,8 @@ async def test_rich_live_display_renders_on_a_terminal() -> None:
     await run_script(progress, script)
     text = out.getvalue()
     # 103 items and 110 requests in the first 0.25 s: 412 items/s, 19,897 left -> 48.3 s.
-    assert "100/20,000 done · 3 failed · 440.0 req/s (limit 50) · 12 throttled · ETA 49s" in text
-    assert "300/20,000 done · 3 failed · 440.0 req/s · 12 throttled · elapsed 9.0s" in text
+    assert "100/20,000 done · 3 to fix · 440.0 req/s (limit 50) · 12 throttled · ETA 49s" in text
+    assert "300/20,000 done · 3 to fix · 440.0 req/s · 12 throttled · elapsed 9.0s" in text
     assert clock.slept == [0.25, 0.25, 0.25]
     assert progress.lines == 0
 
@@ -150,4 +150,18 @@ def test_rich_without_total_pulses() -> None:
     console = Console(file=out, force_terminal=True, width=140, color_system=None)
     progress = Progress(lambda: Snapshot(done=7, in_flight=4), console=console, clock=FakeClock())
     console.print(progress.renderable(*progress.sample()))
-    assert "7 done · 0 failed · 0.0 req/s · 0 throttled · 4 in flight" in out.getvalue()
+    assert "7 done · 0 to fix · 0.0 req/s · 0 throttled · 4 in flight" in out.getvalue()
+
+
+def test_narrow_terminal_puts_the_rates_under_the_bar() -> None:
+    """At 80 columns the bar and counts fill one line and the rates the next, none wrapped."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80, color_system=None)
+    snap = Snapshot(total=400, done=193, failed=7, requests=300, rate=100, retries=7)
+    progress = Progress(lambda: snap, console=console, clock=FakeClock())
+    console.print(progress.renderable(snap, 90.5, 16.0))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(" 193/400 done · 7 to fix")
+    assert lines[1] == "  90.5 req/s (limit 100) · 0 throttled · 7 retries · ETA 16s"
+    assert all(len(line) <= 80 for line in lines)

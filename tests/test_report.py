@@ -187,6 +187,8 @@ def test_summary_build_json_and_fields() -> None:
         "latency_ms_p95",
         "latency_ms_p99",
         "retries",
+        "item_retries",
+        "reconciled",
         "throttled",
         "pauses",
         "task",
@@ -213,6 +215,8 @@ def test_summary_write_and_render(tmp_path: Path) -> None:
         skipped=0,
         elapsed_s=372.0,
         client=_Stats(),
+        item_retries=5,
+        reconciled=2,
         task={"groups_added": 40, "per_marker": {"m": 1}},
         failures_file="out/failures.csv",
     )
@@ -221,8 +225,10 @@ def test_summary_write_and_render(tmp_path: Path) -> None:
     assert msgspec.json.decode(path.read_bytes(), type=Summary) == summary
     assert summary.render().splitlines() == [
         "spring (user-import): stopped in 6m12s - interrupted",
-        "  items     1,234 done (1,000 created, 234 unchanged) · 3 failed · 0 invalid · 0 in doubt",
-        "  requests  1,200 at 3.2 req/s · 7 retries · 3 throttled (429) · 1 pauses",
+        "  items     1,234 done (1,000 created, 234 unchanged)",
+        "  to fix    3 failed · 0 invalid · 0 in doubt",
+        "  requests  1,200 at 3.2 req/s · 3 throttled (429) · 1 pauses",
+        "  retries   7 requests re-sent · 5 items tried again · 2 reconciled",
         "  latency   p50 12 ms · p95 40 ms · p99 81 ms",
         "  task      groups_added 40",
         "  failures  out/failures.csv",

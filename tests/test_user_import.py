@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import signal
@@ -107,6 +108,11 @@ async def test_commit_then_fail_never_creates_twice(tmp_path: Path) -> None:
     assert stats.duplicate_creates == 0
     assert max(stats.creates_by_key.values()) == 1
     assert ids == set(cands.valid_ids)
+    # The summary owns up to the engine's work: items tried again, and writes a lookup found.
+    summary = json.loads((tmp_path / "out" / "import" / "summary.json").read_text())
+    assert summary["reconciled"] >= 1
+    extra_posts = stats.by_route["user-registrations.create"] - len(cands.valid_ids)
+    assert 0 < extra_posts <= summary["item_retries"] - summary["reconciled"]
 
 
 async def test_listing_replaces_per_row_lookups(tmp_path: Path) -> None:
