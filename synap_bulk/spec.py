@@ -239,6 +239,10 @@ class JobFile:
         """The line of ``task.body.data.attributes.reason`` (or of its nearest written parent)."""
         return _nearest_line(self._lines, dotted_path)
 
+    def error(self, at: str, message: str) -> SpecError:
+        """A SpecError about the value at dotted path ``at``: ``file:line: at: message``."""
+        return SpecError(message, file=str(self.path), line=self.line_of(at), path=at)
+
     def task_hash(self) -> str:
         """sha256 of the canonical JSON of the task section (defaults applied, keys sorted)."""
         data = msgspec.json.encode(msgspec.to_builtins(self.spec.task), order="sorted")

@@ -47,6 +47,8 @@ class JobFile(Protocol):
 
     def line_of(self, path: str) -> int | None: ...
 
+    def error(self, at: str, message: str) -> SpecError: ...
+
 
 __all__ = [
     "CONVERSIONS",
@@ -55,6 +57,7 @@ __all__ = [
     "Template",
     "TemplateValueError",
     "compile_template",
+    "spec_error",
 ]
 
 CONVERSIONS = ("int", "float", "bool", "json")
@@ -245,7 +248,7 @@ class Template:
         known = set(header)
         for f in self.fields:
             if f.column not in known:
-                raise _spec_error(
+                raise spec_error(
                     self._job,
                     f.at,
                     f"unknown column {{{f.column}}}; {source} has: {', '.join(header)}",
@@ -269,10 +272,9 @@ class Template:
         return ""
 
 
-def _spec_error(job: JobFile | None, at: str, message: str) -> SpecError:
-    if job is None:
-        return SpecError(message, path=at)
-    return SpecError(message, file=str(job.path), line=job.line_of(at), path=at)
+def spec_error(job: JobFile | None, at: str, message: str) -> SpecError:
+    """``job.error(at, message)``, or an error naming only the path when there is no job file."""
+    return job.error(at, message) if job is not None else SpecError(message, path=at)
 
 
 def compile_template(value: Any, *, job: JobFile | None, at: str) -> Template:
@@ -284,7 +286,7 @@ def compile_template(value: Any, *, job: JobFile | None, at: str) -> Template:
             try:
                 parts = _parse(v)
             except ValueError as exc:
-                raise _spec_error(job, path, str(exc)) from None
+                raise spec_error(job, path, str(exc)) from None
             holes = [p for p in parts if not isinstance(p, str)]
             if not holes:
                 return _Literal("".join(p for p in parts if isinstance(p, str)))
@@ -294,7 +296,7 @@ def compile_template(value: Any, *, job: JobFile | None, at: str) -> Template:
                 return _Typed(parts[0][0], parts[0][1])
             convs = [c for _, c in holes if c is not None]
             if convs:
-                raise _spec_error(
+                raise spec_error(
                     job,
                     path,
                     f"a conversion (:{convs[0]}) is only allowed when the whole string is one "
@@ -306,7 +308,7 @@ def compile_template(value: Any, *, job: JobFile | None, at: str) -> Template:
             for k, sub in v.items():
                 key = str(k)
                 if "{" in key or "}" in key:
-                    raise _spec_error(
+                    raise spec_error(
                         job, f"{path}.{key}", "placeholders are not allowed in mapping keys"
                     )
                 items.append((key, walk(sub, f"{path}.{key}", f"{pointer}/{_escape_pointer(key)}")))
@@ -320,7 +322,7 @@ def compile_template(value: Any, *, job: JobFile | None, at: str) -> Template:
             return _List(nodes)
         if v is None or isinstance(v, (bool, int, float)):
             return _Literal(v)
-        raise _spec_error(job, path, f"unsupported value of type {type(v).__name__}")
+        raise spec_error(job, path, f"unsupported value of type {type(v).__name__}")
 
     root = walk(value, at, "")
     return Template(root, tuple(fields), job=job)

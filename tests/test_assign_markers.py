@@ -22,7 +22,7 @@ from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
 from synap_bulk.runner import plan_job, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
-from synap_bulk.spec import AssignMarkersSpec, load_job
+from synap_bulk.spec import AssignMarkersSpec, JobFile, load_job
 from synap_bulk.tasks.assign_markers import (
     AssignMarkersTask,
     MarkerLoad,
@@ -58,6 +58,8 @@ class Job:
 
     def line_of(self, path: str) -> int | None:
         return self.lines.get(path)
+
+    error = JobFile.error  # the real message format, over this stand-in's lines
 
 
 @pytest.fixture

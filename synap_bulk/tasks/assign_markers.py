@@ -288,7 +288,7 @@ class AssignMarkersTask:
     # -- job-file plumbing ----------------------------------------------------------------
 
     def _error(self, message: str, at: str) -> SpecError:
-        return SpecError(message, file=str(self.job.path), line=self.job.line_of(at), path=at)
+        return self.job.error(at, message)
 
     def input_hash(self) -> str:
         """The side files' content: a changed mapping or exclusions file refuses to resume."""

@@ -34,7 +34,7 @@ import msgspec
 from msgspec import Struct
 
 from ..clock import Clock, SystemClock
-from ..errors import CheckpointError, Forbidden, NotFound, SpecError, SynapBulkError
+from ..errors import CheckpointError, Forbidden, NotFound, SynapBulkError
 from ..jsonapi import UNSET, AnyResource, Document, NewResource, Relationship, ResourceIdentifier
 from ..resources import (
     TYPE_BACKGROUND_JOB,
@@ -43,6 +43,7 @@ from ..resources import (
     BackgroundJob,
 )
 from ..sinks import DEFAULT_COLUMNS, Sink, check_columns, make_sink
+from ..templates import spec_error
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -146,13 +147,13 @@ def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportS
         try:
             check_columns(columns)
         except ValueError as exc:
-            raise _spec_error(job, "task.columns", str(exc)) from None
+            raise spec_error(job, "task.columns", str(exc)) from None
     since = spec.since
     if since not in (None, "last-run"):
         try:
             datetime.fromisoformat(str(since).replace("Z", "+00:00"))
         except ValueError:
-            raise _spec_error(
+            raise spec_error(
                 job, "task.since", f"expected last-run or an RFC 3339 time, got {since!r}"
             ) from None
     return ExportSettings(
@@ -166,12 +167,6 @@ def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportS
         page_size=spec.page_size,
         parallel=max(1, spec.parallel),
     )
-
-
-def _spec_error(job: JobFile | None, at: str, message: str) -> SpecError:
-    if job is None:
-        return SpecError(message, path=at)
-    return SpecError(message, file=str(job.path), line=job.line_of(at), path=at)
 
 
 def _now_rfc3339() -> str:

@@ -113,7 +113,7 @@ class RequestTask:
         self._counts: dict[str, int] = {}
 
     def _error(self, at: str, message: str) -> SpecError:
-        return SpecError(message, file=str(self.job.path), line=self.job.line_of(at), path=at)
+        return self.job.error(at, message)
 
     def _templates(self) -> list[Template]:
         out = [self._path]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..clock import Clock, SystemClock
-from ..errors import ConnectError, SpecError
+from ..errors import ConnectError
 from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePatch
 from ..profile import ApiProfile
 from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION, User, UserGroup
@@ -163,20 +163,13 @@ class UserImportTask:
         self.source_path: Path = job.resolve(spec.source)
         self._fields = dict(spec.fields)
         if spec.match not in self._fields:
-            raise SpecError(
+            raise job.error(
+                "task.match",
                 f"the match key {spec.match!r} must be one of the fields "
                 f"({', '.join(self._fields) or 'none given'})",
-                file=str(job.path),
-                line=job.line_of("task.match"),
-                path="task.match",
             )
         if spec.mode != "update" and "emailAddress" not in self._fields:
-            raise SpecError(
-                "creating users needs an emailAddress field",
-                file=str(job.path),
-                line=job.line_of("task.fields"),
-                path="task.fields",
-            )
+            raise job.error("task.fields", "creating users needs an emailAddress field")
         self._source = CsvSource(self.source_path, delimiter=spec.delimiter)
         self._check_templates()
         self._groups_by_name: dict[str, str] = {}
@@ -202,17 +195,13 @@ class UserImportTask:
             try:
                 names = template_fields(template)
             except ValueError as exc:
-                raise SpecError(
-                    str(exc), file=str(self.job.path), line=self.job.line_of(at), path=at
-                ) from None
+                raise self.job.error(at, str(exc)) from None
             unknown = [n for n in names if n not in header]
             if unknown:
-                raise SpecError(
+                raise self.job.error(
+                    at,
                     f"unknown column {{{unknown[0]}}} in template {template!r}; "
                     f"{self._source.display_name} has: {', '.join(self._source.header)}",
-                    file=str(self.job.path),
-                    line=self.job.line_of(at),
-                    path=at,
                 )
 
     @property
