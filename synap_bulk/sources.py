@@ -1,4 +1,4 @@
-"""CSV input: rows with the line they start on, header checks, per-row helpers, ``{column}`` text.
+"""CSV input: rows with the line they start on, header checks, per-row helpers.
 
 A source is read whole at construction: the bytes are hashed (the ledger's input hash) and
 decoded once, so the rows a run processes are exactly the bytes it hashed, and a file that cannot
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import functools
 import hashlib
 import io
 import re
@@ -39,8 +38,6 @@ __all__ = [
     "missing_values",
     "normalize_email",
     "read_table",
-    "render_template",
-    "template_fields",
 ]
 
 #: How many header names a "missing column" message lists before eliding the rest.
@@ -282,88 +279,3 @@ class DuplicateTracker:
 
     def __len__(self) -> int:
         return len(self._first)
-
-
-# -- {column} text templates -------------------------------------------------------------------
-
-_Part = tuple[str, str | None]  # literal text, then a column name (None: literal only)
-
-
-@functools.lru_cache(maxsize=512)
-def _compile(template: str) -> tuple[_Part, ...]:
-    """Split a template into (literal, column) parts; ValueError says what is wrong and where."""
-    parts: list[_Part] = []
-    literal: list[str] = []
-    i, n = 0, len(template)
-    while i < n:
-        ch = template[i]
-        if ch == "}":
-            if i + 1 < n and template[i + 1] == "}":
-                literal.append("}")
-                i += 2
-                continue
-            raise ValueError(
-                f"template {template!r}: unmatched '}}' at position {i} "
-                "(write '}}' for a literal brace)"
-            )
-        if ch != "{":
-            literal.append(ch)
-            i += 1
-            continue
-        if i + 1 < n and template[i + 1] == "{":
-            literal.append("{")
-            i += 2
-            continue
-        end = template.find("}", i + 1)
-        if end < 0:
-            raise ValueError(
-                f"template {template!r}: unmatched '{{' at position {i} "
-                "(write '{{' for a literal brace)"
-            )
-        name = template[i + 1 : end]
-        _check_name(template, name)
-        parts.append(("".join(literal), name))
-        literal = []
-        i = end + 1
-    if literal or not parts:
-        parts.append(("".join(literal), None))
-    return tuple(parts)
-
-
-def _check_name(template: str, name: str) -> None:
-    placeholder = "{" + name + "}"
-    if not name.strip():
-        raise ValueError(
-            f"template {template!r}: empty placeholder {placeholder}; "
-            "write {column} with a column name, or '{{' and '}}' for literal braces"
-        )
-    if "{" in name:
-        raise ValueError(f"template {template!r}: '{{' inside placeholder {placeholder}")
-    if "." in name or "[" in name or "]" in name:
-        raise ValueError(
-            f"template {template!r}: placeholder {placeholder} must be a bare column name "
-            "(no attribute or index access)"
-        )
-    if "!" in name or ":" in name:
-        raise ValueError(
-            f"template {template!r}: placeholder {placeholder} must be a bare column name "
-            "(no conversion or format spec)"
-        )
-
-
-def template_fields(template: str) -> list[str]:
-    """The column names a template uses, each once, in order of first use."""
-    return list(dict.fromkeys(name for _, name in _compile(template) if name is not None))
-
-
-def render_template(template: str, values: Mapping[str, str]) -> str:
-    """Fill ``{column}`` placeholders from ``values`` as plain text (nothing is evaluated)."""
-    out: list[str] = []
-    for literal, name in _compile(template):
-        out.append(literal)
-        if name is not None:
-            try:
-                out.append(values[name])
-            except KeyError:
-                raise ValueError(f"template {template!r}: no column {name!r} in the row") from None
-    return "".join(out)

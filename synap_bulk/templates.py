@@ -1,4 +1,8 @@
-"""Request templates: a YAML value whose strings hold ``{column}`` placeholders.
+"""Templates: YAML values whose strings hold ``{column}`` placeholders, filled from CSV rows.
+
+One syntax for every task. A user import's fields and groups are *text* templates
+(:func:`render_template`, :func:`template_fields`); a request's path, body and key are
+*value* templates (:func:`compile_template`), which may also convert a value.
 
 A job's body, path and key are written once in YAML and filled from each CSV row::
 
@@ -29,6 +33,7 @@ server error's ``source.pointer`` maps back to the input column.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,7 +62,9 @@ __all__ = [
     "Template",
     "TemplateValueError",
     "compile_template",
+    "render_template",
     "spec_error",
+    "template_fields",
 ]
 
 CONVERSIONS = ("int", "float", "bool", "json")
@@ -87,47 +94,99 @@ def _escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def _parse(text: str) -> list[str | tuple[str, str | None]]:
-    """Split a string into literal text and (column, conversion) parts; ValueError if bad."""
-    parts: list[str | tuple[str, str | None]] = []
+_Part = str | tuple[str, str | None]  # literal text, or (column, conversion or None)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(text: str) -> tuple[_Part, ...]:
+    """Split a string into literal text and (column, conversion) parts.
+
+    ValueError says what is wrong and where. A column name is any text without braces (CSV
+    headers such as ``Candidate No.`` or ``Email [work]`` are common); a trailing ``:int``,
+    ``:float``, ``:bool`` or ``:json`` is a conversion, any other colon is part of the name.
+    """
+    parts: list[_Part] = []
     literal: list[str] = []
     i, n = 0, len(text)
     while i < n:
         c = text[i]
-        if c == "{":
-            if text.startswith("{{", i):
-                literal.append("{")
-                i += 2
-                continue
-            end = text.find("}", i + 1)
-            if end < 0:
-                raise ValueError(f"unclosed '{{' in {text!r} (write '{{{{' for a literal brace)")
-            inner = text[i + 1 : end]
-            if "{" in inner:
-                raise ValueError(f"nested '{{' in {text!r}")
-            name, conv = inner, None
-            head, sep, tail = inner.rpartition(":")
-            if sep and tail in CONVERSIONS:
-                name, conv = head, tail
-            if not name.strip():
-                raise ValueError(f"empty placeholder in {text!r}")
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append((name, conv))
-            i = end + 1
-        elif c == "}":
+        if c == "}":
             if text.startswith("}}", i):
                 literal.append("}")
                 i += 2
                 continue
-            raise ValueError(f"single '}}' in {text!r} (write '}}}}' for a literal brace)")
-        else:
+            raise ValueError(
+                f"template {text!r}: unmatched '}}' at position {i} "
+                "(write '}}' for a literal brace)"
+            )
+        if c != "{":
             literal.append(c)
             i += 1
+            continue
+        if text.startswith("{{", i):
+            literal.append("{")
+            i += 2
+            continue
+        end = text.find("}", i + 1)
+        if end < 0:
+            raise ValueError(
+                f"template {text!r}: unmatched '{{' at position {i} "
+                "(write '{{' for a literal brace)"
+            )
+        inner = text[i + 1 : end]
+        if "{" in inner:
+            raise ValueError(f"template {text!r}: '{{' inside placeholder {{{inner}}}")
+        name, conv = inner, None
+        head, sep, tail = inner.rpartition(":")
+        if sep and tail in CONVERSIONS:
+            name, conv = head, tail
+        if not name.strip():
+            raise ValueError(
+                f"template {text!r}: empty placeholder {{{inner}}}; write {{column}} with a "
+                "column name, or '{{' and '}}' for literal braces"
+            )
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append((name, conv))
+        i = end + 1
     if literal:
         parts.append("".join(literal))
+    return tuple(parts)
+
+
+# -- text templates: one string filled from a row, every value text -------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _text_parts(template: str) -> tuple[_Part, ...]:
+    parts = _parse(template)
+    for p in parts:
+        if not isinstance(p, str) and p[1] is not None:
+            raise ValueError(
+                f"template {template!r}: a conversion (:{p[1]}) is for request bodies; "
+                "here every value is text, so write {" + p[0] + "}"
+            )
     return parts
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a text template uses, each once, in order of first use."""
+    return list(dict.fromkeys(p[0] for p in _text_parts(template) if not isinstance(p, str)))
+
+
+def render_template(template: str, values: Mapping[str, str]) -> str:
+    """Fill ``{column}`` placeholders from ``values`` as plain text (nothing is evaluated)."""
+    out: list[str] = []
+    for p in _text_parts(template):
+        if isinstance(p, str):
+            out.append(p)
+            continue
+        try:
+            out.append(values[p[0]])
+        except KeyError:
+            raise ValueError(f"template {template!r}: no column {p[0]!r} in the row") from None
+    return "".join(out)
 
 
 def _convert(column: str, conv: str, value: str) -> Any:
@@ -178,7 +237,7 @@ class _Literal(_Node):
 class _Text(_Node):
     __slots__ = ("parts",)
 
-    def __init__(self, parts: list[str | tuple[str, str | None]]) -> None:
+    def __init__(self, parts: tuple[_Part, ...]) -> None:
         self.parts = parts
 
     def render(self, row: Mapping[str, str]) -> Any:

@@ -1,4 +1,4 @@
-"""CSV sources: line numbers, encodings, header checks, per-row problems and ``{column}`` text."""
+"""CSV sources: line numbers, encodings, header checks and per-row problems."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from synap_bulk.sources import (
     missing_values,
     normalize_email,
     read_table,
-    render_template,
-    template_fields,
 )
 
 
@@ -219,64 +217,6 @@ def test_missing_values_lists_blank_required_cells() -> None:
         "absent",
     ]
     assert missing_values({"name": "Ann"}, ["name"]) == []
-
-
-def test_render_template_fills_and_escapes() -> None:
-    """Placeholders are replaced as text; doubled braces are literal braces."""
-    values = {"first name": "Ann", "last": "{Smith}", "n": "0"}
-    assert render_template("{first name} {last}", values) == "Ann {Smith}"
-    assert render_template("{{literal}} {n}}}", values) == "{literal} 0}"
-    assert render_template("no fields", values) == "no fields"
-    assert render_template("", values) == ""
-    assert template_fields("{a}-{b}-{a} {{c}}") == ["a", "b"]
-
-
-@pytest.mark.parametrize(
-    ("template", "message"),
-    [
-        (
-            "{a.b}",
-            "template '{a.b}': placeholder {a.b} must be a bare column name "
-            "(no attribute or index access)",
-        ),
-        (
-            "{a[0]}",
-            "template '{a[0]}': placeholder {a[0]} must be a bare column name "
-            "(no attribute or index access)",
-        ),
-        (
-            "x {}",
-            "template 'x {}': empty placeholder {}; write {column} with a column name, "
-            "or '{{' and '}}' for literal braces",
-        ),
-        (
-            "{a!r}",
-            "template '{a!r}': placeholder {a!r} must be a bare column name "
-            "(no conversion or format spec)",
-        ),
-        (
-            "{a:>5}",
-            "template '{a:>5}': placeholder {a:>5} must be a bare column name "
-            "(no conversion or format spec)",
-        ),
-        ("{a", "template '{a': unmatched '{' at position 0 (write '{{' for a literal brace)"),
-        ("a}", "template 'a}': unmatched '}' at position 1 (write '}}' for a literal brace)"),
-        ("{a{b}", "template '{a{b}': '{' inside placeholder {a{b}"),
-    ],
-)
-def test_unsafe_or_malformed_templates_are_refused(template: str, message: str) -> None:
-    """Anything but a bare {column} is a ValueError that says what is wrong."""
-    with pytest.raises(ValueError) as info:
-        template_fields(template)
-    assert str(info.value) == message
-    with pytest.raises(ValueError):
-        render_template(template, {"a": "1", "b": "2"})
-
-
-def test_render_template_names_an_absent_column() -> None:
-    """A column missing from the row is a ValueError naming it."""
-    with pytest.raises(ValueError, match="no column 'email' in the row"):
-        render_template("{email}", {"name": "Ann"})
 
 
 def test_malformed_multiline_row_keeps_its_values_and_later_lines(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Request templates: safe substitution, typed placeholders, and errors at the job-file line."""
+"""Templates: safe text substitution, typed placeholders, and errors at the job-file line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import pytest
 
 from synap_bulk.errors import SpecError
 from synap_bulk.spec import load_job
-from synap_bulk.templates import TemplateValueError, compile_template
+from synap_bulk.templates import (
+    TemplateValueError,
+    compile_template,
+    render_template,
+    template_fields,
+)
 
 BODY = {
     "data": {
@@ -103,7 +108,10 @@ def test_syntax_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "j.yaml").write_text(text)
     job = load_job(tmp_path / "j.yaml")
     spec: Any = job.spec.task
-    with pytest.raises(SpecError, match=r"j\.yaml:8: task\.path: unclosed '\{'"):
+    with pytest.raises(
+        SpecError,
+        match=r"j\.yaml:8: task\.path: template 'attempts/\{id': unmatched '\{' at position 9",
+    ):
         compile_template(spec.path, job=job, at="task.path")
     with pytest.raises(SpecError, match=r"j\.yaml:9: task\.body\[0\]: a conversion \(:int\)"):
         compile_template(spec.body, job=job, at="task.body")
@@ -127,3 +135,58 @@ def test_column_for_pointer_maps_server_errors_to_columns() -> None:
     assert t.column_for_pointer("/data/type") == ""
     fields = {f.pointer: f.at for f in t.fields}
     assert fields["/data/attributes/extraTimeInMs"] == "task.body.data.attributes.extraTimeInMs"
+
+
+# -- text templates (user import) -----------------------------------------------------------
+
+
+def test_render_template_fills_and_escapes() -> None:
+    """Placeholders are replaced as text; doubled braces are literal braces."""
+    values = {"first name": "Ann", "last": "{Smith}", "n": "0"}
+    assert render_template("{first name} {last}", values) == "Ann {Smith}"
+    assert render_template("{{literal}} {n}}}", values) == "{literal} 0}"
+    assert render_template("no fields", values) == "no fields"
+    assert render_template("", values) == ""
+    assert template_fields("{a}-{b}-{a} {{c}}") == ["a", "b"]
+
+
+def test_column_names_are_any_text_without_braces() -> None:
+    """Headers of real exports (dots, brackets, colons) are names, never attribute access."""
+    values = {"Candidate No.": "S1", "Email [work]": "a@b.io", "a!r": "x", "t:start": "9"}
+    assert render_template("{Candidate No.}/{Email [work]}/{a!r}/{t:start}", values) == (
+        "S1/a@b.io/x/9"
+    )
+    assert template_fields("{Candidate No.} {t:start}") == ["Candidate No.", "t:start"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            "x {}",
+            "template 'x {}': empty placeholder {}; write {column} with a column name, "
+            "or '{{' and '}}' for literal braces",
+        ),
+        ("{a", "template '{a': unmatched '{' at position 0 (write '{{' for a literal brace)"),
+        ("a}", "template 'a}': unmatched '}' at position 1 (write '}}' for a literal brace)"),
+        ("{a{b}", "template '{a{b}': '{' inside placeholder {a{b}"),
+        (
+            "{n:int}",
+            "template '{n:int}': a conversion (:int) is for request bodies; here every value "
+            "is text, so write {n}",
+        ),
+    ],
+)
+def test_malformed_text_templates_are_refused(template: str, message: str) -> None:
+    """A malformed template is a ValueError that says what is wrong and where."""
+    with pytest.raises(ValueError) as info:
+        template_fields(template)
+    assert str(info.value) == message
+    with pytest.raises(ValueError):
+        render_template(template, {"a": "1", "b": "2", "n": "3"})
+
+
+def test_render_template_names_an_absent_column() -> None:
+    """A column missing from the row is a ValueError naming it."""
+    with pytest.raises(ValueError, match="no column 'email' in the row"):
+        render_template("{email}", {"name": "Ann"})

@@ -33,9 +33,8 @@ from ..sources import (
     DuplicateTracker,
     is_email,
     normalize_email,
-    render_template,
-    template_fields,
 )
+from ..templates import render_template, template_fields
 from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 
 if TYPE_CHECKING:
