@@ -29,6 +29,7 @@ import msgspec
 from msgspec import Struct
 from rich.text import Text
 
+from .sinks import FORMULA_START
 from .tasks.base import ItemError, PlanRow
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ PLAN_COLUMNS = ("_line", "key", "action", "remote_id", "detail")
 #: Columns the writers add; taken out of the input's columns so re-runs keep one header.
 RESERVED_COLUMNS = frozenset(FAILURE_COLUMNS + SUCCESS_COLUMNS)
 
-#: Characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
 
 def csv_safe(value: str) -> str:
     """``value`` with a leading single quote if a spreadsheet would run it as a formula.
@@ -67,7 +65,7 @@ def csv_safe(value: str) -> str:
     with the same data (``'+44 20 7946 0958`` would be sent as a different phone number), and
     they are the user's own values, no riskier than the file they came from.
     """
-    if value.startswith(_FORMULA_START):
+    if value and value[0] in FORMULA_START:
         return "'" + value
     return value
 

@@ -51,6 +51,7 @@ from .errors import CheckpointError, SpecError
 __all__ = [
     "DEFAULT_COLUMNS",
     "FORMATS",
+    "FORMULA_START",
     "Columns",
     "CsvSink",
     "NdjsonSink",
@@ -280,7 +281,8 @@ def check_columns(columns: Sequence[str]) -> None:
 
 # --- CSV neutralisation -------------------------------------------------------------------
 
-_FORMULA_START = frozenset("=+-@\t\r")
+#: First characters that make a spreadsheet read a text cell as a formula (OWASP, CSV injection).
+FORMULA_START = frozenset("=+-@\t\r")
 
 
 def neutralise(value: Any) -> Any:
@@ -293,7 +295,7 @@ def neutralise(value: Any) -> Any:
     even ``"-5"``) are always prefixed. ``None`` becomes an empty cell, booleans ``true``/``false``.
     """
     if isinstance(value, str):
-        if value and value[0] in _FORMULA_START:
+        if value and value[0] in FORMULA_START:
             return "'" + value
         return value
     if value is None:
@@ -406,7 +408,7 @@ class NdjsonSink(_FileSink):
         self.rows_written += len(rows)
 
 
-_F = _FORMULA_START
+_F = FORMULA_START
 
 
 def _csv_cells(values: list[list[Any]]) -> list[list[Any]]:
