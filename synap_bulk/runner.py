@@ -25,7 +25,7 @@ from .profile import ApiProfile, load_profile
 from .progress import Progress, Snapshot
 from .report import FailuresWriter, PlanWriter, SuccessWriter, Summary
 from .spec import JobFile
-from .tasks.base import Task
+from .tasks.base import Safety, Task
 from .transport import Timeouts
 
 __all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "plan_job", "run_job", "status_job"]
@@ -69,14 +69,20 @@ def progress_snapshot(
     )
 
 
-def engine_workers(concurrency: int) -> int:
-    """Workers for a client capped at ``concurrency`` requests in flight.
+def engine_workers(concurrency: int, safety: Safety) -> int:
+    """Workers (items in process at once) for a client capped at ``concurrency`` requests.
 
-    A few more workers than request slots keep the pipeline full: while some wait for their
-    durable in-flight mark or do their bookkeeping, the others' requests use every slot. The
-    client's cap still bounds what reaches the server.
+    An item holds its worker while it waits for its durable in-flight mark, a rate-limit
+    permit, a backoff before trying again or a user-group batch to fill and come back, so more
+    workers than request slots keep every slot busy; the client's cap still bounds what
+    reaches the server. How many more depends on what a crash would cost: an item marked in
+    flight that never left is one lookup on resume when the task is reconcilable (or nothing
+    when idempotent), so those run four workers a slot; an unsafe one is reported in doubt for a
+    person to check, so an unsafe task keeps the margin small.
     """
-    return concurrency + max(2, concurrency // 4)
+    if safety is Safety.UNSAFE:
+        return concurrency + max(2, concurrency // 4)
+    return 4 * concurrency
 
 
 def ledger_path(job: JobFile) -> Path:
@@ -218,7 +224,7 @@ async def run_job(
             client,
             ledger,
             config=EngineConfig(
-                concurrency=engine_workers(job.spec.api.concurrency),
+                concurrency=engine_workers(job.spec.api.concurrency, task.safety),
                 grace_seconds=run_cfg.grace_seconds,
                 max_item_attempts=run_cfg.max_item_attempts,
                 retry_failed=retry_failed,
