@@ -243,6 +243,13 @@ class JobFile:
         """A SpecError about the value at dotted path ``at``: ``file:line: at: message``."""
         return SpecError(message, file=str(self.path), line=self.line_of(at), path=at)
 
+    def input_file(self, at: str, written: str) -> Path:
+        """The input file named at dotted path ``at``; a SpecError at that line if it is absent."""
+        path = self.resolve(written)
+        if not path.is_file():
+            raise self.error(at, f"no such file: {path}")
+        return path
+
     def task_hash(self) -> str:
         """sha256 of the canonical JSON of the task section (defaults applied, keys sorted)."""
         data = msgspec.json.encode(msgspec.to_builtins(self.spec.task), order="sorted")

@@ -60,6 +60,7 @@ class Job:
         return self.lines.get(path)
 
     error = JobFile.error  # the real message format, over this stand-in's lines
+    input_file = JobFile.input_file
 
 
 @pytest.fixture

@@ -72,6 +72,17 @@ def test_invalid_job_exits_2_naming_file_line_and_field(
     assert err == f'error: {path}:5: api.rate: expected a number >= 0.1 or "auto", got "fast"\n'
 
 
+def test_missing_input_file_is_named_at_its_job_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input path that does not exist is an error at the line that names it, with exit 2."""
+    path = _job(tmp_path, "sandbox")
+    monkeypatch.setenv("SYNAP_TOKEN", "p:x")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}:11: task.source: no such file: {tmp_path / 'candidates.csv'}\n"
+
+
 def test_schema_is_json_schema_of_job_files(capsys: pytest.CaptureFixture[str]) -> None:
     """`schema` prints a JSON Schema that knows the four task kinds."""
     assert main(["schema"]) == 0

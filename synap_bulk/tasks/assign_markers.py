@@ -244,9 +244,9 @@ class AssignMarkersTask:
             raise self._error("max_per_marker must not be negative", "task.max_per_marker")
         self.mapping_columns = _columns(spec.mapping_columns, _MAPPING_DEFAULTS)
         self.exclusion_columns = _columns(spec.exclusion_columns, _EXCLUSION_DEFAULTS)
-        self._mapping = _Table(job.resolve(spec.mapping)) if spec.mapping else None
-        self._exclusions = _Table(job.resolve(spec.exclusions)) if spec.exclusions else None
-        self._markers_csv = _Table(job.resolve(spec.markers)) if spec.markers else None
+        self._mapping = self._table("task.mapping", spec.mapping)
+        self._exclusions = self._table("task.exclusions", spec.exclusions)
+        self._markers_csv = self._table("task.markers", spec.markers)
         if self._mapping is not None:
             cols = self.mapping_columns
             self._mapping.require([cols["marker"]])
@@ -286,6 +286,9 @@ class AssignMarkersTask:
         self._users_by_external: dict[str, str | None] = {}
 
     # -- job-file plumbing ----------------------------------------------------------------
+
+    def _table(self, at: str, written: str | None) -> _Table | None:
+        return _Table(self.job.input_file(at, written)) if written else None
 
     def _error(self, message: str, at: str) -> SpecError:
         return self.job.error(at, message)

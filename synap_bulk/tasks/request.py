@@ -106,7 +106,7 @@ class RequestTask:
                 "request already took effect)",
             )
         delimiter = getattr(spec, "delimiter", ",") or ","
-        self._source = CsvSource(job.resolve(spec.source), delimiter=delimiter)
+        self._source = CsvSource(job.input_file("task.source", spec.source), delimiter=delimiter)
         source_name = getattr(self._source, "display_name", str(spec.source))
         for template in self._templates():
             template.validate(self._source.header, source=source_name)

@@ -159,7 +159,7 @@ class UserImportTask:
         self.job = job
         self.profile = profile
         self.clock = clock or SystemClock()
-        self.source_path: Path = job.resolve(spec.source)
+        self.source_path: Path = job.input_file("task.source", spec.source)
         self._fields = dict(spec.fields)
         if spec.match not in self._fields:
             raise job.error(
