@@ -151,6 +151,22 @@ def test_unknown_placeholder_names_the_job_line(tmp_path: Path) -> None:
     )
 
 
+def test_every_missing_column_is_named_at_once(tmp_path: Path) -> None:
+    """A header lacking several columns names them all, each with the line that uses it."""
+    (tmp_path / "candidates.csv").write_text("candidate_no,first_name,cohort\nS1,Ann,Cohort 01\n")
+    path = _job(tmp_path, "sandbox")
+    from synap_bulk.tasks.user_import import UserImportTask
+
+    job = load_job(path)
+    with pytest.raises(SpecError) as info:
+        UserImportTask(job.spec.task, job, DEFAULT_PROFILE)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"{path}:12: task.fields.name: unknown columns {{last_name}}, "
+        "{email} (task.fields.emailAddress, line 13); "
+        "candidates.csv has: candidate_no, first_name, cohort"
+    )
+
+
 async def _kill_when(seen: RequestsSeen, proc: Process, requests: int) -> bool:
     """SIGKILL the run once the sandbox has seen ``requests`` requests; False if it ended first."""
     ended = False

@@ -189,19 +189,30 @@ class UserImportTask:
         return out
 
     def _check_templates(self) -> None:
+        """Every column the templates use must be in the header; name all that are not."""
         header = set(self._source.header)
-        for at, template in self._templates().items():
+        templates = self._templates()
+        missing: dict[str, str] = {}  # column -> path of the first template that uses it
+        for at, template in templates.items():
             try:
                 names = template_fields(template)
             except ValueError as exc:
                 raise self.job.error(at, str(exc)) from None
-            unknown = [n for n in names if n not in header]
-            if unknown:
-                raise self.job.error(
-                    at,
-                    f"unknown column {{{unknown[0]}}} in template {template!r}; "
-                    f"{self._source.display_name} has: {', '.join(self._source.header)}",
-                )
+            for name in names:
+                if name not in header:
+                    missing.setdefault(name, at)
+        if not missing:
+            return
+        (column, at), *more = missing.items()
+        has = f"{self._source.display_name} has: {', '.join(self._source.header)}"
+        if not more:
+            raise self.job.error(
+                at, f"unknown column {{{column}}} in template {templates[at]!r}; {has}"
+            )
+        others = ", ".join(
+            f"{{{c}}} ({where}, line {self.job.line_of(where)})" for c, where in more
+        )
+        raise self.job.error(at, f"unknown columns {{{column}}}, {others}; {has}")
 
     @property
     def source(self) -> CsvSource:
