@@ -248,6 +248,11 @@ COUNT_KEYS = (
 )
 
 
+#: Counts of items a resume will take up: marked in flight (looked up or reported first) and
+#: not reached yet (known when the task counted its input).
+_LEFT = ("in_flight", "not_started")
+
+
 class ClientFigures(Protocol):
     """What the summary reads of ``client.ClientStatistics`` (structural, to keep layers apart)."""
 
@@ -385,12 +390,20 @@ class Summary(Struct, kw_only=True):
             items += f" ({', '.join(actions)})"
         if c.get("skipped"):
             items += f" · {c['skipped']:,} already done"
+        # Left for a resume (a stopped run): neither done nor anything to fix yet.
+        for key in _LEFT:
+            if c.get(key):
+                items += f" · {c[key]:,} {key.replace('_', ' ')}"
         # What needs a person's attention on a line of its own, zeros included: a summary that
         # says "0 failed" is one you can trust, and two short lines fit an 80-column terminal.
         to_fix = " · ".join(
             f"{c.get(k, 0):,} {k.replace('_', ' ')}" for k in ("failed", "invalid", "in_doubt")
         )
-        extra = [f"{v:,} {k.replace('_', ' ')}" for k, v in c.items() if k not in COUNT_KEYS and v]
+        extra = [
+            f"{v:,} {k.replace('_', ' ')}"
+            for k, v in c.items()
+            if k not in COUNT_KEYS and k not in _LEFT and v
+        ]
         if extra:
             to_fix += " · " + " · ".join(extra)
         rows: list[tuple[str, str]] = [("items", items), ("to fix", to_fix)]

@@ -264,7 +264,12 @@ async def run_job(
     console.print(summary)
     if result.status != "completed":
         console.print(f"Run {result.status}: {result.reason}")
-        if result.status == "stopped":
+        if result.status == "stopped" and job.spec.api.base_url == "sandbox":
+            console.print(
+                f"Run again with: {resume_cmd} (it starts afresh: the embedded sandbox keeps "
+                "its data only for one run)"
+            )
+        elif result.status == "stopped":
             console.print(f"Resume with: {resume_cmd}")
         breaker = result.reason.startswith("circuit breaker")
         return EXIT_INVALID if result.status == "aborted" or breaker else EXIT_FAILED
@@ -300,6 +305,9 @@ async def _write_reports(
             if state is not None and state.status == "done":
                 sw.write(item.line, item.row, state.action, state.remote_id)
     counts = await ledger.counts()
+    total = getattr(task, "total", None)
+    if isinstance(total, int) and total > sum(counts.values()):
+        counts["not_started"] = total - sum(counts.values())
     counts.update(sw.actions)
     e = engine.statistics()
     c = client.statistics()

@@ -133,6 +133,11 @@ async def test_sigterm_stops_gracefully_and_run_again_resumes(tmp_path: Path) ->
         assert b"Resume with: python -m synap_bulk run" in out
         created_before = len([k for k in sb.store.by_external_id if k.startswith("C")])
         assert 0 < created_before < 300
+        stopped = json.loads((tmp_path / "out" / "cli" / "summary.json").read_text())
+        c = stopped["counts"]
+        assert c["not_started"] == 300 - sum(
+            c[k] for k in ("done", "failed", "invalid", "in_doubt")
+        ) - c.get("in_flight", 0)
         status = await anyio.run_process(_cmd("status", str(path)), env=env, check=False)
         assert b"done" in status.stdout and status.returncode == 0
         again = await anyio.run_process(_cmd("run", str(path)), env=env, check=False)

@@ -235,6 +235,22 @@ def test_summary_write_and_render(tmp_path: Path) -> None:
     ]
 
 
+def test_a_stopped_run_shows_what_the_resume_will_take_up() -> None:
+    """Items in flight and not yet started are listed with the done ones, not as rows to fix."""
+    summary = Summary.build(
+        job_name="spring",
+        kind="user-import",
+        status="stopped",
+        counts={"done": 217, "created": 217, "invalid": 9, "in_flight": 1, "not_started": 173},
+        elapsed_s=3.4,
+    )
+    lines = summary.render().splitlines()
+    assert lines[1:3] == [
+        "  items     217 done (217 created) · 1 in flight · 173 not started",
+        "  to fix    0 failed · 9 invalid · 0 in doubt",
+    ]
+
+
 def test_format_duration() -> None:
     """Durations are short: seconds, then minutes and seconds, then hours and minutes."""
     assert format_duration(0.043) == "0.04s"
