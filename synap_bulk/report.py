@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, Self
 
 import msgspec
 from msgspec import Struct
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
 from .sinks import FORMULA_START
@@ -251,6 +252,8 @@ COUNT_KEYS = (
 #: Counts of items a resume will take up: marked in flight (looked up or reported first) and
 #: not reached yet (known when the task counted its input).
 _LEFT = ("in_flight", "not_started")
+#: Counts that are item statuses; every other count is an action (created, assigned, ...).
+_STATUSES = frozenset({"done", "failed", "invalid", "in_doubt", "skipped", *_LEFT})
 
 
 class ClientFigures(Protocol):
@@ -368,15 +371,17 @@ class Summary(Struct, kw_only=True):
         tmp.write_bytes(msgspec.json.format(self.to_json(), indent=2) + b"\n")
         os.replace(tmp, path)
 
-    def __rich__(self) -> Text:
-        """``console.print(summary)`` shows :meth:`render` verbatim (brackets are not markup)."""
-        return Text(self.render())
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """``console.print(summary)`` shows :meth:`render` verbatim (brackets are not markup),
+        wrapped to the console's width."""
+        yield Text(self.render(max(40, options.max_width)))
 
-    def render(self) -> str:
-        """A few aligned plain-text lines for the end of a run.
+    def render(self, width: int = 80) -> str:
+        """A few aligned plain-text lines for the end of a run, wrapped to ``width`` columns.
 
         Plain text, not rich markup: print it with ``console.print(summary)`` or
-        ``markup=False``, since a job name or reason may hold ``[brackets]``.
+        ``markup=False``, since a job name or reason may hold ``[brackets]``. A row too long
+        for the width continues on the next line under its first figure.
         """
         c = self.counts
         lines = [
@@ -384,49 +389,48 @@ class Summary(Struct, kw_only=True):
         ]
         if self.reason:
             lines[0] += f" - {self.reason}"
-        actions = [f"{c[k]:,} {k}" for k in ("created", "updated", "unchanged") if c.get(k)]
-        items = f"{c.get('done', 0):,} done"
-        if actions:
-            items += f" ({', '.join(actions)})"
+        # Actions (created, updated, assigned, ...) are every count that is not a status.
+        actions = [f"{v:,} {k.replace('_', ' ')}" for k, v in c.items() if k not in _STATUSES and v]
+        items = [f"{c.get('done', 0):,} done" + (f" ({', '.join(actions)})" if actions else "")]
         if c.get("skipped"):
-            items += f" · {c['skipped']:,} already done"
+            items.append(f"{c['skipped']:,} already done")
         # Left for a resume (a stopped run): neither done nor anything to fix yet.
-        for key in _LEFT:
-            if c.get(key):
-                items += f" · {c[key]:,} {key.replace('_', ' ')}"
+        items += [f"{c[k]:,} {k.replace('_', ' ')}" for k in _LEFT if c.get(k)]
         # What needs a person's attention on a line of its own, zeros included: a summary that
-        # says "0 failed" is one you can trust, and two short lines fit an 80-column terminal.
-        to_fix = " · ".join(
+        # says "0 failed" is one you can trust.
+        to_fix = [
             f"{c.get(k, 0):,} {k.replace('_', ' ')}" for k in ("failed", "invalid", "in_doubt")
-        )
-        extra = [
-            f"{v:,} {k.replace('_', ' ')}"
-            for k, v in c.items()
-            if k not in COUNT_KEYS and k not in _LEFT and v
         ]
-        if extra:
-            to_fix += " · " + " · ".join(extra)
-        rows: list[tuple[str, str]] = [("items", items), ("to fix", to_fix)]
+        rows: list[tuple[str, list[str]]] = [("items", items), ("to fix", to_fix)]
         rows.append(
             (
                 "requests",
-                f"{self.requests:,} at {self.achieved_rate:.1f} req/s"
-                f" · {self.throttled:,} throttled (429) · {self.pauses:,} pauses",
+                [
+                    f"{self.requests:,} at {self.achieved_rate:.1f} req/s",
+                    f"{self.throttled:,} throttled (429)",
+                    f"{self.pauses:,} pauses",
+                ],
             )
         )
         rows.append(
             (
                 "retries",
-                f"{self.retries:,} requests re-sent · {self.item_retries:,} items tried again"
-                f" · {self.reconciled:,} reconciled",
+                [
+                    f"{self.retries:,} requests re-sent",
+                    f"{self.item_retries:,} items tried again",
+                    f"{self.reconciled:,} reconciled",
+                ],
             )
         )
         if self.requests:
             rows.append(
                 (
                     "latency",
-                    f"p50 {self.latency_ms_p50:.0f} ms · p95 {self.latency_ms_p95:.0f} ms"
-                    f" · p99 {self.latency_ms_p99:.0f} ms",
+                    [
+                        f"p50 {self.latency_ms_p50:.0f} ms",
+                        f"p95 {self.latency_ms_p95:.0f} ms",
+                        f"p99 {self.latency_ms_p99:.0f} ms",
+                    ],
                 )
             )
         scalars = [
@@ -435,14 +439,29 @@ class Summary(Struct, kw_only=True):
             if isinstance(v, (str, int, float, bool))
         ]
         if scalars:
-            rows.append(("task", " · ".join(scalars)))
+            rows.append(("task", scalars))
         if self.failures_file:
-            rows.append(("failures", self.failures_file))
+            rows.append(("failures", [self.failures_file]))
         if self.success_file:
-            rows.append(("success", self.success_file))
-        width = max(len(label) for label, _ in rows)
-        lines += [f"  {label:<{width}}  {text}" for label, text in rows]
+            rows.append(("success", [self.success_file]))
+        label_width = max(len(label) for label, _ in rows)
+        indent = " " * (label_width + 4)
+        for label, parts in rows:
+            first, *rest = _wrap(parts, width - len(indent))
+            lines.append(f"  {label:<{label_width}}  {first}")
+            lines += [indent + line for line in rest]
         return "\n".join(lines)
+
+
+def _wrap(parts: list[str], width: int) -> list[str]:
+    """Join parts with " · " into lines of at most ``width`` (a part is never split)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return lines or [""]
 
 
 def format_duration(seconds: float) -> str:

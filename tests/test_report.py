@@ -251,6 +251,32 @@ def test_a_stopped_run_shows_what_the_resume_will_take_up() -> None:
     ]
 
 
+def test_actions_of_any_task_and_long_rows_wrap_under_their_first_figure() -> None:
+    """Counts that are not statuses are actions; a row too wide for 80 columns continues below."""
+    summary = Summary.build(
+        job_name="markers",
+        kind="assign-markers",
+        status="completed",
+        counts={"done": 47, "assigned": 47},
+        elapsed_s=0.05,
+        task={
+            "role": "provisional",
+            "action": "assign",
+            "strategy": "balanced",
+            "unsatisfied": 0,
+            "applied": 94,
+            "load": "11-12 per marker (was 0-0)",
+        },
+    )
+    lines = summary.render(width=80).splitlines()
+    assert lines[1] == "  items     47 done (47 assigned)"
+    assert lines[-2:] == [
+        "  task      role provisional · action assign · strategy balanced · unsatisfied 0",
+        "            applied 94 · load 11-12 per marker (was 0-0)",
+    ]
+    assert all(len(line) <= 80 for line in lines)
+
+
 def test_format_duration() -> None:
     """Durations are short: seconds, then minutes and seconds, then hours and minutes."""
     assert format_duration(0.043) == "0.04s"
