@@ -136,16 +136,21 @@ async def test_listing_replaces_per_row_lookups(tmp_path: Path) -> None:
     assert per_row == 250
 
 
-def test_unknown_placeholder_names_the_job_line(tmp_path: Path) -> None:
-    """A field template naming a column the CSV lacks is refused with the job file's line."""
-    write_candidates(tmp_path / "candidates.csv", 3, cohorts=COHORTS)
-    path = _job(tmp_path, "sandbox", extra_task="  password: '{pin}'\n")
+def _task_error(path: Path) -> str:
+    """The SpecError a user-import task of job file ``path`` is refused with, as printed."""
     from synap_bulk.tasks.user_import import UserImportTask
 
     job = load_job(path)
     with pytest.raises(SpecError) as info:
         UserImportTask(job.spec.task, job, DEFAULT_PROFILE)  # type: ignore[arg-type]
-    assert str(info.value) == (
+    return str(info.value)
+
+
+def test_unknown_placeholder_names_the_job_line(tmp_path: Path) -> None:
+    """A field template naming a column the CSV lacks is refused with the job file's line."""
+    write_candidates(tmp_path / "candidates.csv", 3, cohorts=COHORTS)
+    path = _job(tmp_path, "sandbox", extra_task="  password: '{pin}'\n")
+    assert _task_error(path) == (
         f"{path}:16: task.password: unknown column {{pin}} in template '{{pin}}'; "
         "candidates.csv has: candidate_no, first_name, last_name, email, cohort"
     )
@@ -155,12 +160,7 @@ def test_every_missing_column_is_named_at_once(tmp_path: Path) -> None:
     """A header lacking several columns names them all, each with the line that uses it."""
     (tmp_path / "candidates.csv").write_text("candidate_no,first_name,cohort\nS1,Ann,Cohort 01\n")
     path = _job(tmp_path, "sandbox")
-    from synap_bulk.tasks.user_import import UserImportTask
-
-    job = load_job(path)
-    with pytest.raises(SpecError) as info:
-        UserImportTask(job.spec.task, job, DEFAULT_PROFILE)  # type: ignore[arg-type]
-    assert str(info.value) == (
+    assert _task_error(path) == (
         f"{path}:12: task.fields.name: unknown columns {{last_name}}, "
         "{email} (task.fields.emailAddress, line 13); "
         "candidates.csv has: candidate_no, first_name, cohort"
