@@ -48,8 +48,8 @@ def child(args: argparse.Namespace) -> None:
 
     import anyio
 
-    from synap_bulk.checkpoint import Ledger
     from synap_bulk.client import SynapClient
+    from synap_bulk.ledger import Ledger
     from synap_bulk.resources import Exam
     from synap_bulk.tasks.export_attempts import ExportSettings, run_export
 

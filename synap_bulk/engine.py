@@ -40,11 +40,12 @@ from .errors import (
     TransportError,
     Unauthorized,
 )
-from .tasks.base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety, Task
+from .items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from .tasks.base import Task
 
 if TYPE_CHECKING:
-    from .checkpoint import ItemState, Ledger
     from .client import SynapClient
+    from .ledger import ItemState, Ledger
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "RunResult"]
 

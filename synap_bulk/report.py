@@ -30,8 +30,8 @@ from msgspec import Struct
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
+from .items import ItemError, PlanRow
 from .sinks import FORMULA_START
-from .tasks.base import ItemError, PlanRow
 
 if TYPE_CHECKING:
     from _csv import Writer

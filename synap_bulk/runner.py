@@ -17,15 +17,16 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from .checkpoint import Ledger
 from .client import ClientStatistics, SynapClient
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SourceError, SpecError, SynapBulkError, Unauthorized
+from .items import Safety
+from .ledger import Ledger
 from .profile import ApiProfile, load_profile
 from .progress import Progress, Snapshot
 from .report import FailuresWriter, PlanWriter, SuccessWriter, Summary
 from .spec import JobFile
-from .tasks.base import Safety, Task
+from .tasks.base import Task
 from .transport import Timeouts
 
 __all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "plan_job", "run_job", "status_job"]

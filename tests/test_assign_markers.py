@@ -17,6 +17,7 @@ from synap_bulk.client import SynapClient
 from synap_bulk.clock import FakeClock
 from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import SourceError, SpecError, SynapBulkError
+from synap_bulk.items import InvalidRow, Item, Safety
 from synap_bulk.jsonapi import ResourceIdentifier
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
@@ -28,7 +29,6 @@ from synap_bulk.tasks.assign_markers import (
     MarkerLoad,
     render_allocation_table,
 )
-from synap_bulk.tasks.base import InvalidRow, Item, Safety
 
 ROLE = "provisional"
 ROLE_PATH = DEFAULT_PROFILE.marker_role_paths[ROLE]

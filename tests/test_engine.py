@@ -11,7 +11,6 @@ from typing import Any
 import anyio
 import pytest
 
-from synap_bulk.checkpoint import Ledger
 from synap_bulk.clock import FakeClock
 from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import (
@@ -23,8 +22,9 @@ from synap_bulk.errors import (
     SourceError,
     Unauthorized,
 )
+from synap_bulk.items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from synap_bulk.jsonapi import ErrorObject, ErrorSource
-from synap_bulk.tasks.base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from synap_bulk.ledger import Ledger
 
 CLIENT: Any = object()  # the engine only passes the client through to the task
 COMMIT_THEN_500 = "commit-then-500"

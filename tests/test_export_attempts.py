@@ -330,7 +330,7 @@ import os, sys
 import anyio
 from pathlib import Path
 from synap_bulk import sinks
-from synap_bulk.checkpoint import Ledger
+from synap_bulk.ledger import Ledger
 from synap_bulk.client import SynapClient
 from synap_bulk.tasks.export_attempts import ExportSettings, run_export
 
@@ -374,8 +374,8 @@ async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
 
     import anyio
 
-    from synap_bulk.checkpoint import Ledger
     from synap_bulk.client import SynapClient
+    from synap_bulk.ledger import Ledger
     from synap_bulk.sandbox import Sandbox, SandboxConfig
 
     out = tmp_path / f"attempts.{fmt}"
@@ -422,8 +422,8 @@ async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
 
 async def test_server_mode_against_the_sandbox_filters_like_pages(tmp_path: Path) -> None:
     """mode server (job, polling, signed file download) yields the same rows as mode pages."""
-    from synap_bulk.checkpoint import Ledger
     from synap_bulk.client import SynapClient
+    from synap_bulk.ledger import Ledger
     from synap_bulk.sandbox import Sandbox, SandboxConfig
 
     async with Sandbox(SandboxConfig(seed=4, users=40, exams=2, attempts_per_exam=120)) as sb:

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from rich.console import Console
 
+from synap_bulk.items import ItemError, PlanRow
 from synap_bulk.report import (
     COUNT_KEYS,
     FAILURE_COLUMNS,
@@ -22,7 +23,6 @@ from synap_bulk.report import (
     format_duration,
 )
 from synap_bulk.sources import CsvSource
-from synap_bulk.tasks.base import ItemError, PlanRow
 
 AWKWARD = {
     "email": '=HYPERLINK("http://x")@x.io',

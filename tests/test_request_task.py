@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from synap_bulk.errors import NotFound, SpecError
+from synap_bulk.items import InvalidRow, Item, Safety
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.spec import JobFile, load_job
-from synap_bulk.tasks.base import InvalidRow, Item, Safety
 from synap_bulk.tasks.request import RequestTask
 
 DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from synap_bulk.items import Safety
 from synap_bulk.runner import engine_workers
-from synap_bulk.tasks.base import Safety
 
 
 @pytest.mark.parametrize("safety", [Safety.IDEMPOTENT, Safety.RECONCILABLE])

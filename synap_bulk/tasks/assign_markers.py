@@ -42,11 +42,11 @@ from ..allocation import (
     id_sort_key,
 )
 from ..errors import NotFound, SourceError, SpecError
+from ..items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import UNSET, Resource, ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Attempt, Exam, MarkerRole, User, UserGroup
 from ..sources import CsvRow, CsvSource, normalize_email
-from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 
 if TYPE_CHECKING:
     from ..client import SynapClient

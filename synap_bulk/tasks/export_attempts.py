@@ -48,8 +48,8 @@ from ..templates import spec_error
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..checkpoint import Ledger
     from ..client import SynapClient
+    from ..ledger import Ledger
     from ..profile import ApiProfile
     from ..spec import ExportAttemptsSpec, JobFile
 
@@ -586,7 +586,7 @@ async def run_export_job(
     job: JobFile, *, restart: bool = False, console: Console, handle_signals: bool = True
 ) -> int:
     """``python -m synap_bulk run`` for an export job: client, ledger, progress, summary."""
-    from ..checkpoint import Ledger
+    from ..ledger import Ledger
     from ..profile import load_profile
     from ..runner import EXIT_FAILED, EXIT_OK, ledger_path, open_client
 
@@ -642,7 +642,7 @@ async def run_export_job(
 async def plan_export_job(job: JobFile, *, console: Console) -> int:
     """``plan`` for an export job: how many attempts each exam would give, and whether the run
     would resume or start afresh. Reads one attempt per exam; writes nothing anywhere."""
-    from ..checkpoint import Ledger
+    from ..ledger import Ledger
     from ..profile import load_profile
     from ..runner import EXIT_OK, ledger_path, open_client
 

@@ -25,11 +25,11 @@ from urllib.parse import quote
 import msgspec
 
 from ..errors import NotFound, SpecError
+from ..items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import encode
 from ..profile import ApiProfile
 from ..sources import CsvSource, DuplicateTracker
 from ..templates import Template, TemplateValueError, compile_template
-from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 
 if TYPE_CHECKING:
     from ..client import SynapClient

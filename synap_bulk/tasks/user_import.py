@@ -24,6 +24,7 @@ import anyio
 
 from ..clock import Clock, SystemClock
 from ..errors import ConnectError
+from ..items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePatch
 from ..profile import ApiProfile
 from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION, User, UserGroup
@@ -35,7 +36,6 @@ from ..sources import (
     normalize_email,
 )
 from ..templates import render_template, template_fields
-from .base import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 
 if TYPE_CHECKING:
     from ..client import SynapClient

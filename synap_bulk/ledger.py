@@ -26,7 +26,7 @@ import msgspec
 from msgspec import Struct
 
 from .errors import CheckpointError
-from .tasks.base import InvalidRow, Item, ItemError, Outcome
+from .items import InvalidRow, Item, ItemError, Outcome
 
 __all__ = [
     "FailedItem",

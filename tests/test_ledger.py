@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from synap_bulk.checkpoint import Ledger
 from synap_bulk.errors import CheckpointError
-from synap_bulk.tasks.base import InvalidRow, Item, ItemError, Outcome
+from synap_bulk.items import InvalidRow, Item, ItemError, Outcome
+from synap_bulk.ledger import Ledger
 
 
 def item(n: int, **row: str) -> Item:

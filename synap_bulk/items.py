@@ -1,0 +1,78 @@
+"""The shared vocabulary of work: what an item is, how it may be repeated, how it ended.
+
+Storage (``ledger.py``), reports, the engine and every task speak these types, so none of them
+needs to import another's module. ``Safety`` is promise 1 of DESIGN.md:
+
+- ``IDEMPOTENT``: repeat freely (PATCH, relationship sets).
+- ``RECONCILABLE``: a create whose result can be looked up by a natural key. Before sending, the
+  engine makes the item's in-flight mark durable; an item found in flight on resume, or whose
+  attempt ended ambiguously (timeout, 5xx, dropped connection), is looked up before anything is
+  re-sent.
+- ``UNSAFE``: neither. The in-flight mark is durable before sending; an item found in flight on
+  resume is reported for review and never re-sent blindly.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from msgspec import Struct
+
+__all__ = ["InvalidRow", "Item", "ItemError", "Outcome", "PlanRow", "Safety"]
+
+
+class Safety(enum.Enum):
+    IDEMPOTENT = "idempotent"
+    RECONCILABLE = "reconcilable"
+    UNSAFE = "unsafe"
+
+
+class Item(Struct, frozen=True, kw_only=True):
+    """One unit of work: a stable key, where it came from, and what the task needs."""
+
+    key: str
+    line: int = 0
+    #: The input row exactly as read (column -> value), for failure/success files.
+    row: Mapping[str, str] = {}
+    #: Task-specific, already-validated data.
+    payload: Mapping[str, Any] = {}
+
+
+class ItemError(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why an item failed, in the columns of the failures file."""
+
+    status: str = ""  # HTTP status as text, or "invalid" for input errors, "in-doubt" for review
+    code: str = ""
+    field: str = ""  # a CSV column (source.pointer mapped back) or a job-file field
+    detail: str = ""
+
+
+class InvalidRow(Struct, frozen=True, kw_only=True):
+    """An input row rejected before any request: goes straight to the failures file."""
+
+    key: str
+    line: int
+    row: Mapping[str, str]
+    error: ItemError
+
+
+class Outcome(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The result of executing (or reconciling) one item."""
+
+    status: Literal["done", "failed"]
+    #: What happened: created, updated, unchanged, assigned, unassigned, exported, sent, ...
+    action: str = ""
+    remote_id: str = ""
+    error: ItemError | None = None
+
+
+class PlanRow(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What ``plan`` says the run would do with one item (read-only)."""
+
+    key: str
+    line: int
+    action: str  # create | update | unchanged | invalid | conflict | ... (task-specific)
+    detail: str = ""
+    remote_id: str = ""
