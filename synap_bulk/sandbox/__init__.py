@@ -1,9 +1,10 @@
 """The sandbox: a seeded, demanding simulator of the Synap API (JSON:API v3) on 127.0.0.1.
 
 Use it in-process (``async with Sandbox(SandboxConfig(seed=1)) as sb: ... sb.url``) or
-standalone (``python -m synap_bulk sandbox --port 8080``). It follows what the public docs say
-(``../shared/synap-api.md``) and fills every gap with the profile's default
-(:data:`synap_bulk.profile.DEFAULT_PROFILE`). Those gaps are listed here, once:
+standalone (``python -m synap_bulk sandbox --port 8080``). It follows what the public Synap API
+docs say and fills every gap with the profile's default
+(:data:`synap_bulk.profile.DEFAULT_PROFILE`). Those gaps are listed here (``docs/sandbox.md``
+repeats them, with the seeded data, the behaviours and the statistics):
 
 ====================  ==============================================================================
 Open point            What the sandbox does
