@@ -32,7 +32,9 @@ from ._version import __version__
 from .clock import Clock, SystemClock
 from .errors import (
     ApiError,
+    InsecureURL,
     MalformedResponse,
+    MissingToken,
     RateLimited,
     RetryBudgetExhausted,
     SynapBulkError,
@@ -70,14 +72,6 @@ T = TypeVar("T")
 
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _EXCERPT = 160
-
-
-class InsecureURL(SynapBulkError, ValueError):
-    """The base URL would send the token in clear text (plain http to a non-local host)."""
-
-
-class MissingToken(SynapBulkError, ValueError):
-    """No token was given, in SYNAP_TOKEN, or in the token file."""
 
 
 class Response(Struct):

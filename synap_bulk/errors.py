@@ -18,6 +18,10 @@
     │   └── ServerError          5xx   (carries the traceId when the server gave one)
     ├── MalformedResponse              (a 2xx whose body is not the JSON:API document expected)
     ├── RetryBudgetExhausted           (the client stopped retrying to spare a sick server)
+    ├── InsecureURL                    (also a ValueError: the token would go in clear text,
+    │                                   or to another origin than the API's)
+    ├── MissingToken                   (also a ValueError: no token given, none in SYNAP_TOKEN,
+    │                                   the token file unreadable)
     ├── SpecError                      (a job file is wrong: names file, line and field)
     ├── SourceError                    (an input file cannot be read as a whole)
     └── CheckpointError                (the ledger is unusable or belongs to another job)
@@ -45,7 +49,9 @@ __all__ = [
     "ConnectError",
     "ConnectionDropped",
     "Forbidden",
+    "InsecureURL",
     "MalformedResponse",
+    "MissingToken",
     "NotFound",
     "RateLimited",
     "RequestTimeout",
@@ -210,6 +216,19 @@ class RetryBudgetExhausted(SynapBulkError):
     def __init__(self, last: SynapBulkError) -> None:
         self.last = last
         super().__init__(f"retry budget exhausted; last error: {last}")
+
+
+class InsecureURL(SynapBulkError, ValueError):
+    """A URL the token must not be sent to.
+
+    A base URL that breaks the rule of :func:`synap_bulk.urls.check_base_url` (plain http to a
+    host other than the loopback, no http(s) URL with a host, a query string or fragment), or an
+    absolute URL on another origin than the client's (a ``links.next`` pointing elsewhere).
+    """
+
+
+class MissingToken(SynapBulkError, ValueError):
+    """No token was given, in SYNAP_TOKEN, or in the token file."""
 
 
 class SpecError(SynapBulkError):

@@ -24,3 +24,14 @@ def test_client_and_errors_come_from_the_root() -> None:
     assert issubclass(ApiError, SynapBulkError)
     assert callable(load_job)
     assert SynapClient.__module__ == "synap_bulk.client"
+
+
+def test_url_and_token_errors_are_in_the_tree_and_still_value_errors() -> None:
+    """InsecureURL and MissingToken come from the root and errors.py, are still ValueErrors,
+    and the names client.py always exported are the same classes."""
+    from synap_bulk import InsecureURL, MissingToken, SynapBulkError, client, errors
+
+    for cls in (InsecureURL, MissingToken):
+        assert issubclass(cls, SynapBulkError) and issubclass(cls, ValueError)
+        assert cls.__module__ == "synap_bulk.errors"
+    assert (client.InsecureURL, client.MissingToken) == (errors.InsecureURL, errors.MissingToken)
