@@ -57,6 +57,7 @@ from .profile import DEFAULT_PROFILE, ApiProfile
 from .ratecontrol import RateController, RateSettings, parse_retry_after
 from .retry import RetryBudget, RetryPolicy, backoff, is_retryable
 from .transport import AiohttpTransport, RawResponse, Timeouts, Transport
+from .urls import check_base_url
 
 __all__ = [
     "ClientStatistics",
@@ -70,7 +71,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _EXCERPT = 160
 
 
@@ -157,20 +157,6 @@ def _read_token(token: str | None, token_file: str | os.PathLike[str] | None) ->
     return value
 
 
-def _check_base_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InsecureURL(f"base URL must be an http(s) URL with a host, got {base_url!r}")
-    if parts.scheme == "http" and parts.hostname not in _LOCAL_HOSTS:
-        raise InsecureURL(
-            f"refusing plain http to {parts.hostname}: the token would travel in clear text; "
-            "use https (plain http is allowed only to localhost, 127.0.0.1 and ::1)"
-        )
-    if parts.query or parts.fragment:
-        raise InsecureURL("base URL must not carry a query string or fragment")
-    return base_url.rstrip("/")
-
-
 _TAG = re.compile(rb"<[^>]*>")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
@@ -213,7 +199,7 @@ class SynapClient:
         rate_settings: RateSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.base_url = _check_base_url(base_url)
+        self.base_url = check_base_url(base_url)
         parts = urlsplit(self.base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")

@@ -18,7 +18,8 @@ import msgspec
 from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
-from .errors import SpecError
+from .errors import InsecureURL, SpecError
+from .urls import check_base_url
 from .yamlmarks import Reader, compose, nearest_line, show, unknown_key_message
 
 __all__ = [
@@ -206,7 +207,6 @@ _DESCRIBE_OVERRIDES = {
 }
 _MAPPING_COLUMN_KEYS = ("attempt", "candidate", "exam", "marker")
 _EXCLUSION_COLUMN_KEYS = ("marker", "candidate")
-_LOCALHOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def job_schema() -> dict[str, Any]:
@@ -296,16 +296,15 @@ def _check(job: JobFile, data: dict[str, Any], reader: Reader) -> None:
 
     base = api.base_url
     if base != "sandbox":
-        low = base.lower()
-        host = low.split("://", 1)[-1].split("/", 1)[0]
-        hostname = host if host.startswith("[") else host.rsplit(":", 1)[0]
-        ok = low.startswith("https://") or (low.startswith("http://") and hostname in _LOCALHOSTS)
-        if not ok or not hostname:
+        try:
+            check_base_url(base)  # the client's own rule, so a job that loads is not refused later
+        except InsecureURL:
+            # Not the InsecureURL's text: it quotes the URL, which may come from ${ENV}.
             raise err(
                 "api.base_url",
                 f'expected "sandbox" or an https:// URL (http:// only for localhost), '
                 f"got {reader.show('api.base_url', base)}",
-            )
+            ) from None
         if spec.sandbox is not None:
             raise err("sandbox", 'a sandbox section is only allowed when api.base_url is "sandbox"')
     if api.token is not None and api.token_file is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from rich.pretty import pretty_repr
 
-from synap_bulk.errors import SpecError
+from synap_bulk.errors import InsecureURL, SpecError
 from synap_bulk.spec import (
     AssignMarkersSpec,
     ExportAttemptsSpec,
@@ -16,6 +17,7 @@ from synap_bulk.spec import (
     job_schema,
     load_job,
 )
+from synap_bulk.urls import check_base_url
 
 BASE = """\
 version: 1
@@ -200,6 +202,38 @@ def test_errors_never_quote_environment_values_or_tokens(
     assert "p:secret" not in repr(job.spec)
     assert "p:secret" not in pretty_repr(job.spec)
     assert job.spec.api.token == "p:secret"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.synap.ac/v3",
+        "http://localhost:8080/v3",
+        "HTTP://127.0.0.1/v3/",
+        "http://[::1]:8080/v3",
+        "http://example.com/v3",
+        "http://localhost.example.com/v3",
+        "ftp://localhost/v3",
+        "https:///v3",
+        "http://[::1",
+        "https://api.synap.ac/v3?page=2",
+        "nonsense",
+    ],
+)
+def test_base_url_follows_the_clients_rule(tmp_path: Path, url: str) -> None:
+    """A job loads exactly when the client would accept its base URL; else an error at its line."""
+    text = BASE.replace("sandbox: {seed: 7, users: 0}\n", "").replace(
+        "base_url: sandbox", f"base_url: {json.dumps(url)}"
+    )
+    try:
+        check_base_url(url)
+    except InsecureURL:
+        assert error_of(tmp_path, text) == (
+            'jobs/import.yaml:4: api.base_url: expected "sandbox" or an https:// URL '
+            f"(http:// only for localhost), got {json.dumps(url)}"
+        )
+    else:
+        assert load_job(write(tmp_path, text)).spec.api.base_url == url
 
 
 def test_task_kinds_and_cross_field_rules(tmp_path: Path) -> None:
