@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from synap_bulk.client import SynapClient
@@ -22,11 +26,93 @@ from synap_bulk.sandbox import Sandbox, SandboxConfig
 
 SECRET = "p:s3cret-sandbox-token"
 
+#: The fake epoch the sandbox's and the client's wall clocks start from (HTTP-date Retry-After).
+EPOCH = 1_700_000_000.0
+
+
+class SimClock:
+    """A discrete-event clock shared by the sandbox and the client: nothing waits on real time.
+
+    The network takes no fake time; fake time moves only once every declared actor (a worker
+    task, see :meth:`actors`) is asleep on this clock, and then straight to the earliest
+    deadline, since nobody could act before it. So a 429 answer is seen at the instant the
+    server sent it and a retry lands exactly when its pause ends, never early (as an
+    auto-advancing clock with concurrent sleepers would make it late and hide an early one).
+    With no actors declared, a sleep moves time to its own deadline at once.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._actors = 0
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        """Epoch seconds on the same fake time line (for HTTP-date Retry-After values)."""
+        return EPOCH + self._now
+
+    async def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.slept.append(seconds)
+        if seconds == 0.0:
+            await anyio.lowlevel.checkpoint()
+            return
+        entry = (self._now + seconds, anyio.Event())
+        self._sleepers.append(entry)
+        self._jump_if_idle()
+        try:
+            await entry[1].wait()
+        finally:
+            if entry in self._sleepers:  # cancelled before its deadline
+                self._sleepers.remove(entry)
+
+    @contextmanager
+    def actors(self, n: int) -> Iterator[None]:
+        """Declare ``n`` more tasks that act on their own; call :meth:`done` as each one ends."""
+        self._actors += n
+        try:
+            yield
+        finally:
+            self._actors = 0
+            self._jump_if_idle()
+
+    def done(self) -> None:
+        """One declared actor has finished: the others may now be all that time waits for."""
+        self._actors -= 1
+        self._jump_if_idle()
+
+    def _jump_if_idle(self) -> None:
+        if not self._sleepers or len(self._sleepers) < max(1, self._actors):
+            return
+        self._now = max(self._now, min(deadline for deadline, _ in self._sleepers))
+        due = [e for e in self._sleepers if e[0] <= self._now]
+        self._sleepers = [e for e in self._sleepers if e[0] > self._now]
+        for _, event in due:
+            event.set()
+
 
 @pytest.fixture
-async def sb() -> AsyncIterator[Sandbox]:
-    async with Sandbox(SandboxConfig(seed=3, users=60, token=SECRET)) as sandbox:
+def sim() -> SimClock:
+    return SimClock()
+
+
+@pytest.fixture
+async def sb(sim: SimClock) -> AsyncIterator[Sandbox]:
+    config = SandboxConfig(seed=3, users=60, token=SECRET)
+    async with Sandbox(config, clock=sim.now, wall=sim.wall, sleep=sim.sleep) as sandbox:
         yield sandbox
+
+
+def sim_client(sb: Sandbox, sim: SimClock, **kw: Any) -> SynapClient:
+    """A client on the sandbox's fake time line (its clock, its wall clock, a seeded jitter)."""
+    client = SynapClient(sb.url, token=sb.token, clock=sim, rng=random.Random(7), **kw)
+    # SynapClient takes no wall clock: its rate controller reads Retry-After dates against
+    # time.time() unless told otherwise, which would be off the fake time line.
+    client.rate._wall = sim.wall
+    return client
 
 
 async def user_ids(sb: Sandbox) -> list[str]:
@@ -34,28 +120,37 @@ async def user_ids(sb: Sandbox) -> list[str]:
         return [u.id async for u in client.paginate("users", None, AnyResource)]
 
 
-async def test_1000_gets_under_faults_and_throttling_all_succeed(sb: Sandbox) -> None:
+async def test_1000_gets_under_faults_and_throttling_all_succeed(
+    sb: Sandbox, sim: SimClock
+) -> None:
     """10 % faults and a 50/s limit: every GET succeeds and none lands inside a Retry-After."""
     ids = await user_ids(sb)
     # No X-RateLimit-* headers: rate="auto" must find the limit through 429s alone.
     sb.configure(rate=50, burst=50, fault_rate=0.1, ratelimit_headers=False)
     base = sb.statistics()
     got = 0
-    async with SynapClient(sb.url, token=sb.token, rate="auto", concurrency=16) as client:
+    started = sim.now()
+    async with sim_client(sb, sim, rate="auto", concurrency=16) as client:
 
         async def worker(k: int) -> None:
             nonlocal got
-            for n in range(k, 1000, 16):
-                user = await client.get("users", ids[n % len(ids)], User)
-                assert user.id == ids[n % len(ids)]
-                got += 1
+            try:
+                for n in range(k, 1000, 16):
+                    user = await client.get("users", ids[n % len(ids)], User)
+                    assert user.id == ids[n % len(ids)]
+                    got += 1
+            finally:
+                sim.done()
 
-        async with anyio.create_task_group() as tg:
-            for k in range(16):
-                tg.start_soon(worker, k)
+        with sim.actors(16):
+            async with anyio.create_task_group() as tg:
+                for k in range(16):
+                    tg.start_soon(worker, k)
         mine = client.statistics()
     stats = sb.statistics()
     assert got == 1000
+    # 1000 GETs plus retries through a 50/s bucket of 50 take well over 19 s of (fake) time.
+    assert sim.now() - started > (1000 - 50) / 50
     assert stats.throttled - base.throttled > 0  # the limit was really hit...
     assert stats.requests_inside_retry_after == 0  # ...and every announced window respected
     assert sum(stats.faults.values()) > 50  # faults really happened and were retried
@@ -66,16 +161,18 @@ async def test_1000_gets_under_faults_and_throttling_all_succeed(sb: Sandbox) ->
     assert mine.pauses >= 1
 
 
-async def test_http_date_retry_after_is_honoured(sb: Sandbox) -> None:
+async def test_http_date_retry_after_is_honoured(sb: Sandbox, sim: SimClock) -> None:
     """Retry-After as an HTTP date pauses the client just as well as seconds do."""
     ids = await user_ids(sb)
     sb.configure(rate=5, burst=2, retry_after="http-date", ratelimit_headers=False)
-    async with SynapClient(sb.url, token=sb.token) as client:
+    started = sim.now()
+    async with sim_client(sb, sim) as client:
         for n in range(4):  # two from the bucket, the third is throttled
             await client.get("users", ids[n], User)
         assert client.statistics().throttled >= 1
     stats = sb.statistics()
     assert stats.throttled >= 1 and stats.requests_inside_retry_after == 0
+    assert sim.now() - started >= 1.0  # the date was a whole second ahead: the client waited
 
 
 async def test_401_stops_at_the_first_request(sb: Sandbox) -> None:
