@@ -110,17 +110,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .profile import load_profile
-    from .runner import build_task
+    from .runner import resolve_profile
+    from .tasks import build_task
 
     async def go() -> int:
         job = _load(args.job)
-        if job.spec.task.kind == "export-attempts":
-            from .tasks.export_attempts import settings_from_spec
-
-            settings_from_spec(job.spec.task, job)  # checks since and columns at their line
-        else:
-            build_task(job, load_profile(job.spec.api.profile or None))
+        build_task(job, resolve_profile(job))  # every task's own checks, at their job-file line
         print(f"{args.job}: ok ({job.spec.task.kind})")
         return 0
 

@@ -2,7 +2,7 @@
 
 One anyio task group per run: a producer streams the task's items through a bounded memory
 stream (backpressure) to ``concurrency`` workers. The ledger decides what to skip; each item's
-:class:`~synap_bulk.tasks.base.Safety` decides what may be repeated (DESIGN.md, promise 1):
+:class:`~synap_bulk.items.Safety` decides what may be repeated (README, "What it promises", 1):
 
 - IDEMPOTENT items are simply run again after a crash or an ambiguous failure.
 - RECONCILABLE items are marked in flight (durably) before sending; after a crash or an
@@ -41,7 +41,8 @@ from .errors import (
     Unauthorized,
 )
 from .items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
-from .tasks.base import Task
+from .retry import RetryPolicy, backoff
+from .tasks.base import ItemTask
 
 if TYPE_CHECKING:
     from .client import SynapClient
@@ -65,14 +66,14 @@ class EngineConfig(Struct, frozen=True, kw_only=True):
 
     concurrency: int = 16
     grace_seconds: float = 10.0
-    max_item_attempts: int = 5
+    #: Attempts of one item (``max_attempts``) and the backoff between them (full jitter over
+    #: ``base`` * 2**(attempt-1), capped at ``cap``): :func:`retry.backoff` at the item level,
+    #: above the client's own retries of each request.
+    item_retry: RetryPolicy = RetryPolicy(max_attempts=5, base=0.5, cap=30.0)
     retry_failed: bool = False
     breaker_window: int = 200
     breaker_min_requests: int = 50
     breaker_threshold: float = 0.5
-    #: Backoff between attempts of one item: full jitter over base * 2**(attempt-1), capped.
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
     #: Items buffered between the reader and the workers (0: twice the concurrency).
     queue_size: int = 0
 
@@ -124,7 +125,7 @@ class Engine:
 
     def __init__(
         self,
-        task: Task,
+        task: ItemTask,
         client: SynapClient,
         ledger: Ledger | None,
         *,
@@ -392,7 +393,7 @@ class Engine:
                 reconcile_first = safety is Safety.RECONCILABLE
             elif safety is Safety.RECONCILABLE and _was_ambiguous(state.error_status):
                 reconcile_first = True  # --retry-failed after an unknown outcome
-        max_tries = max(1, self.config.max_item_attempts)
+        max_tries = max(1, self.config.item_retry.max_attempts)
         tries = 0
         task, client, ledger = self.task, self.client, self._ledger
         while True:
@@ -438,7 +439,7 @@ class Engine:
                     return
                 if not self._stop_requested:
                     self._retried += 1
-                    await self._clock.sleep(self._backoff(tries))
+                    await self._clock.sleep(backoff(tries, self.config.item_retry, self._random))
                 if self._stop_requested:
                     # Stopping (signal or breaker): no new attempt. The ledger keeps the item as
                     # it was (absent, or in flight to reconcile) so that a resume picks it up;
@@ -523,10 +524,6 @@ class Engine:
                     f"circuit breaker: {self._bad} of the last {n} attempts failed with server "
                     "or transport errors"
                 )
-
-    def _backoff(self, tries: int) -> float:
-        cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** (tries - 1))
-        return self._random.uniform(0, cap)
 
 
 def _last(exc: BaseException) -> BaseException:

@@ -1,7 +1,7 @@
 """The shared vocabulary of work: what an item is, how it may be repeated, how it ended.
 
 Storage (``ledger.py``), reports, the engine and every task speak these types, so none of them
-needs to import another's module. ``Safety`` is promise 1 of DESIGN.md:
+needs to import another's module. ``Safety`` is promise 1 in README ("What it promises"):
 
 - ``IDEMPOTENT``: repeat freely (PATCH, relationship sets).
 - ``RECONCILABLE``: a create whose result can be looked up by a natural key. Before sending, the
@@ -20,7 +20,17 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
-__all__ = ["InvalidRow", "Item", "ItemError", "Outcome", "PlanRow", "Safety"]
+__all__ = [
+    "CsvStyle",
+    "InvalidRow",
+    "Item",
+    "ItemError",
+    "Outcome",
+    "PlanRow",
+    "Safety",
+    "StreamProgress",
+    "StreamResult",
+]
 
 
 class Safety(enum.Enum):
@@ -76,3 +86,35 @@ class PlanRow(Struct, frozen=True, kw_only=True, omit_defaults=True):
     action: str  # create | update | unchanged | invalid | conflict | ... (task-specific)
     detail: str = ""
     remote_id: str = ""
+
+
+class CsvStyle(Struct, frozen=True, kw_only=True):
+    """How the input CSV was written, so result files feed straight back as a source."""
+
+    delimiter: str = ","
+    bom: bool = False
+
+
+class StreamProgress(Struct, frozen=True, kw_only=True):
+    """Where a stream task is, for the progress bar: rows so far of a total (if known).
+
+    ``note`` is a phase a person should hear of once (e.g. "exam X: downloading"); the runner
+    prints it when it changes.
+    """
+
+    done: int = 0
+    total: int | None = None
+    note: str = ""
+
+
+class StreamResult(Struct, frozen=True, kw_only=True):
+    """How a stream task's run ended: completed, or stopped at a page boundary (resumable).
+
+    ``counts`` holds this task's action counts (e.g. ``exported``); ``message`` is the one line
+    that says what was written where; ``details`` goes to the summary's ``task`` section.
+    """
+
+    status: Literal["completed", "stopped"]
+    counts: Mapping[str, int] = {}
+    message: str = ""
+    details: Mapping[str, Any] = {}

@@ -2,8 +2,9 @@
 
 The client, the tasks and the sandbox all read these; nothing else in the code guesses a path, a
 parameter name or a header. Each setting's comment says whether it is documented ([DOC]) or an
-assumption ([ASSUMED]) — see ``../shared/synap-api.md``. A job file may override any of them
-under ``api.profile``.
+assumption ([ASSUMED]) about a point the public docs leave open; docs/sandbox.md lists the
+assumptions the sandbox makes by default. A job file may override any of them under
+``api.profile``.
 """
 
 from __future__ import annotations

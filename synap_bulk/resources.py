@@ -1,8 +1,9 @@
 """Synap resources: attribute Structs named exactly as the API names its fields.
 
 Every field is optional and unknown fields are ignored: the API is beta and additive, and we
-depend on as little of the payload as we can (``../shared/synap-api.md`` §1.3). Use them as
-``Resource[UserAttributes]`` etc.; ``TYPE_*`` are the JSON:API type strings.
+depend on as little of the payload as we can (the API's versioning policy: changes inside /v3
+are additive only). Use them as ``Resource[UserAttributes]`` etc.; ``TYPE_*`` are the JSON:API
+type strings.
 """
 
 from __future__ import annotations

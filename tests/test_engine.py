@@ -3,6 +3,7 @@ errors, retry of failed items, circuit breaker, graceful and hard stops, plan.""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from synap_bulk.errors import (
     ConnectError,
     RateLimited,
     RequestTimeout,
+    RetryBudgetExhausted,
     ServerError,
     SourceError,
     Unauthorized,
@@ -25,6 +27,7 @@ from synap_bulk.errors import (
 from synap_bulk.items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from synap_bulk.jsonapi import ErrorObject, ErrorSource
 from synap_bulk.ledger import Ledger
+from synap_bulk.retry import RetryPolicy, backoff
 
 CLIENT: Any = object()  # the engine only passes the client through to the task
 COMMIT_THEN_500 = "commit-then-500"
@@ -124,8 +127,13 @@ async def open_ledger(path: Path, task_hash: str = "t") -> Ledger:
     return await Ledger.open(path, job_name="j", task_hash=task_hash, input_hash="i")
 
 
+def tries(n: int) -> RetryPolicy:
+    """The item-level retry policy of the engine, with ``n`` attempts of one item."""
+    return RetryPolicy(max_attempts=n, base=0.5, cap=30.0)
+
+
 def engine(task: FakeTask, ledger: Ledger | None, **config: Any) -> Engine:
-    cfg = EngineConfig(**{"concurrency": 4, "max_item_attempts": 3, **config})
+    cfg = EngineConfig(**{"concurrency": 4, "item_retry": tries(3), **config})
     return Engine(task, CLIENT, ledger, config=cfg, clock=FakeClock())  # type: ignore[arg-type]
 
 
@@ -258,11 +266,11 @@ async def test_ambiguous_failure_by_safety(tmp_path: Path) -> None:
 
 
 async def test_attempts_run_out_then_failed(tmp_path: Path) -> None:
-    """An item that keeps failing with 5xx is failed after max_item_attempts, with backoff."""
+    """An item that keeps failing with 5xx is failed after its item attempts, with backoff."""
     task = FakeTask(1, faults={"k0": [server_error()] * 5})
     clock = FakeClock()
     async with await open_ledger(tmp_path / "l.sqlite") as ledger:
-        cfg = EngineConfig(concurrency=1, max_item_attempts=3)
+        cfg = EngineConfig(concurrency=1, item_retry=tries(3))
         r = await Engine(task, CLIENT, ledger, config=cfg, clock=clock).run()  # type: ignore[arg-type]
         failed = await ledger.failed_items()
     assert task.executed == ["k0"] * 3
@@ -271,6 +279,64 @@ async def test_attempts_run_out_then_failed(tmp_path: Path) -> None:
     assert len(clock.slept) == 2
     assert failed[0].error.status == "500"
     assert failed[0].attempts == 3
+
+
+async def test_backoff_between_item_attempts_is_retry_backoff(tmp_path: Path) -> None:
+    """The waits between an item's attempts are retry.backoff of the item policy: full jitter
+    under base * 2**(n-1), capped, and the same seeded random source gives the same waits."""
+    policy = RetryPolicy(max_attempts=6, base=1.0, cap=3.0)
+    task = FakeTask(1, faults={"k0": [server_error()] * 6})
+    clock = FakeClock()
+    eng = Engine(
+        task, CLIENT, None, config=EngineConfig(concurrency=1, item_retry=policy), clock=clock
+    )  # type: ignore[arg-type]
+    eng._random.seed(7)
+    await eng.run()
+    expected_rng = random.Random(7)
+    assert clock.slept == [backoff(n, policy, expected_rng) for n in range(1, 6)]
+    assert all(w <= min(3.0, 2.0 ** (n - 1)) for n, w in enumerate(clock.slept, 1))
+
+
+async def test_client_retry_budget_exhausted_is_retried_at_item_level_then_failed(
+    tmp_path: Path,
+) -> None:
+    """When the client's retry budget runs out on an item, the engine tries the item again after
+    its own backoff, up to the item policy's attempts, then fails it with the last server error;
+    each exhaustion feeds the circuit breaker like the server fault behind it."""
+    last = server_error()
+    exhausted = RetryBudgetExhausted(last)
+    task = FakeTask(1, safety=Safety.IDEMPOTENT, faults={"k0": [exhausted] * 3})
+    clock = FakeClock()
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        eng = Engine(
+            task,
+            CLIENT,
+            ledger,
+            config=EngineConfig(concurrency=1, item_retry=tries(3)),
+            clock=clock,
+        )  # type: ignore[arg-type]
+        r = await eng.run()
+        failed = await ledger.failed_items()
+    assert task.executed == ["k0"] * 3
+    assert r.status == "completed" and r.stats.failed == 1 and r.stats.retried == 2
+    assert len(clock.slept) == 2
+    assert failed[0].error.status == "500" and failed[0].attempts == 3
+    assert sum(eng._window) == 3
+
+
+async def test_budget_exhaustion_on_most_items_trips_the_breaker(tmp_path: Path) -> None:
+    """A server so sick that the client's retry budget runs out on every item stops the run
+    (resumably) through the circuit breaker instead of grinding through every item."""
+    exhausted = RetryBudgetExhausted(server_error())
+    faults: dict[str, list[Any]] = {f"k{i}": [exhausted] * 5 for i in range(100)}
+    task = FakeTask(100, faults=faults)
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        cfg = EngineConfig(
+            concurrency=2, item_retry=tries(5), breaker_window=20, breaker_min_requests=10
+        )
+        r = await Engine(task, CLIENT, ledger, config=cfg, clock=FakeClock()).run()  # type: ignore[arg-type]
+    assert r.status == "stopped" and r.reason.startswith("circuit breaker")
+    assert len(task.executed) < 30
 
 
 async def test_401_aborts_at_once(tmp_path: Path) -> None:
@@ -353,7 +419,7 @@ async def test_circuit_breaker_stops_the_run(tmp_path: Path) -> None:
             task,
             ledger,
             concurrency=1,
-            max_item_attempts=1,
+            item_retry=tries(1),
             breaker_window=20,
             breaker_min_requests=10,
             breaker_threshold=0.5,
@@ -523,7 +589,7 @@ async def test_last_lookup_before_failing_after_unknown_outcomes(tmp_path: Path)
     faults = {"k0": [server_error(), server_error(), COMMIT_THEN_500]}
     task = FakeTask(1, safety=Safety.RECONCILABLE, faults=faults)
     async with await open_ledger(tmp_path / "l.sqlite") as ledger:
-        r = await engine(task, ledger, max_item_attempts=3).run()
+        r = await engine(task, ledger, item_retry=tries(3)).run()
         states = await ledger.load_states()
     assert task.executed == ["k0"] * 3
     assert task.reconciled == ["k0"] * 3

@@ -464,16 +464,15 @@ async def test_demo_export_job_runs_as_documented(tmp_path: Path) -> None:
 
     from rich.console import Console
 
-    from synap_bulk.runner import EXIT_OK
+    from synap_bulk.runner import EXIT_OK, run_job
     from synap_bulk.spec import load_job
-    from synap_bulk.tasks.export_attempts import run_export_job
 
     shutil.copy(ROOT / "jobs" / "demo" / "export-attempts.yaml", tmp_path / "job.yaml")
     console = Console(file=io.StringIO())
     out = tmp_path / "out" / "demo-export-attempts" / "attempts.csv"
     for _ in range(2):
         job = load_job(tmp_path / "job.yaml")
-        assert await run_export_job(job, console=console, handle_signals=False) == EXIT_OK
+        assert await run_job(job, console=console, handle_signals=False) == EXIT_OK
         ids = ids_in(out, "csv")
         assert len(ids) == len(set(ids)) == 6000
     assert "Export completed: 6000 attempts" in console.file.getvalue()  # type: ignore[attr-defined]
@@ -511,12 +510,12 @@ async def test_plan_export_counts_without_writing(tmp_path: Path) -> None:
 
     from rich.console import Console
 
+    from synap_bulk.runner import plan_job
     from synap_bulk.spec import load_job
-    from synap_bulk.tasks.export_attempts import plan_export_job
 
     shutil.copy(ROOT / "jobs" / "demo" / "export-attempts.yaml", tmp_path / "job.yaml")
     console = Console(file=io.StringIO(), width=200)
-    assert await plan_export_job(load_job(tmp_path / "job.yaml"), console=console) == 0
+    assert await plan_job(load_job(tmp_path / "job.yaml"), console=console) == 0
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "Plan: export 6000 attempts -> " in text and "a new export (new file)" in text
     assert sorted(os.listdir(tmp_path)) == ["job.yaml"]

@@ -1,0 +1,71 @@
+"""The task registry: each job-file ``kind``, its spec and how its task is built.
+
+Adding a kind is one module (its task class, an :class:`~synap_bulk.tasks.base.ItemTask` or a
+:class:`~synap_bulk.tasks.base.StreamTask`) plus one line here. The runner never looks at the
+kind: it builds the task through :func:`build_task` and drives it by its shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..spec import AssignMarkersSpec, ExportAttemptsSpec, RequestSpec, UserImportSpec
+
+if TYPE_CHECKING:
+    from ..profile import ApiProfile
+    from ..spec import JobFile
+    from .base import Task
+
+__all__ = ["KINDS", "TaskKind", "build_task"]
+
+
+class TaskKind(NamedTuple):
+    """A job-file kind: the spec Struct its ``task:`` section decodes to, and its task's maker."""
+
+    spec: type[Any]
+    build: Callable[[Any, JobFile, ApiProfile], Task]
+
+
+# The makers import their module when called, so a job loads only the task it runs.
+
+
+def _user_import(spec: UserImportSpec, job: JobFile, profile: ApiProfile) -> Task:
+    from .user_import import UserImportTask
+
+    return UserImportTask(spec, job, profile)
+
+
+def _assign_markers(spec: AssignMarkersSpec, job: JobFile, profile: ApiProfile) -> Task:
+    from .assign_markers import AssignMarkersTask
+
+    return AssignMarkersTask(spec, job, profile)
+
+
+def _export_attempts(spec: ExportAttemptsSpec, job: JobFile, profile: ApiProfile) -> Task:
+    from .export_attempts import ExportAttemptsTask
+
+    return ExportAttemptsTask(spec, job, profile)
+
+
+def _request(spec: RequestSpec, job: JobFile, profile: ApiProfile) -> Task:
+    from .request import RequestTask
+
+    return RequestTask(spec, job, profile)
+
+
+KINDS: dict[str, TaskKind] = {
+    UserImportSpec.kind: TaskKind(UserImportSpec, _user_import),
+    AssignMarkersSpec.kind: TaskKind(AssignMarkersSpec, _assign_markers),
+    ExportAttemptsSpec.kind: TaskKind(ExportAttemptsSpec, _export_attempts),
+    RequestSpec.kind: TaskKind(RequestSpec, _request),
+}
+
+
+def build_task(job: JobFile, profile: ApiProfile) -> Task:
+    """The task for the job's ``task:`` section; its checks raise SpecError at their line."""
+    spec = job.spec.task
+    entry = KINDS.get(spec.kind)
+    if entry is None or not isinstance(spec, entry.spec):
+        raise job.error("task.kind", f"unknown task kind {spec.kind!r}")
+    return entry.build(spec, job, profile)

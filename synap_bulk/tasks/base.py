@@ -1,23 +1,72 @@
-"""What the runner and the engine need of a task (the vocabulary lives in ``items.py``)."""
+"""The two shapes of task the runner drives, declared in full.
+
+A task knows the Synap resources it touches; it knows nothing of concurrency, storage, progress
+or signals. The runner (``runner.py``) reads only what these protocols declare, so a new task
+that forgets a member is a type error, not a silently lost safety check.
+
+- :class:`ItemTask`: a set of items with stable keys (users to import, attempts to assign,
+  rows to send). The engine streams them, skips what the ledger says is done, runs the rest
+  through :meth:`ItemTask.execute` and honours :attr:`ItemTask.safety`
+  (:class:`~synap_bulk.items.Safety`).
+- :class:`StreamTask`: pages to a sink with a cursor (an export). It runs itself page by page,
+  keeping its cursors in a :class:`CursorStore`, and stops cleanly at a page boundary when asked.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..items import InvalidRow, Item, Outcome, PlanRow, Safety
+from ..items import (
+    CsvStyle,
+    InvalidRow,
+    Item,
+    Outcome,
+    PlanRow,
+    Safety,
+    StreamProgress,
+    StreamResult,
+)
 
 if TYPE_CHECKING:
+    import anyio
+    from rich.console import RenderableType
+
     from ..client import SynapClient
 
-__all__ = ["Task"]
+__all__ = ["CursorStore", "ItemTask", "StreamTask", "Task"]
 
 
-class Task(Protocol):
-    """A bulk task. ``kind`` names it in job files."""
+class ItemTask(Protocol):
+    """A bulk task over keyed items. ``kind`` names it in job files."""
 
+    shape: Literal["items"]
     kind: str
     safety: Safety
+
+    def input_hash(self) -> str:
+        """A digest of the input files: when it changes, a resume is refused ('' = no input)."""
+        ...
+
+    @property
+    def input_columns(self) -> Sequence[str]:
+        """The columns of the input rows, in order (the result files' first columns)."""
+        ...
+
+    @property
+    def csv_style(self) -> CsvStyle:
+        """How result CSVs are written (the input's delimiter and BOM)."""
+        ...
+
+    @property
+    def total(self) -> int | None:
+        """How many items there are, once :meth:`prepare` knows (None: unknown)."""
+        ...
+
+    @property
+    def plan_actions(self) -> Sequence[str]:
+        """Plan actions shown even when no item takes them (e.g. "0 conflict")."""
+        ...
 
     async def prepare(self, client: SynapClient) -> None:
         """Read what the task needs from the server before items flow (read-only)."""
@@ -43,6 +92,49 @@ class Task(Protocol):
         """The input column a JSON:API ``source.pointer`` refers to ('' when none)."""
         ...
 
+    def render_plan(self) -> RenderableType | None:
+        """Something to show above the plan counts (e.g. an allocation table), or None."""
+        ...
+
     def summary(self) -> dict[str, Any]:
         """Task-specific figures for the report (e.g. per-marker counts)."""
         ...
+
+
+class CursorStore(Protocol):
+    """Where a stream task keeps its named cursors (the job's ledger)."""
+
+    async def get_cursor(self, name: str) -> str | None: ...
+
+    async def set_cursor(self, name: str, value: str) -> None: ...
+
+    async def last_completed_run_started_at(self) -> str | None: ...
+
+
+class StreamTask(Protocol):
+    """A task that streams pages into a sink with a cursor. ``kind`` names it in job files."""
+
+    shape: Literal["stream"]
+    kind: str
+
+    def input_hash(self) -> str:
+        """A digest of the input files ('' when the task reads none)."""
+        ...
+
+    async def run(
+        self,
+        client: SynapClient,
+        cursors: CursorStore,
+        *,
+        stop: anyio.Event,
+        progress: Callable[[StreamProgress], None],
+    ) -> StreamResult:
+        """Run or resume; return ``stopped`` at the first page boundary after ``stop`` is set."""
+        ...
+
+    async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
+        """What a run would do, as lines to print; reads the server, writes nothing."""
+        ...
+
+
+Task = ItemTask | StreamTask

@@ -1,10 +1,11 @@
 """``kind: export-attempts``: every attempt of some exams, streamed to NDJSON, CSV or Parquet.
 
-An export is a stream, not a set of items, so the runner calls :func:`run_export_job` instead
-of the engine. The file is written page by page; after each page the sink is committed (flush +
-fsync) and the ledger records, durably, the page cursor and the file's committed length. A
-resumed export cuts the file back to that length and continues from the next page: every attempt
-of the server appears exactly once, and memory stays flat (a few pages at most) whatever the size.
+An export is a stream, not a set of items: :class:`ExportAttemptsTask` is a stream task, which
+the runner drives instead of the engine. The file is written page by page; after each page the
+sink is committed (flush + fsync) and the ledger records, durably, the page cursor and the
+file's committed length. A resumed export cuts the file back to that length and continues from
+the next page: every attempt of the server appears exactly once, and memory stays flat (a few
+pages at most) whatever the size.
 
 Two modes:
 
@@ -35,6 +36,7 @@ from msgspec import Struct
 
 from ..clock import Clock, SystemClock
 from ..errors import CheckpointError, Forbidden, NotFound, SynapBulkError
+from ..items import StreamProgress, StreamResult
 from ..jsonapi import UNSET, AnyResource, Document, NewResource, Relationship, ResourceIdentifier
 from ..resources import (
     TYPE_BACKGROUND_JOB,
@@ -44,21 +46,19 @@ from ..resources import (
 )
 from ..sinks import DEFAULT_COLUMNS, Sink, check_columns, make_sink
 from ..templates import spec_error
+from .base import CursorStore
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from ..client import SynapClient
-    from ..ledger import Ledger
     from ..profile import ApiProfile
     from ..spec import ExportAttemptsSpec, JobFile
 
 __all__ = [
+    "ExportAttemptsTask",
     "ExportProgress",
     "ExportResult",
     "ExportSettings",
     "run_export",
-    "run_export_job",
 ]
 
 #: The ledger cursor naming the export generation; each stream has ``export:<exam>``.
@@ -192,7 +192,7 @@ async def run_export(
     spec: ExportAttemptsSpec | ExportSettings,
     job: JobFile | None,
     client: SynapClient,
-    ledger: Ledger,
+    ledger: CursorStore,
     *,
     progress_cb: Callable[[ExportProgress], None] | None = None,
     clock: Clock | None = None,
@@ -222,7 +222,7 @@ class _Exporter:
         self,
         settings: ExportSettings,
         client: SynapClient,
-        ledger: Ledger,
+        ledger: CursorStore,
         progress_cb: Callable[[ExportProgress], None] | None,
         clock: Clock,
     ) -> None:
@@ -579,88 +579,77 @@ def _cursor_in(raw: Any) -> Any:
     return msgspec.convert(raw, PageCursor)
 
 
-# --- the job runner -----------------------------------------------------------------------
+# --- the stream task --------------------------------------------------------------------
 
 
-async def run_export_job(
-    job: JobFile, *, restart: bool = False, console: Console, handle_signals: bool = True
-) -> int:
-    """``python -m synap_bulk run`` for an export job: client, ledger, progress, summary."""
-    from ..ledger import Ledger
-    from ..profile import load_profile
-    from ..runner import EXIT_FAILED, EXIT_OK, ledger_path, open_client
+class ExportAttemptsTask:
+    """``kind: export-attempts`` as a :class:`~synap_bulk.tasks.base.StreamTask` for the runner."""
 
-    spec: ExportAttemptsSpec = job.spec.task  # type: ignore[assignment]
-    settings = settings_from_spec(spec, job)
-    profile = load_profile(job.spec.api.profile or None)
-    started = time.monotonic()
-    last: list[ExportProgress] = []
+    shape: Literal["stream"] = "stream"
+    kind = "export-attempts"
 
-    def on_progress(p: ExportProgress) -> None:
-        if p.phase in ("waiting", "downloading") and (not last or last[0].phase != p.phase):
-            what = "waiting for the server's export job" if p.phase == "waiting" else "downloading"
-            console.print(f"exam {p.exam}: {what}")
-        last[:] = [p]
+    def __init__(self, spec: ExportAttemptsSpec, job: JobFile, profile: ApiProfile) -> None:
+        self.settings = settings_from_spec(spec, job)
+        self.profile = profile
 
-    async with (
-        open_client(job, profile) as client,
-        await Ledger.open(
-            ledger_path(job),
-            job_name=job.spec.name,
-            task_hash=job.task_hash(),
-            input_hash="",
-            restart=restart,
-        ) as ledger,
-    ):
-        run_id = await ledger.begin_run()
-        stop = anyio.Event()
-        result = await _with_progress(
-            run_export(settings, job, client, ledger, progress_cb=on_progress, stop=stop),
-            client,
-            last,
-            started,
-            console,
-            stop if handle_signals else None,
+    def input_hash(self) -> str:
+        return ""
+
+    async def run(
+        self,
+        client: SynapClient,
+        cursors: CursorStore,
+        *,
+        stop: anyio.Event,
+        progress: Callable[[StreamProgress], None],
+    ) -> StreamResult:
+        last_phase: list[Phase] = []
+
+        def on_progress(p: ExportProgress) -> None:
+            note = ""
+            if p.phase in ("waiting", "downloading"):
+                what = (
+                    "waiting for the server's export job" if p.phase == "waiting" else "downloading"
+                )
+                note = f"exam {p.exam}: {what}"
+            if last_phase and last_phase[0] == p.phase and p.phase in ("waiting", "downloading"):
+                note = ""  # said once per phase
+            last_phase[:] = [p.phase]
+            total, done = p.total, p.rows
+            if p.phase == "waiting":  # the server's job: its progress, in percent
+                total, done = 100, round((p.job_progress or 0.0) * 100)
+            progress(StreamProgress(done=done, total=total, note=note))
+
+        r = await run_export(
+            self.settings, None, client, cursors, progress_cb=on_progress, stop=stop
         )
-        summary = msgspec.to_builtins(result)
-        await ledger.end_run(
-            run_id, "completed" if result.status == "completed" else "stopped", summary
+        message = (
+            f"Export {r.status}: {r.rows} attempts, {r.bytes} bytes -> {r.output} "
+            f"({r.format}, mode {r.mode}"
+            + (f", since {r.since}" if r.since else "")
+            + (", resumed" if r.resumed else "")
+            + ")"
         )
-    console.print(
-        f"Export {result.status}: {result.rows} attempts, {result.bytes} bytes "
-        f"-> {result.output} ({result.format}, mode {result.mode}"
-        + (f", since {result.since}" if result.since else "")
-        + (", resumed" if result.resumed else "")
-        + f") in {time.monotonic() - started:.1f} s"
-    )
-    if result.status != "completed":
-        console.print(f"Resume with: python -m synap_bulk run {job.path}")
-        return EXIT_FAILED
-    return EXIT_OK
+        return StreamResult(
+            status=r.status,
+            counts={"exported": r.rows},
+            message=message,
+            details=msgspec.to_builtins(r),
+        )
 
-
-async def plan_export_job(job: JobFile, *, console: Console) -> int:
-    """``plan`` for an export job: how many attempts each exam would give, and whether the run
-    would resume or start afresh. Reads one attempt per exam; writes nothing anywhere."""
-    from ..ledger import Ledger
-    from ..profile import load_profile
-    from ..runner import EXIT_OK, ledger_path, open_client
-
-    spec: ExportAttemptsSpec = job.spec.task  # type: ignore[assignment]
-    settings = settings_from_spec(spec, job)
-    profile = load_profile(job.spec.api.profile or None)
-    meta: _Meta | None = None
-    path = ledger_path(job)
-    if path.exists():
-        async with await Ledger.open_readonly(path) as ledger:
-            meta = _load(await ledger.get_cursor(META_CURSOR), _Meta)
-    resumes = meta is not None and meta.state == "running"
-    since = settings.since
-    if resumes and meta is not None:
-        since = meta.since
-    elif since == "last-run":
-        since = meta.last_complete_started_at if meta is not None else None
-    async with open_client(job, profile) as client:
+    async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
+        """How many attempts each exam would give, and whether the run would resume or start
+        afresh. Reads one attempt per exam; writes nothing anywhere."""
+        settings, profile = self.settings, self.profile
+        meta: _Meta | None = None
+        if cursors is not None:
+            meta = _load(await cursors.get_cursor(META_CURSOR), _Meta)
+        resumes = meta is not None and meta.state == "running"
+        since = settings.since
+        if resumes and meta is not None:
+            since = meta.since
+        elif since == "last-run":
+            since = meta.last_complete_started_at if meta is not None else None
         counts: dict[str, int | None] = {}
         for name in list(settings.exams) or [ALL_EXAMS]:
             params = _attempt_params(profile, settings, name, since)
@@ -668,59 +657,16 @@ async def plan_export_job(job: JobFile, *, console: Console) -> int:
             page = await client.get_page(profile.attempts_path, params, AnyResource)
             total = page.meta.get("total")
             counts[name] = total if isinstance(total, int) else None
-    known = [n for n in counts.values() if n is not None]
-    for name, n in counts.items():
-        label = "all exams" if name == ALL_EXAMS else f"exam {name}"
-        console.print(f"  {label}: {n if n is not None else 'unknown number of'} attempts")
-    console.print(
-        f"Plan: export {sum(known)} attempts -> {settings.output} ({settings.format}, "
-        f"mode {settings.mode}"
-        + (f", updated since {since}" if since else "")
-        + "); "
-        + ("resumes the export in progress" if resumes else "a new export (new file)")
-    )
-    return EXIT_OK
-
-
-async def _with_progress(
-    work: Any,
-    client: SynapClient,
-    last: list[ExportProgress],
-    started: float,
-    console: Console,
-    stop: anyio.Event | None,
-) -> ExportResult:
-    """Run the export under the live progress display; Ctrl-C stops at the next page boundary."""
-    import signal
-
-    from ..progress import Progress, Snapshot
-    from ..runner import progress_snapshot
-
-    def snapshot() -> Snapshot:
-        p = last[0] if last else ExportProgress(phase="paging")
-        total, done = p.total, p.rows
-        if p.phase == "waiting":  # the server's job: its progress, in percent
-            total, done = 100, round((p.job_progress or 0.0) * 100)
-        return progress_snapshot(client.statistics(), started, total=total, done=done)
-
-    progress = Progress(snapshot, console=console)
-    result: ExportResult | None = None
-
-    async def watch_signals(stop: anyio.Event) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                console.print("[yellow]Stopping after the current page…[/]")
-                stop.set()
-                return
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(progress.run)
-        if stop is not None:
-            tg.start_soon(watch_signals, stop)
-        try:
-            result = await work
-        finally:
-            tg.cancel_scope.cancel()
-    progress.final()
-    assert result is not None
-    return result
+        known = [n for n in counts.values() if n is not None]
+        lines = []
+        for name, n in counts.items():
+            label = "all exams" if name == ALL_EXAMS else f"exam {name}"
+            lines.append(f"  {label}: {n if n is not None else 'unknown number of'} attempts")
+        lines.append(
+            f"Plan: export {sum(known)} attempts -> {settings.output} ({settings.format}, "
+            f"mode {settings.mode}"
+            + (f", updated since {since}" if since else "")
+            + "); "
+            + ("resumes the export in progress" if resumes else "a new export (new file)")
+        )
+        return lines

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import msgspec
 
 from ..errors import NotFound, SpecError
-from ..items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import encode
 from ..profile import ApiProfile
 from ..sources import CsvSource, DuplicateTracker
@@ -73,7 +73,11 @@ def _first_id(body: bytes) -> str | None:
 class RequestTask:
     """One request per CSV row; see the module docstring."""
 
+    shape: Literal["items"] = "items"
     kind = "request"
+    plan_actions: tuple[str, ...] = ()
+    #: Rows are not counted up front: a request job streams its CSV.
+    total: int | None = None
 
     def __init__(self, spec: RequestSpec, job: JobFile, profile: ApiProfile) -> None:
         self.spec = spec
@@ -105,9 +109,9 @@ class RequestTask:
                 "reconcilable requests need a lookup (a GET whose non-empty result means the "
                 "request already took effect)",
             )
-        delimiter = getattr(spec, "delimiter", ",") or ","
+        delimiter = spec.delimiter
         self._source = CsvSource(job.input_file("task.source", spec.source), delimiter=delimiter)
-        source_name = getattr(self._source, "display_name", str(spec.source))
+        source_name = self._source.display_name
         for template in self._templates():
             template.validate(self._source.header, source=source_name)
         self._counts: dict[str, int] = {}
@@ -130,6 +134,13 @@ class RequestTask:
     @property
     def input_columns(self) -> list[str]:
         return list(self._source.header)
+
+    @property
+    def csv_style(self) -> CsvStyle:
+        return CsvStyle(delimiter=self._source.delimiter, bom=self._source.has_bom)
+
+    def render_plan(self) -> None:
+        return None
 
     async def prepare(self, client: SynapClient) -> None:
         """Nothing to read beforehand: every row stands alone."""

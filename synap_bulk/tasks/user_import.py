@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
 from ..clock import Clock, SystemClock
 from ..errors import ConnectError
-from ..items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePatch
 from ..profile import ApiProfile
 from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION, User, UserGroup
@@ -144,8 +144,10 @@ class _Batch:
 class UserImportTask:
     """Register or update the users of a CSV; see the module docstring."""
 
+    shape: Literal["items"] = "items"
     kind = "user-import"
     safety = Safety.RECONCILABLE
+    plan_actions = ("create", "update", "unchanged", "invalid", "conflict")
 
     def __init__(
         self,
@@ -217,6 +219,13 @@ class UserImportTask:
     @property
     def source(self) -> CsvSource:
         return self._source
+
+    @property
+    def csv_style(self) -> CsvStyle:
+        return CsvStyle(delimiter=self._source.delimiter, bom=self._source.has_bom)
+
+    def render_plan(self) -> None:
+        return None
 
     def input_hash(self) -> str:
         return self._source.sha256()
