@@ -21,6 +21,7 @@ from synap_bulk.items import InvalidRow, Item, Safety
 from synap_bulk.jsonapi import ResourceIdentifier
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
+from synap_bulk.retry import RetryPolicy
 from synap_bulk.runner import plan_job, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import AssignMarkersSpec, JobFile, load_job
@@ -32,6 +33,8 @@ from synap_bulk.tasks.assign_markers import (
 
 ROLE = "provisional"
 ROLE_PATH = DEFAULT_PROFILE.marker_role_paths[ROLE]
+#: The engine's item retries, with room for the fault-injection test's commit-then-fail faults.
+_TEN_TRIES = RetryPolicy(max_attempts=10, base=0.5, cap=30.0)
 
 
 def _spec(**settings: Any) -> AssignMarkersSpec:
@@ -453,7 +456,7 @@ async def test_faults_and_resume_leave_exactly_the_allocation(tmp_path: Path) ->
             second,
             c,
             None,
-            config=EngineConfig(concurrency=4, max_item_attempts=10),
+            config=EngineConfig(concurrency=4, item_retry=_TEN_TRIES),
             clock=clock,
         )
         result = await engine.run()

@@ -25,7 +25,7 @@ import io
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from msgspec import Struct
@@ -42,7 +42,7 @@ from ..allocation import (
     id_sort_key,
 )
 from ..errors import NotFound, SourceError, SpecError
-from ..items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import UNSET, Resource, ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Attempt, Exam, MarkerRole, User, UserGroup
@@ -193,8 +193,12 @@ def _allocation_renderable(
 class AssignMarkersTask:
     """Assign or unassign the markers of one role on many attempts; see the module docstring."""
 
+    shape: Literal["items"] = "items"
     kind = "assign-markers"
     safety = Safety.IDEMPOTENT
+    plan_actions: tuple[str, ...] = ()
+    #: Not announced up front: the progress bar counts the items as they come.
+    total: int | None = None
 
     def __init__(self, spec: AssignMarkersSpec, job: JobFile, profile: ApiProfile) -> None:
         self.spec = spec
@@ -305,6 +309,11 @@ class AssignMarkersTask:
         if self._mapping is not None:
             return list(self._mapping.header)
         return list(STRATEGY_COLUMNS)
+
+    @property
+    def csv_style(self) -> CsvStyle:
+        """Result files are plain comma-separated CSV without a BOM, whatever the inputs."""
+        return CsvStyle()
 
     @property
     def allocation(self) -> Allocation | None:
