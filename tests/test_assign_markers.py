@@ -30,6 +30,7 @@ from synap_bulk.tasks.assign_markers import (
     MarkerLoad,
     render_allocation_table,
 )
+from synap_bulk.tasks.assign_scope import ExamScope
 
 ROLE = "provisional"
 ROLE_PATH = DEFAULT_PROFILE.marker_role_paths[ROLE]
@@ -334,6 +335,23 @@ async def test_mapping_by_candidate_and_exam_name(tmp_path: Path, client: SynapC
     assert (await task.execute(item, client)).action == "assigned"
     reconciled = await task.reconcile(item, client)
     assert reconciled is not None and reconciled.status == "done"
+
+
+async def test_a_value_is_an_email_by_the_one_project_rule(
+    client: SynapClient, sandbox: Sandbox
+) -> None:
+    """Users are looked up by email only for an address the server would accept
+    (sources.is_email, trimmed, any case); a value merely containing "@" is an externalId."""
+    p = DEFAULT_PROFILE
+    padded = " Marker0002@Sandbox.EXAMPLE "
+    params = {p.filter_email: "marker0002@sandbox.example"}
+    [marker] = [u async for u in client.paginate(p.users_path, params, User)]
+    student = sandbox.store.add_user("J Doe", "jdoe@sandbox.example", "jdoe@campus", None)
+    scope = ExamScope(p, MARKER_ROLES[ROLE], ROLE_PATH)
+    await scope.resolve_values(client, [padded, "jdoe@campus"], external=True)
+    assert scope.user_id(padded) == marker.id
+    assert scope.user_id("jdoe@campus", external=True) == student.id
+    assert scope.user_id("nobody@example.edu") is None  # an address, unknown: no user
 
 
 async def test_unassign_removes_what_was_assigned(tmp_path: Path, client: SynapClient) -> None:

@@ -22,7 +22,7 @@ from ..errors import NotFound
 from ..jsonapi import UNSET
 from ..profile import ApiProfile
 from ..resources import Attempt, Exam, MarkerRole, User, UserGroup
-from ..sources import CsvRow, CsvSource, normalize_email
+from ..sources import CsvRow, CsvSource, is_email, normalize_email
 
 if TYPE_CHECKING:
     from ..client import SynapClient
@@ -234,10 +234,10 @@ class ExamScope:
         self, client: SynapClient, values: Iterable[str], *, external: bool = False
     ) -> None:
         """Resolve the emails among ``values`` (with ``external``, the rest as externalIds)."""
-        values = [v for v in values if v.strip()]
-        await self._resolve_users(client, [v for v in values if _is_email(v)], by_email=True)
+        values = [v.strip() for v in values if v.strip()]
+        await self._resolve_users(client, [v for v in values if is_email(v)], by_email=True)
         if external:
-            others = [v for v in values if not _is_email(v)]
+            others = [v for v in values if not is_email(v)]
             await self._resolve_users(client, others, by_email=False)
 
     def user_id(self, value: str, *, external: bool = False) -> str | None:
@@ -249,7 +249,7 @@ class ExamScope:
         v = value.strip()
         if not v:
             return None
-        if _is_email(v):
+        if is_email(v):
             return self._users_by_email.get(normalize_email(v))
         if external:
             found = self._users_by_external.get(v)
@@ -344,10 +344,6 @@ class ExamScope:
                 continue
             out.setdefault(mid, line)
         return out
-
-
-def _is_email(value: str) -> bool:
-    return "@" in value
 
 
 async def gather_reads(fn: Callable[[Any], Awaitable[None]], values: Sequence[Any]) -> None:
