@@ -13,6 +13,7 @@ top-level package and hide the real cycles among the rest.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,7 @@ def _targets(
         yield sub if alias.name != "*" and sub in known else base
 
 
+@functools.cache  # read once per session (the tests only read the graph)
 def import_graph(root: Path = ROOT, package: str = PACKAGE) -> Graph:
     """The explicit runtime imports between the modules of the package at ``root``."""
     modules = _modules(root, package)
