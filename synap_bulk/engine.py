@@ -42,11 +42,11 @@ from .errors import (
 )
 from .items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from .retry import RetryPolicy, backoff
-from .tasks.base import ItemTask
 
 if TYPE_CHECKING:
     from .client import SynapClient
     from .ledger import ItemState, Ledger
+    from .tasks.base import ItemTask
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "RunResult"]
 

@@ -208,14 +208,7 @@ def test_no_import_cycles() -> None:
         "items",
         "ledger",
         "report",
-        pytest.param(
-            "engine",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine imports ItemTask from synap_bulk.tasks.base at run time (only "
-                "an annotation uses it), which also runs synap_bulk/tasks/__init__",
-            ),
-        ),
+        "engine",
     ],
 )
 def test_core_modules_import_nothing_from_tasks(name: str) -> None:
