@@ -110,12 +110,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .runner import resolve_profile
     from .tasks import build_task
 
     async def go() -> int:
         job = _load(args.job)
-        build_task(job, resolve_profile(job))  # every task's own checks, at their job-file line
+        build_task(job, job.profile)  # every task's own checks, at their job-file line
         print(f"{args.job}: ok ({job.spec.task.kind})")
         return 0
 

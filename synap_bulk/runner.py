@@ -25,7 +25,7 @@ from .engine import Engine, EngineConfig, RunResult
 from .errors import SynapBulkError
 from .items import Safety, StreamProgress, StreamResult
 from .ledger import Ledger
-from .profile import ApiProfile, load_profile
+from .profile import ApiProfile
 from .progress import Progress, Snapshot
 from .report import FailuresWriter, PlanWriter, SuccessWriter, Summary
 from .retry import RetryPolicy
@@ -42,7 +42,6 @@ __all__ = [
     "ledger_path",
     "out_dir",
     "plan_job",
-    "resolve_profile",
     "run_job",
     "status_job",
 ]
@@ -52,11 +51,6 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 
 T = TypeVar("T")
-
-
-def resolve_profile(job: JobFile) -> ApiProfile:
-    """The job's API profile: the defaults with its ``api.profile`` overrides (once per job)."""
-    return load_profile(job.spec.api.profile or None)
 
 
 def progress_snapshot(
@@ -229,7 +223,7 @@ async def run_job(
     reason, and exit code 2.
     """
     console = console or Console(stderr=True)
-    profile = resolve_profile(job)
+    profile = job.profile
     task = build_task(job, profile)
     out = out_dir(job)
     out.mkdir(parents=True, exist_ok=True)
@@ -468,7 +462,7 @@ async def _run_stream(
 async def plan_job(job: JobFile, *, console: Console | None = None) -> int:
     """Read everything, write nothing to the server; print what a run would do."""
     console = console or Console(stderr=True)
-    profile = resolve_profile(job)
+    profile = job.profile
     task = build_task(job, profile)
     try:
         async with open_client(job, profile) as client:

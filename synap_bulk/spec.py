@@ -19,6 +19,7 @@ from msgspec import Meta, Struct
 from msgspec import inspect as mi
 
 from .errors import InsecureURL, SpecError
+from .profile import DEFAULT_PROFILE, ApiProfile, load_profile
 from .urls import check_base_url
 from .yamlmarks import Reader, compose, nearest_line, show, unknown_key_message
 
@@ -222,11 +223,15 @@ def job_schema() -> dict[str, Any]:
 class JobFile:
     """A validated job file with the line of every key, for errors found later."""
 
-    def __init__(self, spec: Job, path: Path, lines: dict[str, int]) -> None:
+    def __init__(
+        self, spec: Job, path: Path, lines: dict[str, int], profile: ApiProfile = DEFAULT_PROFILE
+    ) -> None:
         self.spec = spec
         self.path = path
         self.dir = path.parent
         self._lines = lines
+        #: The API profile: the defaults with ``api.profile`` applied, resolved once at load.
+        self.profile = profile
 
     def __repr__(self) -> str:
         return f"JobFile({str(self.path)!r}, name={self.spec.name!r}, kind={self.spec.task.kind!r})"
@@ -310,10 +315,8 @@ def _check(job: JobFile, data: dict[str, Any], reader: Reader) -> None:
     if api.token is not None and api.token_file is not None:
         raise err("api.token_file", "give api.token or api.token_file, not both")
     if api.profile:
-        from .profile import ApiProfile, load_profile
-
         try:
-            load_profile(dict(api.profile))
+            job.profile = load_profile(dict(api.profile))
         except msgspec.ValidationError as exc:
             raw = data["api"]["profile"]
             raise reader.error_from(exc, mi.type_info(ApiProfile), raw, "api.profile") from None

@@ -57,6 +57,18 @@ def error_of(tmp_path: Path, text: str) -> str:
     return str(info.value).replace(str(tmp_path) + "/", "")
 
 
+def test_the_api_profile_is_resolved_once_at_load(tmp_path: Path) -> None:
+    """The job's API profile (defaults plus api.profile) is resolved when the job loads, and
+    every part of a run reads that one object."""
+    from synap_bulk.profile import DEFAULT_PROFILE
+
+    assert load_job(write(tmp_path, BASE)).profile is DEFAULT_PROFILE
+    text = BASE.replace("  rate: 20\n", "  rate: 20\n  profile: {attempts_path: tries}\n")
+    job = load_job(write(tmp_path, text))
+    assert job.profile.attempts_path == "tries"
+    assert job.profile.users_path == DEFAULT_PROFILE.users_path
+
+
 def test_valid_job_loads_with_defaults_and_lines(tmp_path: Path) -> None:
     """A valid job converts to Structs with defaults, numbers kept as text where a string is
     wanted, and every key's line known."""
