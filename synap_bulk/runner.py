@@ -259,7 +259,7 @@ async def run_job(
         ended.summary.write(out / "summary.json")
     console.print(ended.summary)
     for line in ended.lines:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return ended.code
 
 

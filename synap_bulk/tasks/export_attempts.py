@@ -634,7 +634,10 @@ class ExportAttemptsTask:
             status=r.status,
             counts={"exported": r.rows},
             message=message,
-            details=msgspec.to_builtins(r),
+            # The run's status and time are the summary's own; the rest describes the file.
+            details={
+                k: v for k, v in msgspec.to_builtins(r).items() if k not in ("status", "elapsed_s")
+            },
         )
 
     async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
