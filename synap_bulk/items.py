@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from msgspec import Struct
@@ -27,6 +28,7 @@ __all__ = [
     "ItemError",
     "Outcome",
     "PlanRow",
+    "RunContext",
     "Safety",
     "StreamProgress",
     "StreamResult",
@@ -93,6 +95,13 @@ class CsvStyle(Struct, frozen=True, kw_only=True):
 
     delimiter: str = ","
     bom: bool = False
+
+
+class RunContext(Struct, frozen=True, kw_only=True):
+    """Which run of the job this is: its number in the ledger and when it started (UTC)."""
+
+    run_id: int
+    started_at: datetime
 
 
 class StreamProgress(Struct, frozen=True, kw_only=True):

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS items (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     row TEXT,
-    updated_at REAL NOT NULL  -- julian day, UTC: datetime(updated_at) reads it
+    updated_at REAL NOT NULL,  -- julian day, UTC: datetime(updated_at) reads it
+    run INTEGER NOT NULL DEFAULT 0  -- the run that last recorded the item
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
@@ -69,20 +70,27 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL,
     ended_at TEXT,
     status TEXT NOT NULL,
-    summary TEXT
+    summary TEXT,
+    pid INTEGER  -- the process that ran it: gone while 'running' means interrupted
 );
 """
 
+#: Columns added since the first release, added to an older ledger when it is opened.
+_MIGRATIONS = (
+    ("items", "run", "ALTER TABLE items ADD COLUMN run INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "pid", "ALTER TABLE runs ADD COLUMN pid INTEGER"),
+)
+
 _UPSERT = """
-INSERT INTO items (key, line, status, action, remote_id, attempts, error, row, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, julianday('now'))
+INSERT INTO items (key, line, status, action, remote_id, attempts, error, row, run, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, julianday('now'))
 ON CONFLICT(key) DO UPDATE SET
     line = excluded.line, status = excluded.status,
     action = CASE WHEN excluded.action = '' THEN items.action ELSE excluded.action END,
     remote_id = CASE WHEN excluded.remote_id = '' THEN items.remote_id
                      ELSE excluded.remote_id END,
     attempts = excluded.attempts, error = excluded.error, row = excluded.row,
-    updated_at = excluded.updated_at
+    run = excluded.run, updated_at = excluded.updated_at
 """
 
 
@@ -95,6 +103,8 @@ class ItemState(Struct, frozen=True, kw_only=True):
     action: str = ""
     #: The HTTP status (or "transport", "invalid", ...) of the last error, '' when none.
     error_status: str = ""
+    #: The run that last recorded the item (0 in a ledger older than run numbers).
+    run: int = 0
 
 
 class FailedItem(Struct, frozen=True, kw_only=True):
@@ -116,6 +126,8 @@ class RunInfo(Struct, frozen=True, kw_only=True):
     ended_at: str | None
     status: str
     summary: dict[str, Any] | None = None
+    #: The process that ran it (None in a ledger older than this field).
+    pid: int | None = None
 
 
 class LedgerStats(Struct, frozen=True, kw_only=True):
@@ -136,7 +148,7 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_Record = tuple[str, int, str, str, str, int, str | None, str | None]
+_Record = tuple[str, int, str, str, str, int, str | None, str | None, int]
 _Call = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any] | None"]
 
 
@@ -162,6 +174,8 @@ class Ledger:
         self._failure: BaseException | None = None
         self._transactions = 0
         self._records_written = 0
+        #: The run in progress (set by begin_run); every record carries it.
+        self.run_id = 0
         self._thread = threading.Thread(
             target=self._writer, name=f"ledger:{path.name}", daemon=True
         )
@@ -177,14 +191,21 @@ class Ledger:
         task_hash: str,
         input_hash: str,
         restart: bool = False,
+        check_input: bool = True,
     ) -> Ledger:
-        """Open or create the ledger; refuse one whose task or input changed unless restarting."""
+        """Open or create the ledger; refuse one whose task or input changed unless restarting.
+
+        ``check_input=False`` accepts another input (a file of fixed rows fed back): items are
+        matched by key, and the ledger keeps the hash of the job's own input.
+        """
         ledger = cls(Path(path), asyncio.get_running_loop())
         ledger._lock_fd = _lock(ledger.path)
         ledger._thread.start()
         try:
             await ledger._call(
-                lambda db: _init_meta(db, ledger.path, job_name, task_hash, input_hash, restart)
+                lambda db: _init_meta(
+                    db, ledger.path, job_name, task_hash, input_hash, restart, check_input
+                )
             )
         except BaseException:
             await ledger.close()
@@ -231,12 +252,15 @@ class Ledger:
             status, action, remote_id = outcome, "", ""
         err = None if error is None else _encode(error).decode()
         row = _encode(dict(item.row)).decode() if status in _KEEP_ROW else None
-        self._add_record((item.key, item.line, status, action, remote_id, attempts, err, row))
+        self._add_record(
+            (item.key, item.line, status, action, remote_id, attempts, err, row, self.run_id)
+        )
 
     async def mark_in_flight(self, item: Item, attempts: int = 0) -> None:
         """Record the item as in flight and return once that is committed (group commit)."""
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._add_record((item.key, item.line, "in_flight", "", "", attempts, None, None), fut)
+        rec = (item.key, item.line, "in_flight", "", "", attempts, None, None, self.run_id)
+        self._add_record(rec, fut)
         await fut
 
     async def forget(self, item: Item) -> None:
@@ -260,16 +284,17 @@ class Ledger:
             out: dict[str, ItemState] = {}
             cur = db.execute(
                 "SELECT key, status, attempts, remote_id, action, "
-                "CASE WHEN error IS NULL THEN '' ELSE json_extract(error, '$.status') END "
+                "CASE WHEN error IS NULL THEN '' ELSE json_extract(error, '$.status') END, run "
                 "FROM items"
             )
-            for key, status, attempts, remote_id, action, err in cur:
+            for key, status, attempts, remote_id, action, err, run in cur:
                 out[key] = ItemState(
                     status=status,
                     attempts=attempts,
                     remote_id=remote_id,
                     action=action,
                     error_status=err or "",
+                    run=run,
                 )
             return out
 
@@ -297,14 +322,84 @@ class Ledger:
 
         return await self._call(read)
 
-    async def counts(self) -> dict[str, int]:
-        """How many items are in each status."""
+    async def counts(self, run: int | None = None) -> dict[str, int]:
+        """How many items are in each status (of those ``run`` recorded last, when given)."""
 
         def read(db: sqlite3.Connection) -> dict[str, int]:
-            cur = db.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
+            if run is None:
+                cur = db.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
+            else:
+                cur = db.execute(
+                    "SELECT status, COUNT(*) FROM items WHERE run = ? GROUP BY status", (run,)
+                )
             return {status: n for status, n in cur}
 
         return await self._call(read)
+
+    async def action_counts(self, run: int | None = None) -> dict[str, int]:
+        """How many done items took each action (created, updated, ...), optionally of one run."""
+
+        def read(db: sqlite3.Connection) -> dict[str, int]:
+            sql = "SELECT action, COUNT(*) FROM items WHERE status = 'done' AND action != ''"
+            args: tuple[int, ...] = ()
+            if run is not None:
+                sql += " AND run = ?"
+                args = (run,)
+            cur = db.execute(sql + " GROUP BY action ORDER BY action", args)
+            return {action: n for action, n in cur}
+
+        return await self._call(read)
+
+    async def settle(self, keys: list[str], *, applied: bool) -> dict[str, str]:
+        """Settle in-doubt items a person has checked on the server.
+
+        ``applied``: the request took effect, so the item is done (action ``settled``) and is
+        never sent again. Otherwise it did not: the item is forgotten, so the next run sends it.
+        Returns, for each key, ``settled`` or why not (``not in doubt: <status>``, ``unknown``).
+        """
+        run = self.run_id
+
+        def write(db: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for key in keys:
+                row = db.execute("SELECT status FROM items WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    out[key] = "unknown"
+                elif row[0] != "in_doubt":
+                    out[key] = f"not in doubt: {row[0]}"
+                elif applied:
+                    db.execute(
+                        "UPDATE items SET status = 'done', action = 'settled', error = NULL, "
+                        "row = NULL, run = ?, updated_at = julianday('now') WHERE key = ?",
+                        (run, key),
+                    )
+                    out[key] = "settled"
+                else:
+                    db.execute("DELETE FROM items WHERE key = ?", (key,))
+                    out[key] = "settled"
+            return out
+
+        return await self._call(write)
+
+    async def get_meta(self, name: str) -> str | None:
+        """A value the ledger keeps about its job (e.g. the portal it belongs to)."""
+
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT v FROM meta WHERE k = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._call(read)
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Keep a value about the job; committed when this returns."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (name, value),
+            )
+
+        await self._call(write)
 
     # -- cursors ---------------------------------------------------------------------------
 
@@ -332,16 +427,20 @@ class Ledger:
     # -- runs ------------------------------------------------------------------------------
 
     async def begin_run(self) -> int:
-        """Record a run as started; returns its id."""
+        """Record a run as started by this process; returns its id, which every item record of
+        the run carries from now on."""
         started = _now_iso()
+        pid = os.getpid()
 
         def write(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO runs (started_at, status) VALUES (?, 'running')", (started,)
+                "INSERT INTO runs (started_at, status, pid) VALUES (?, 'running', ?)",
+                (started, pid),
             )
             return int(cur.lastrowid or 0)
 
-        return await self._call(write)
+        self.run_id = await self._call(write)
+        return self.run_id
 
     async def end_run(self, run_id: int, status: str, summary: Mapping[str, Any]) -> None:
         """Record how a run ended (completed | stopped | aborted) and its summary."""
@@ -372,7 +471,7 @@ class Ledger:
 
         def read(db: sqlite3.Connection) -> list[RunInfo]:
             cur = db.execute(
-                "SELECT id, started_at, ended_at, status, summary FROM runs ORDER BY id"
+                "SELECT id, started_at, ended_at, status, summary, pid FROM runs ORDER BY id"
             )
             return [
                 RunInfo(
@@ -381,8 +480,9 @@ class Ledger:
                     ended_at=ended,
                     status=status,
                     summary=_summary_decoder.decode(summary) if summary else None,
+                    pid=pid,
                 )
-                for rid, started, ended, status, summary in cur
+                for rid, started, ended, status, summary, pid in cur
             ]
 
         return await self._call(read)
@@ -579,6 +679,10 @@ def _connect(path: Path) -> sqlite3.Connection:
             raise CheckpointError(f"{path}: cannot use WAL mode (journal_mode is {mode})")
         db.execute("PRAGMA synchronous = NORMAL")
         db.executescript(_SCHEMA)
+        for table, column, alter in _MIGRATIONS:
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                db.execute(alter)
     except sqlite3.Error as exc:
         raise CheckpointError(f"{path}: not a usable ledger: {exc}") from None
     return db
@@ -591,13 +695,14 @@ def _init_meta(
     task_hash: str,
     input_hash: str,
     restart: bool,
+    check_input: bool = True,
 ) -> None:
     meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
     if meta and not restart:
         changed = []
         if meta.get("task_hash") != task_hash:
             changed.append("the job's task section")
-        if meta.get("input_hash", "") != input_hash:
+        if check_input and meta.get("input_hash", "") != input_hash:
             changed.append("the input file")
         if changed:
             raise CheckpointError(

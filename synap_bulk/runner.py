@@ -14,6 +14,7 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from rich.console import Console
 from .client import ClientStatistics, SynapClient
 from .engine import Engine, EngineConfig, RunResult
 from .errors import SynapBulkError
-from .items import Safety, StreamProgress, StreamResult
+from .items import RunContext, Safety, StreamProgress, StreamResult
 from .ledger import Ledger
 from .profile import ApiProfile
 from .progress import Progress, Snapshot
@@ -410,6 +411,7 @@ async def _run_stream(
     handle_signals: bool,
 ) -> _Ended:
     last = StreamProgress()
+    run = RunContext(run_id=ledger.run_id, started_at=datetime.now(UTC))
 
     def on_progress(p: StreamProgress) -> None:
         nonlocal last
@@ -427,7 +429,7 @@ async def _run_stream(
 
     async def work() -> StreamResult | None:
         with scope:
-            return await task.run(client, ledger, stop=stop, progress=on_progress)
+            return await task.run(client, ledger, stop=stop, progress=on_progress, run=run)
         return None  # cancelled by a second Ctrl-C: the page in progress is redone on resume
 
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [progress.run]

@@ -23,6 +23,7 @@ from ..items import (
     Item,
     Outcome,
     PlanRow,
+    RunContext,
     Safety,
     StreamProgress,
     StreamResult,
@@ -128,8 +129,11 @@ class StreamTask(Protocol):
         *,
         stop: anyio.Event,
         progress: Callable[[StreamProgress], None],
+        run: RunContext,
     ) -> StreamResult:
-        """Run or resume; return ``stopped`` at the first page boundary after ``stop`` is set."""
+        """Run or resume; return ``stopped`` at the first page boundary after ``stop`` is set.
+
+        ``run`` names this run (e.g. for an output file named after it)."""
         ...
 
     async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:

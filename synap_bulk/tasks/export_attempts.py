@@ -36,7 +36,7 @@ from msgspec import Struct
 
 from ..clock import Clock, SystemClock
 from ..errors import CheckpointError, Forbidden, NotFound, SynapBulkError
-from ..items import StreamProgress, StreamResult
+from ..items import RunContext, StreamProgress, StreamResult
 from ..jsonapi import UNSET, AnyResource, Document, NewResource, Relationship, ResourceIdentifier
 from ..resources import (
     TYPE_BACKGROUND_JOB,
@@ -602,6 +602,7 @@ class ExportAttemptsTask:
         *,
         stop: anyio.Event,
         progress: Callable[[StreamProgress], None],
+        run: RunContext,
     ) -> StreamResult:
         last_phase: list[Phase] = []
 
