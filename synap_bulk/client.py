@@ -55,12 +55,14 @@ from .jsonapi import (
 )
 from .profile import DEFAULT_PROFILE, ApiProfile
 from .ratecontrol import RateController, RateSettings, parse_retry_after
+from .resources import Portal, User
 from .retry import RetryBudget, RetryPolicy, backoff, is_retryable
 from .transport import AiohttpTransport, RawResponse, Timeouts, Transport
 from .urls import check_base_url
 
 __all__ = [
     "ClientStatistics",
+    "Identity",
     "InsecureURL",
     "MissingToken",
     "PageCursor",
@@ -142,19 +144,56 @@ class _Latency:
         return float(2.0 ** ((k + 0.5) / self._PER_OCTAVE) - 1.0)
 
 
-def _read_token(token: str | None, token_file: str | os.PathLike[str] | None) -> str:
-    value = token if token is not None else os.environ.get("SYNAP_TOKEN")
-    if not value and token_file is not None:
+TokenSource = Literal["job token", "job token_file", "SYNAP_TOKEN"]
+
+
+def _read_token(
+    token: str | None, token_file: str | os.PathLike[str] | None
+) -> tuple[str, TokenSource]:
+    """The token and where it came from: ``token``, else ``token_file``, else ``SYNAP_TOKEN``.
+
+    What the job names explicitly wins over what the environment happens to hold, so a
+    staging job is never sent to production by a variable left over in a shell.
+    """
+    source: TokenSource
+    if token is not None:
+        value, source = token, "job token"
+    elif token_file is not None:
         try:
             value = Path(token_file).read_text(encoding="utf-8")
         except OSError as exc:
             raise MissingToken(f"cannot read the token file {token_file}: {exc.strerror}") from None
-    value = (value or "").strip()
+        source = "job token_file"
+        if not value.strip():
+            raise MissingToken(f"the token file {token_file} is empty")
+    else:
+        value, source = os.environ.get("SYNAP_TOKEN", ""), "SYNAP_TOKEN"
+    value = value.strip()
     if not value:
-        raise MissingToken("no token: pass token=, set SYNAP_TOKEN, or give a token file")
+        raise MissingToken("no token: pass token=, give a token file, or set SYNAP_TOKEN")
     if any(c in value for c in "\r\n\0"):
         raise MissingToken("the token contains a line break or NUL character")
-    return value
+    return value, source
+
+
+class Identity(Struct, frozen=True, kw_only=True):
+    """Who a token acts as: its portal and (where the API says) its user. Never the token."""
+
+    portal_id: str
+    portal_name: str = ""
+    user_id: str = ""
+    user_name: str = ""
+    user_email: str = ""
+
+    def describe(self) -> str:
+        """``Ada Admin <ada@x.org> (id u1) on portal Sandbox (id p1)``."""
+        who = ""
+        if self.user_id:
+            name = self.user_name or self.user_email or self.user_id
+            mail = f" <{self.user_email}>" if self.user_email and self.user_name else ""
+            who = f"{name}{mail} (id {self.user_id}) on "
+        portal = self.portal_name or self.portal_id
+        return f"{who}portal {portal} (id {self.portal_id})"
 
 
 _TAG = re.compile(rb"<[^>]*>")
@@ -179,7 +218,8 @@ class SynapClient:
 
     ``rate`` is a ceiling in requests per second, ``None`` (no ceiling: slow down only when the
     server throttles) or ``"auto"`` (find the server's limit). ``concurrency`` caps requests in
-    flight. The token comes from ``token``, else ``SYNAP_TOKEN``, else ``token_file``.
+    flight. The token comes from ``token``, else ``token_file``, else ``SYNAP_TOKEN``
+    (:attr:`token_source` says which).
     """
 
     def __init__(
@@ -203,7 +243,7 @@ class SynapClient:
         parts = urlsplit(self.base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
-        self._token = _read_token(token, token_file)
+        self._token, self.token_source = _read_token(token, token_file)
         self.profile = profile
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
@@ -357,6 +397,7 @@ class SynapClient:
         started = clock.now()
         faults = 0
         throttles = 0
+        unknown = False  # an earlier attempt may have taken effect
         while True:
             sent_at = await rate.acquire()
             self._budget.record_request()
@@ -383,7 +424,13 @@ class SynapClient:
                     return Response(status, raw.headers, raw.body, method, where)
                 error = self._api_error(method, where, raw)
             if not is_retryable(error, method, idempotent, policy):
+                if unknown and isinstance(error, ApiError):
+                    error.after_unknown = True
                 raise error
+            if not isinstance(error, RateLimited) and not (
+                isinstance(error, TransportError) and error.never_sent
+            ):
+                unknown = True
             wait = 0.0
             if isinstance(error, RateLimited):
                 self._throttled += 1
@@ -440,6 +487,26 @@ class SynapClient:
         resp = await self.request("GET", f"{path}/{quote(id, safe='')}")
         doc: Document[T] = self._decode(resp, self._type(Document, tp))
         return doc.data
+
+    async def identity(self) -> Identity:
+        """Who this client's token acts as: the portal, and the user where the profile has a
+        route for it (the Subject-User when one is set). Read-only; a bad token raises the
+        server's 401 (or the 404 a misconfigured token may get) like any request."""
+        p = self.profile
+        resp = await self.request("GET", p.portal_current_path)
+        portal: Portal = self._decode(resp, self._type(Document, Portal)).data
+        ident = Identity(portal_id=portal.id, portal_name=portal.attributes.name or "")
+        if not p.current_user_path:
+            return ident
+        resp = await self.request("GET", p.current_user_path)
+        user: User = self._decode(resp, self._type(Document, User)).data
+        return Identity(
+            portal_id=ident.portal_id,
+            portal_name=ident.portal_name,
+            user_id=user.id,
+            user_name=user.attributes.name or "",
+            user_email=user.attributes.emailAddress or "",
+        )
 
     async def get_page(
         self, path: str, params: Mapping[str, Any] | None, tp: type[T]

@@ -383,8 +383,10 @@ class Engine:
         attempts = 0
         marked = False
         reconcile_first = False
+        unknown = False  # an earlier attempt of this item may have taken effect
         if state is not None:
             attempts = state.attempts
+            unknown = state.status == "in_flight" or _was_ambiguous(state.error_status)
             if state.status == "in_flight":
                 if safety is Safety.UNSAFE:
                     self._record_in_doubt(item, attempts, "in-flight", IN_DOUBT_AFTER_CRASH)
@@ -416,6 +418,7 @@ class Engine:
                 return
             except _RETRYABLE as exc:
                 refused = _not_carried_out(exc)
+                unknown = unknown or not refused
                 if not isinstance(_last(exc), RateLimited):  # throttling is not a sick server
                     self._note(True)
                 if not refused:
@@ -452,6 +455,12 @@ class Engine:
                 continue
             except ApiError as exc:  # 4xx: the server refused this item
                 self._note(False)
+                gone = task.absent_means_done(item) if exc.status == 404 else ""
+                if gone and (unknown or exc.after_unknown):
+                    # A repeated DELETE found nothing: the attempt whose answer was lost did it.
+                    self._reconciled += 1
+                    self._finish(item, Outcome(status="done", action=gone), attempts)
+                    return
                 self._failed += 1
                 ledger.record(item, "failed", attempts, self._api_item_error(exc))
                 return

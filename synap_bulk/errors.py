@@ -99,7 +99,14 @@ class ConnectionDropped(TransportError):
 
 
 class ApiError(SynapBulkError):
-    """The server answered with an error status."""
+    """The server answered with an error status.
+
+    ``after_unknown`` is True when the client got this answer on a retry of a request whose
+    earlier attempt may have taken effect (a 5xx, a dropped connection): a 404 to a repeated
+    DELETE then means the first one did its work.
+    """
+
+    after_unknown: bool = False
 
     def __init__(
         self,

@@ -42,6 +42,11 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     exports_path: str = "export-enriched-attempts"  # [ASSUMED] from the TOC name
     background_jobs_path: str = "background-jobs"  # [ASSUMED] from the TOC name
     portals_path: str = "portals"  # [ASSUMED] body seen, path not
+    #: [ASSUMED] the portal a token belongs to, under ``portals_path``.
+    portal_current_path: str = "portals/current"
+    #: [ASSUMED] the user a token acts as (or the Subject-User); "" when the API has no such
+    #: route: identity is then the portal alone.
+    current_user_path: str = "users/me"
     #: [ASSUMED] the /relationships/<segment> of each marker role on an attempt.
     marker_role_paths: dict[str, str] = msgspec.field(default_factory=_role_paths)
 

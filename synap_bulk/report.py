@@ -282,6 +282,11 @@ class Summary(Struct, kw_only=True):
     ``aborted`` (401 or a second signal). ``counts`` always holds :data:`COUNT_KEYS` and any
     further per-status or per-action counts the ledger gave. ``skipped`` counts items already
     done in an earlier run. ``achieved_rate`` is requests per second of elapsed time.
+
+    ``this_run`` is what this run did (its items' statuses and actions, ``skipped`` for those an
+    earlier run had done); ``job_total`` is where the whole job stands after it. ``counts``
+    keeps the job totals as before. ``acting_as``/``portal_id``/``token_from`` say who the token
+    acted as and where it came from (never the token itself).
     """
 
     job_name: str
@@ -307,6 +312,13 @@ class Summary(Struct, kw_only=True):
     task: dict[str, Any] = {}
     failures_file: str = ""
     success_file: str = ""
+    run_id: int = 0
+    run_dir: str = ""
+    this_run: dict[str, int] = {}
+    job_total: dict[str, int] = {}
+    acting_as: str = ""
+    portal_id: str = ""
+    token_from: str = ""
 
     @classmethod
     def build(
@@ -383,25 +395,30 @@ class Summary(Struct, kw_only=True):
         ``markup=False``, since a job name or reason may hold ``[brackets]``. A row too long
         for the width continues on the next line under its first figure.
         """
-        c = self.counts
+        c = self.job_total or self.counts
         lines = [
             f"{self.job_name} ({self.kind}): {self.status} in {format_duration(self.elapsed_s)}"
         ]
+        if self.run_id:
+            lines[0] = (
+                f"{self.job_name} ({self.kind}) run {self.run_id}: " + lines[0].split(": ", 1)[1]
+            )
         if self.reason:
             lines[0] += f" - {self.reason}"
-        # Actions (created, updated, assigned, ...) are every count that is not a status.
-        actions = [f"{v:,} {k.replace('_', ' ')}" for k, v in c.items() if k not in _STATUSES and v]
-        items = [f"{c.get('done', 0):,} done" + (f" ({', '.join(actions)})" if actions else "")]
-        if c.get("skipped"):
-            items.append(f"{c['skipped']:,} already done")
-        # Left for a resume (a stopped run): neither done nor anything to fix yet.
-        items += [f"{c[k]:,} {k.replace('_', ' ')}" for k in _LEFT if c.get(k)]
+        rows: list[tuple[str, list[str]]] = []
+        if self.acting_as:
+            rows.append(("acting as", [f"{self.acting_as} (token from {self.token_from})"]))
+        if self.this_run:
+            rows.append(("this run", _items(self.this_run, skipped=True, left=False)))
+            rows.append(("job total", _items(c, skipped=False, left=True)))
+        else:
+            rows.append(("items", _items(c, skipped=True, left=True)))
         # What needs a person's attention on a line of its own, zeros included: a summary that
         # says "0 failed" is one you can trust.
         to_fix = [
             f"{c.get(k, 0):,} {k.replace('_', ' ')}" for k in ("failed", "invalid", "in_doubt")
         ]
-        rows: list[tuple[str, list[str]]] = [("items", items), ("to fix", to_fix)]
+        rows.append(("to fix", to_fix))
         rows.append(
             (
                 "requests",
@@ -444,6 +461,8 @@ class Summary(Struct, kw_only=True):
             rows.append(("failures", [self.failures_file]))
         if self.success_file:
             rows.append(("success", [self.success_file]))
+        if self.run_dir:
+            rows.append(("run files", [self.run_dir]))
         label_width = max(len(label) for label, _ in rows)
         indent = " " * (label_width + 4)
         for label, parts in rows:
@@ -451,6 +470,18 @@ class Summary(Struct, kw_only=True):
             lines.append(f"  {label:<{label_width}}  {first}")
             lines += [indent + line for line in rest]
         return "\n".join(lines)
+
+
+def _items(c: Mapping[str, int], *, skipped: bool, left: bool) -> list[str]:
+    """``1,234 done (1,000 created, 234 unchanged) · 5 already done · 3 not started``."""
+    # Actions (created, updated, assigned, ...) are every count that is not a status.
+    actions = [f"{v:,} {k.replace('_', ' ')}" for k, v in c.items() if k not in _STATUSES and v]
+    items = [f"{c.get('done', 0):,} done" + (f" ({', '.join(actions)})" if actions else "")]
+    if skipped and c.get("skipped"):
+        items.append(f"{c['skipped']:,} already done")
+    if left:  # left for a resume (a stopped run): neither done nor anything to fix yet
+        items += [f"{c[k]:,} {k.replace('_', ' ')}" for k in _LEFT if c.get(k)]
+    return items
 
 
 def _wrap(parts: list[str], width: int) -> list[str]:

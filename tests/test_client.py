@@ -112,15 +112,25 @@ async def test_headers_carry_bearer_token_media_type_and_subject_user() -> None:
     assert get_body is None and patch_body == b'{"data":{"type":"User","id":"1"}}'
 
 
-def test_token_from_env_then_file_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The token comes from the argument, else SYNAP_TOKEN, else the file, without whitespace."""
+def test_token_from_argument_then_file_then_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The token comes from the argument, else the file, else SYNAP_TOKEN, without whitespace:
+    what the job names explicitly wins over a variable left in the environment, and the
+    client says where its token came from."""
     file = tmp_path / "token"
     file.write_text("  p:from-file \n")
-    monkeypatch.delenv("SYNAP_TOKEN", raising=False)
-    assert SynapClient(BASE, token_file=file)._token == "p:from-file"
     monkeypatch.setenv("SYNAP_TOKEN", " p:from-env\n")
-    assert SynapClient(BASE, token_file=file)._token == "p:from-env"
-    assert SynapClient(BASE, token="p:arg", token_file=file)._token == "p:arg"
+    c = SynapClient(BASE, token_file=file)
+    assert (c._token, c.token_source) == ("p:from-file", "job token_file")
+    c = SynapClient(BASE, token="p:arg", token_file=file)
+    assert (c._token, c.token_source) == ("p:arg", "job token")
+    c = SynapClient(BASE)
+    assert (c._token, c.token_source) == ("p:from-env", "SYNAP_TOKEN")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(MissingToken, match="is empty"):
+        SynapClient(BASE, token_file=empty)
 
 
 def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

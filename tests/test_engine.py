@@ -17,6 +17,7 @@ from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import (
     BadRequest,
     ConnectError,
+    NotFound,
     RateLimited,
     RequestTimeout,
     RetryBudgetExhausted,
@@ -64,6 +65,7 @@ class FakeTask:
         self.started = 0
         self.started_enough = anyio.Event()
         self.wait_for = 0
+        self.gone_action = ""
 
     async def prepare(self, client: Any) -> None:
         return None
@@ -108,6 +110,9 @@ class FakeTask:
 
     def column_for_pointer(self, pointer: str) -> str:
         return {"/data/attributes/emailAddress": "email"}.get(pointer, "")
+
+    def absent_means_done(self, item: Item) -> str:
+        return self.gone_action
 
     def summary(self) -> dict[str, Any]:
         return {}
@@ -620,3 +625,33 @@ async def test_stopping_forgets_an_unsafe_item_that_was_refused(tmp_path: Path) 
         assert resumed.executed == ["k0"]
         assert r.stats.in_doubt == 0
         assert await ledger.counts() == {"done": 1}
+
+
+async def test_repeated_delete_that_finds_nothing_after_an_unknown_outcome_is_done(
+    tmp_path: Path,
+) -> None:
+    """A DELETE whose first answer was lost (5xx) and whose retry gets 404 did its work: the
+    item is done with the task's action and counted as reconciled, not failed."""
+    gone = NotFound(method="DELETE", path="/v3/users/u1", status=404)
+    task = FakeTask(2, faults={"k0": [server_error(), gone], "k1": [gone]})
+    task.gone_action = "deleted"
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r = await engine(task, ledger).run()
+        states = await ledger.load_states()
+    assert states["k0"].status == "done" and states["k0"].action == "deleted"
+    # A 404 with no unknown attempt before it is a real failure: the target never existed.
+    assert states["k1"].status == "failed"
+    assert r.stats.reconciled == 1 and r.stats.failed == 1
+
+
+async def test_client_retry_404_after_unknown_outcome_is_done(tmp_path: Path) -> None:
+    """The client's own retry of a DELETE can be the one that gets 404: it marks the error as
+    coming after an unknown outcome, and the engine records the delete as done."""
+    gone = NotFound(method="DELETE", path="/v3/users/u1", status=404)
+    gone.after_unknown = True
+    task = FakeTask(1, faults={"k0": [gone]})
+    task.gone_action = "deleted"
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r = await engine(task, ledger).run()
+        states = await ledger.load_states()
+    assert states["k0"].status == "done" and r.stats.reconciled == 1

@@ -194,6 +194,13 @@ def test_summary_build_json_and_fields() -> None:
         "task",
         "failures_file",
         "success_file",
+        "run_id",
+        "run_dir",
+        "this_run",
+        "job_total",
+        "acting_as",
+        "portal_id",
+        "token_from",
     }
     assert set(COUNT_KEYS) <= set(data["counts"])
     assert data["counts"]["skipped"] == 10

@@ -513,6 +513,9 @@ class AssignMarkersTask:
             status="done", action="assigned" if self.assign else "unassigned", remote_id=aid
         )
 
+    def absent_means_done(self, item: Item) -> str:
+        return ""  # relationship writes have set semantics: a 404 is a missing attempt
+
     def column_for_pointer(self, pointer: str) -> str:
         """A relationship body's ``/data/<n>`` is the marker: its column in the input."""
         if pointer.startswith("/data"):

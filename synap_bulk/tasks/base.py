@@ -93,6 +93,11 @@ class ItemTask(Protocol):
         """The input column a JSON:API ``source.pointer`` refers to ('' when none)."""
         ...
 
+    def absent_means_done(self, item: Item) -> str:
+        """The action to record when the item's target is gone (404) after an attempt whose
+        outcome was unknown, e.g. ``deleted`` for a DELETE; '' when a 404 is a failure."""
+        ...
+
     def render_plan(self) -> RenderableType | None:
         """Something to show above the plan counts (e.g. an allocation table), or None."""
         ...

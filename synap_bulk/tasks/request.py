@@ -285,6 +285,10 @@ class RequestTask:
             return None
         return _first_id(resp.body)
 
+    def absent_means_done(self, item: Item) -> str:
+        """A DELETE repeated after an unknown outcome that finds nothing did its work."""
+        return "deleted" if self.method == "DELETE" else ""
+
     def column_for_pointer(self, pointer: str) -> str:
         if self._body is None:
             return ""

@@ -364,6 +364,9 @@ class UserImportTask:
                 return names[0]
         return ""
 
+    def absent_means_done(self, item: Item) -> str:
+        return ""  # registrations and updates: a 404 is a real failure
+
     def column_for_pointer(self, pointer: str) -> str:
         parts = pointer.strip("/").split("/")
         if len(parts) >= 3 and parts[1] == "attributes":
