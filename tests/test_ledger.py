@@ -1,20 +1,30 @@
-"""The SQLite ledger: states, group commit, refusal of a changed job, cursors, runs, failures."""
+"""The SQLite ledger: states, group commit, refusal of a changed job, cursors, runs, failures,
+run numbers, meta values, settling in-doubt items, another input, older ledgers."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from synap_bulk.errors import CheckpointError
-from synap_bulk.items import InvalidRow, Item, ItemError, Outcome
+from synap_bulk.items import InvalidRow, Item, ItemError, Outcome, Safety
 from synap_bulk.ledger import Ledger
+
+from .test_engine import COMMIT_THEN_500, FakeTask, engine
 
 
 def item(n: int, **row: str) -> Item:
     return Item(key=f"k{n}", line=n + 1, row=row or {"email": f"u{n}@x.org"})
+
+
+def commit_then_500(*keys: str) -> dict[str, list[Any]]:
+    """Faults for FakeTask: each key's first request takes effect, then the server answers 500."""
+    return {key: [COMMIT_THEN_500] for key in keys}
 
 
 async def open_ledger(path: Path, *, task_hash: str = "t1", input_hash: str = "i1") -> Ledger:
@@ -158,3 +168,229 @@ async def test_a_second_run_of_the_same_job_is_refused(tmp_path: Path) -> None:
         first.record(item(1), Outcome(status="done"), 1)
     async with await open_ledger(path) as again:
         assert await again.counts() == {"done": 1}
+
+
+# -- runs, meta, settling, another input, older ledgers -------------------------------------------
+
+
+async def test_records_carry_the_run_that_made_them(tmp_path: Path) -> None:
+    """Every record and in-flight mark carries the run id begin_run set; counts and action
+    counts can be taken per run or over all runs."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        assert ledger.run_id == 0
+        r1 = await ledger.begin_run()
+        assert ledger.run_id == r1
+        ledger.record(item(1), Outcome(status="done", action="created"), 1)
+        ledger.record(item(2), Outcome(status="done", action="updated"), 1)
+        ledger.record(item(3), Outcome(status="failed", error=ItemError(status="400")), 1)
+        await ledger.end_run(r1, "completed", {})
+        r2 = await ledger.begin_run()
+        assert r2 > r1
+        ledger.record(item(3), Outcome(status="done", action="created"), 2)  # retried: now r2
+        ledger.record(item(4), Outcome(status="done", action="created"), 1)
+        await ledger.mark_in_flight(item(5))
+        states = await ledger.load_states()
+        assert {k: s.run for k, s in states.items()} == {
+            "k1": r1,
+            "k2": r1,
+            "k3": r2,
+            "k4": r2,
+            "k5": r2,
+        }
+        assert await ledger.counts(run=r1) == {"done": 2}
+        assert await ledger.counts(run=r2) == {"done": 2, "in_flight": 1}
+        assert await ledger.counts() == {"done": 4, "in_flight": 1}
+        assert await ledger.counts(run=r2 + 1) == {}
+        assert await ledger.action_counts(run=r1) == {"created": 1, "updated": 1}
+        assert await ledger.action_counts(run=r2) == {"created": 2}
+        assert await ledger.action_counts() == {"created": 3, "updated": 1}
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT key, run FROM items WHERE key = 'k3'").fetchone() == ("k3", r2)
+    db.close()
+
+
+async def test_runs_record_the_process_that_ran_them(tmp_path: Path) -> None:
+    """begin_run stores this process's id, and runs() returns it with each run."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        r1 = await ledger.begin_run()
+        await ledger.end_run(r1, "completed", {"done": 1})
+        await ledger.begin_run()  # left running, as a killed process would leave it
+    async with await Ledger.open_readonly(path) as reader:
+        runs = await reader.runs()
+    assert [(r.status, r.pid) for r in runs] == [
+        ("completed", os.getpid()),
+        ("running", os.getpid()),
+    ]
+
+
+async def test_settle_applied_is_done_and_never_sent_again(tmp_path: Path) -> None:
+    """An in-doubt item settled as applied becomes done with action `settled`, loses its kept
+    row and error, and the engine skips it on the next run."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        await engine(FakeTask(3, safety=Safety.UNSAFE, faults=commit_then_500("k1")), ledger).run()
+        assert (await ledger.load_states())["k1"].status == "in_doubt"
+        assert await ledger.settle(["k1"], applied=True) == {"k1": "settled"}
+        state = (await ledger.load_states())["k1"]
+        assert (state.status, state.action, state.error_status) == ("done", "settled", "")
+        assert await ledger.failed_items() == []
+        assert await ledger.action_counts() == {"created": 2, "settled": 1}
+    async with await open_ledger(path) as ledger:
+        again = FakeTask(3, safety=Safety.UNSAFE)
+        result = await engine(again, ledger).run()
+    assert again.executed == []
+    assert result.stats.skipped_done == 3
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT row, error FROM items WHERE key = 'k1'").fetchone() == (None, None)
+    db.close()
+
+
+async def test_settle_not_applied_is_forgotten_and_sent_on_the_next_run(tmp_path: Path) -> None:
+    """An in-doubt item settled as not applied leaves the ledger, so the next run sends it
+    (once) like an item never started."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        await engine(FakeTask(3, safety=Safety.UNSAFE, faults=commit_then_500("k2")), ledger).run()
+        assert await ledger.settle(["k2"], applied=False) == {"k2": "settled"}
+        assert "k2" not in await ledger.load_states()
+        assert await ledger.counts() == {"done": 2}
+    async with await open_ledger(path) as ledger:
+        again = FakeTask(3, safety=Safety.UNSAFE)
+        result = await engine(again, ledger).run()
+        assert (await ledger.load_states())["k2"].action == "created"
+    assert again.executed == ["k2"]
+    assert result.stats.done == 1
+
+
+async def test_settle_reports_unknown_and_not_in_doubt_keys_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Keys the ledger does not know, or whose item is not in doubt, are reported with the
+    reason and left exactly as they were, whichever way they are settled."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        ledger.record(item(1), Outcome(status="done", action="created", remote_id="r1"), 1)
+        ledger.record(item(2), Outcome(status="failed", error=ItemError(status="400")), 1)
+        ledger.record(item(3), "in_doubt", 1, ItemError(status="in-doubt"))
+        await ledger.flush()
+        before = await ledger.load_states()
+        for applied in (True, False):
+            answer = await ledger.settle(["k1", "k2", "nope"], applied=applied)
+            assert answer == {
+                "k1": "not in doubt: done",
+                "k2": "not in doubt: failed",
+                "nope": "unknown",
+            }
+        assert await ledger.load_states() == before
+        assert [f.key for f in await ledger.failed_items()] == ["k2", "k3"]
+
+
+async def test_meta_values_persist(tmp_path: Path) -> None:
+    """set_meta stores a value (replacing an earlier one) that get_meta reads after reopening;
+    an unset name reads None."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        assert await ledger.get_meta("portal") is None
+        await ledger.set_meta("portal", "p-1")
+        await ledger.set_meta("portal", "p-2")
+        assert await ledger.get_meta("job_name") == "job"
+    async with await open_ledger(path) as ledger:
+        assert await ledger.get_meta("portal") == "p-2"
+        assert await ledger.get_meta("input_hash") == "i1"
+
+
+async def test_check_input_false_accepts_another_input_and_keeps_the_original_hash(
+    tmp_path: Path,
+) -> None:
+    """With check_input=False another input hash is accepted without replacing the stored one,
+    so a later normal open with the job's own input still resumes; the task is still checked."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        ledger.record(item(1), Outcome(status="done"), 1)
+    with pytest.raises(CheckpointError, match="the input file changed"):
+        await open_ledger(path, input_hash="fixed-rows")
+    fed_back = await Ledger.open(
+        path, job_name="job", task_hash="t1", input_hash="fixed-rows", check_input=False
+    )
+    async with fed_back as ledger:
+        assert await ledger.get_meta("input_hash") == "i1"
+        ledger.record(item(2), Outcome(status="done"), 1)
+    with pytest.raises(CheckpointError, match="the job's task section changed"):
+        await Ledger.open(path, job_name="job", task_hash="t2", input_hash="", check_input=False)
+    async with await open_ledger(path) as ledger:
+        assert set(await ledger.load_states()) == {"k1", "k2"}
+        assert await ledger.get_meta("input_hash") == "i1"
+
+
+#: The first release's schema: items without ``run``, runs without ``pid``.
+OLD_SCHEMA = """
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE items (
+    key TEXT PRIMARY KEY,
+    line INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    action TEXT NOT NULL DEFAULT '',
+    remote_id TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    row TEXT,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL,
+    summary TEXT
+);
+"""
+
+
+async def test_a_ledger_of_the_previous_schema_opens_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A ledger written before run numbers and pids opens, gains both columns, keeps its items,
+    cursors and runs (run 0, no pid) and resumes as before."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.executemany(
+        "INSERT INTO meta (k, v) VALUES (?, ?)",
+        [("job_name", "job"), ("task_hash", "t1"), ("input_hash", "i1"), ("created", "then")],
+    )
+    db.execute(
+        "INSERT INTO items (key, line, status, action, remote_id, attempts, updated_at) "
+        "VALUES ('k1', 2, 'done', 'created', 'r1', 1, julianday('now'))"
+    )
+    db.execute(
+        "INSERT INTO items (key, line, status, attempts, error, row, updated_at) VALUES "
+        """('k2', 3, 'in_doubt', 1, '{"status":"in-doubt"}', '{"email":"u2@x.org"}', 0)"""
+    )
+    db.execute("INSERT INTO cursors (name, value) VALUES ('c', 'page 2')")
+    db.execute(
+        "INSERT INTO runs (started_at, ended_at, status) VALUES ('2024-01-01T00:00:00Z', "
+        "'2024-01-01T00:01:00Z', 'completed')"
+    )
+    db.commit()
+    db.close()
+    async with await open_ledger(path) as ledger:
+        states = await ledger.load_states()
+        assert (states["k1"].status, states["k1"].remote_id, states["k1"].run) == ("done", "r1", 0)
+        assert (states["k2"].status, states["k2"].error_status) == ("in_doubt", "in-doubt")
+        assert [f.row for f in await ledger.failed_items()] == [{"email": "u2@x.org"}]
+        assert await ledger.get_cursor("c") == "page 2"
+        old_run = (await ledger.runs())[0]
+        assert (old_run.status, old_run.pid) == ("completed", None)
+        run = await ledger.begin_run()
+        ledger.record(item(3), Outcome(status="done", action="created"), 1)
+        assert await ledger.settle(["k2"], applied=True) == {"k2": "settled"}
+        assert await ledger.counts(run=run) == {"done": 2}
+        assert await ledger.counts(run=0) == {"done": 1}
+    db = sqlite3.connect(path)
+    columns = {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in ("items", "runs")}
+    db.close()
+    assert "run" in columns["items"]
+    assert "pid" in columns["runs"]
+    async with await Ledger.open_readonly(path) as reader:
+        assert [r.pid for r in await reader.runs()] == [None, os.getpid()]
