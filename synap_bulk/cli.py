@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m synap_bulk",
         description="Safe, fast, resumable bulk operations against the Synap API.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run a job, resuming where it stopped")
@@ -34,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retry-failed", action="store_true", help="send the items that failed before again"
     )
+    _source_arg(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --restart: forget even the done items of an unsafe task (they are re-sent)",
+    )
     p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser("validate", help="check a job file and its inputs; no network")
@@ -42,11 +51,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="dry run: read the server, write nothing, print the plan")
     _job_arg(p)
+    p.add_argument(
+        "--retry-failed", action="store_true", help="plan as run --retry-failed would do"
+    )
+    _source_arg(p)
     p.set_defaults(handler=_cmd_plan)
 
-    p = sub.add_parser("status", help="what the job's ledger says")
+    p = sub.add_parser("status", help="what the job's ledger says (no server is contacted)")
     _job_arg(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser(
+        "settle",
+        help="record which rows in doubt took effect on the server (no server is contacted)",
+    )
+    _job_arg(p)
+    p.add_argument(
+        "--applied",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="items whose request took effect: done, never sent again",
+    )
+    p.add_argument(
+        "--not-applied",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="items whose request did not take effect: sent on the next run",
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the failures file (or any CSV with _line or _key) with an 'applied' column",
+    )
+    p.set_defaults(handler=_cmd_settle)
 
     p = sub.add_parser("schema", help="print the JSON Schema of job files (for editors)")
     p.set_defaults(handler=_cmd_schema)
@@ -63,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _source_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source",
+        type=Path,
+        metavar="CSV",
+        help="read this CSV instead of the job's own (e.g. its failures file, fixed): done "
+        "rows stay done, fixed rows are tried again, new rows are new",
+    )
+
+
+#: Set by --debug: unexpected errors show their traceback.
+_DEBUG = False
+
+
 def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     import anyio
 
@@ -72,6 +128,17 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return anyio.run(fn)
     except SynapBulkError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _DEBUG:
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -86,7 +153,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         job = _load(args.job)
-        return await run_job(job, restart=args.restart, retry_failed=args.retry_failed)
+        return await run_job(
+            job,
+            restart=args.restart,
+            retry_failed=args.retry_failed,
+            source=args.source,
+            force=args.force,
+        )
 
     return _run_async(go)
 
@@ -95,7 +168,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .runner import plan_job
 
     async def go() -> int:
-        return await plan_job(_load(args.job))
+        return await plan_job(_load(args.job), retry_failed=args.retry_failed, source=args.source)
 
     return _run_async(go)
 
@@ -104,7 +177,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .runner import status_job
 
     async def go() -> int:
-        return await status_job(_load(args.job))
+        return await status_job(_load(args.job), as_json=args.json)
+
+    return _run_async(go)
+
+
+def _cmd_settle(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .settle import settle_job
+
+    async def go() -> int:
+        return await settle_job(
+            _load(args.job),
+            applied=args.applied,
+            not_applied=args.not_applied,
+            csv_path=args.csv,
+            console=Console(stderr=True),
+        )
 
     return _run_async(go)
 
@@ -131,7 +221,9 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _DEBUG
     parser = build_parser()
     args = parser.parse_args(argv)
+    _DEBUG = args.debug
     code: int = args.handler(args)
     return code

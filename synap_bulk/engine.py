@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -219,8 +219,13 @@ class Engine:
             return RunResult(status="stopped", reason=self._stop_reason, stats=stats)
         return RunResult(status="completed", stats=stats)
 
-    async def plan(self) -> list[PlanRow]:
-        """What a run would do with each item, in input order, without writing anything."""
+    async def plan(self, skip: Mapping[str, str] | None = None) -> list[PlanRow]:
+        """What a run would do with each item, in input order, without writing anything.
+
+        ``skip`` maps the keys a run would not send (done before, in doubt) to the action the
+        plan shows for them; those are not looked at on the server.
+        """
+        skip = skip or {}
         await self.task.prepare(self.client)
         rows: list[PlanRow | None] = []
         send, recv = anyio.create_memory_object_stream[tuple[int, Item]](
@@ -243,6 +248,10 @@ class Engine:
                                     detail=_join(err.field, err.detail or err.code),
                                 )
                             )
+                            continue
+                        label = skip.get(it.key)
+                        if label is not None:
+                            rows.append(PlanRow(key=it.key, line=it.line, action=label))
                             continue
                         rows.append(None)
                         await send.send((idx, it))

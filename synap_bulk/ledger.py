@@ -381,6 +381,24 @@ class Ledger:
 
         return await self._call(write)
 
+    async def supersede(self, fixed: list[tuple[int, str]]) -> int:
+        """Rows fed back fixed, as (original line, key): drop the not-done records of those
+        lines under another key (an invalid row keyed by its line, a row whose fix changed its
+        key), so they stop being reported as rows to fix. Done records are never dropped.
+        Returns how many records went."""
+
+        def write(db: sqlite3.Connection) -> int:
+            gone = 0
+            for line, key in fixed:
+                cur = db.execute(
+                    "DELETE FROM items WHERE line = ? AND key != ? AND status != 'done'",
+                    (line, key),
+                )
+                gone += cur.rowcount
+            return gone
+
+        return await self._call(write)
+
     async def get_meta(self, name: str) -> str | None:
         """A value the ledger keeps about its job (e.g. the portal it belongs to)."""
 

@@ -11,6 +11,8 @@ SQL: it only connects the pieces in the order of the data flow (README, "Design"
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -19,19 +21,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import msgspec
 from rich.console import Console
 
-from .client import ClientStatistics, SynapClient
+from .client import ClientStatistics, Identity, SynapClient
 from .engine import Engine, EngineConfig, RunResult
-from .errors import SynapBulkError
+from .errors import CheckpointError, SynapBulkError
 from .items import RunContext, Safety, StreamProgress, StreamResult
-from .ledger import Ledger
+from .ledger import Ledger, RunInfo
 from .profile import ApiProfile
 from .progress import Progress, Snapshot
 from .report import FailuresWriter, PlanWriter, SuccessWriter, Summary
 from .retry import RetryPolicy
+from .sources import ORIGIN_COLUMN
 from .spec import JobFile
-from .tasks import build_task
+from .tasks import build_task, input_files
 from .tasks.base import ItemTask, StreamTask
 from .transport import Timeouts
 
@@ -113,23 +117,27 @@ def out_dir(job: JobFile) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[SynapClient]:
-    """A client for the job's target; ``base_url: sandbox`` starts a seeded sandbox first."""
+async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[tuple[SynapClient, str]]:
+    """A client for the job's target and where its token came from; ``base_url: sandbox``
+    starts a seeded sandbox first (with its state file, when the job names one)."""
     api = job.spec.api
     rate: float | str | None = api.rate
     async with contextlib.AsyncExitStack() as stack:
         base_url = api.base_url
         token = api.token
         token_file = job.resolve(api.token_file) if api.token_file else None
+        sandbox_token: str | None = None
         if base_url == "sandbox":
             from .sandbox import Sandbox, SandboxConfig
 
             settings: dict[str, Any] = dict(job.spec.sandbox or {})
+            if settings.get("state"):
+                settings["state"] = str(job.resolve(str(settings["state"])))
             config = SandboxConfig(**settings)
             sb = await stack.enter_async_context(Sandbox(config))
             base_url = sb.url
             if token is None and token_file is None:
-                token = sb.token
+                token = sandbox_token = sb.token
         client = SynapClient(
             base_url,
             token=token,
@@ -140,7 +148,9 @@ async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[SynapC
             subject_user=api.subject_user,
             timeouts=Timeouts(connect=min(10.0, api.timeout), read=api.timeout, total=api.timeout),
         )
-        yield await stack.enter_async_context(client)
+        embedded = sandbox_token is not None and token == sandbox_token
+        source = "embedded sandbox" if embedded else client.token_source
+        yield await stack.enter_async_context(client), source
 
 
 def _embedded(job: JobFile) -> bool:
@@ -214,74 +224,233 @@ async def run_job(
     *,
     restart: bool = False,
     retry_failed: bool = False,
+    source: Path | None = None,
+    force: bool = False,
     console: Console | None = None,
     handle_signals: bool = True,
 ) -> int:
     """Run (or resume) a job of any kind; returns the process exit code.
 
-    An error outside the per-item loop (the server refuses the first read, a page is missing,
-    the disk is full) ends the run with one ``error:`` line, a ``summary.json`` giving the
-    reason, and exit code 2.
+    Before the first write the run reads who its token acts as, says so and records it; a
+    ledger belongs to the portal it was started on. ``source`` feeds back a CSV of fixed rows
+    (the failures file, mended): items are matched by key, so done ones stay done, the fixed
+    ones are tried again and new ones are new. Each run writes its result files into
+    ``runs/<run>/`` under the job's out_dir, and copies them to the out_dir itself; no run
+    replaces an earlier run's files or the job's input.
+
+    Any error outside the per-item loop (the server refuses the first read, a page is missing,
+    the disk is full, the ledger belongs to another portal) ends the run with one ``error:``
+    line, a ``summary.json`` giving the reason, and exit code 2.
     """
     console = console or Console(stderr=True)
-    profile = job.profile
-    task = build_task(job, profile)
-    out = out_dir(job)
-    out.mkdir(parents=True, exist_ok=True)
-    if _embedded(job) and not restart:
-        # The embedded sandbox's data lives only as long as this process: a ledger from an
-        # earlier run describes a server that no longer exists, so every run starts afresh.
-        restart = True
     started = time.monotonic()
-    async with (
-        open_client(job, profile) as client,
-        await Ledger.open(
-            ledger_path(job),
-            job_name=job.spec.name,
-            task_hash=job.task_hash(),
-            input_hash=task.input_hash(),
-            restart=restart,
-        ) as ledger,
-    ):
-        run_id = await ledger.begin_run()
-        try:
-            if task.shape == "stream":
-                ended = await _run_stream(
-                    job, task, client, ledger, out, started, console, handle_signals
-                )
-            else:
-                ended = await _run_items(
-                    job, task, client, ledger, out, started, console, handle_signals, retry_failed
-                )
-        except SynapBulkError as exc:
-            ended = _aborted(job, client, started, exc)
-        await ledger.end_run(run_id, ended.summary.status, ended.summary.to_builtins())
-    with contextlib.suppress(OSError):
-        ended.summary.write(out / "summary.json")
+    out = out_dir(job)
+    state = _RunState()
+    try:
+        task = build_task(job, job.profile, source=source)
+        _make_dir(job, out)
+        if _forgets(job):
+            # The embedded sandbox without a state file keeps its data only as long as this
+            # process: a ledger from an earlier run describes a server that no longer exists.
+            restart = True
+        elif restart:
+            await _check_restart(job, task, force)
+        async with open_client(job, job.profile) as (client, token_from):
+            state.client = client
+            ident = await client.identity()  # preflight: nothing is written before this
+            state.who = (ident, token_from)
+            console.print(
+                f"Acting as {ident.describe()} (token from {token_from})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            async with await Ledger.open(
+                ledger_path(job),
+                job_name=job.spec.name,
+                task_hash=job.task_hash(),
+                input_hash=task.input_hash(),
+                restart=restart,
+                check_input=source is None,
+            ) as ledger:
+                await _bind_portal(job, ledger, ident.portal_id, restart)
+                run_id = await ledger.begin_run()
+                state.run_dir = out / "runs" / str(run_id)
+                try:
+                    _make_dir(job, state.run_dir)
+                    if task.shape == "stream":
+                        ended = await _run_stream(
+                            job,
+                            task,
+                            client,
+                            ledger,
+                            state.run_dir,
+                            started,
+                            console,
+                            handle_signals,
+                        )
+                    else:
+                        ended = await _run_items(
+                            job,
+                            task,
+                            client,
+                            ledger,
+                            state.run_dir,
+                            started,
+                            console,
+                            handle_signals,
+                            retry_failed or source is not None,
+                        )
+                except (SynapBulkError, OSError) as exc:
+                    ended = _aborted(job, client, started, _typed(exc))
+                ended.summary = _with_run(ended.summary, state, run_id)
+                await ledger.end_run(run_id, ended.summary.status, ended.summary.to_builtins())
+    except (SynapBulkError, OSError) as exc:
+        ended = _aborted(job, state.client, started, _typed(exc))
+        if state.who is not None:
+            ended.summary = _with_run(ended.summary, state, 0)
+    _publish(ended, state.run_dir, out, input_files(job, source), console)
     console.print(ended.summary)
     for line in ended.lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     return ended.code
 
 
-def _aborted(job: JobFile, client: SynapClient, started: float, exc: SynapBulkError) -> _Ended:
+class _RunState:
+    """What the run has learnt so far, for a summary written however it ends."""
+
+    def __init__(self) -> None:
+        self.client: SynapClient | None = None
+        self.who: tuple[Identity, str] | None = None
+        self.run_dir: Path | None = None
+
+
+def _with_run(summary: Summary, state: _RunState, run_id: int) -> Summary:
+    extra: dict[str, Any] = {"run_id": run_id, "run_dir": str(state.run_dir or "")}
+    if state.who is not None:
+        ident, token_from = state.who
+        extra.update(acting_as=ident.describe(), portal_id=ident.portal_id, token_from=token_from)
+    return msgspec.structs.replace(summary, **extra)
+
+
+def _typed(exc: SynapBulkError | OSError) -> SynapBulkError:
+    """An OSError (disk full, folder not writable) as the one-line error it deserves."""
+    if isinstance(exc, SynapBulkError):
+        return exc
+    where = f"{exc.filename}: " if exc.filename else ""
+    return SynapBulkError(f"{where}{exc.strerror or exc}")
+
+
+def _make_dir(job: JobFile, path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        at = "run.out_dir" if job.spec.run.out_dir else "name"
+        raise job.error(
+            at, f"cannot create the output folder {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def _forgets(job: JobFile) -> bool:
+    """Whether the job's server forgets between runs: the embedded sandbox without a state."""
+    return _embedded(job) and not (job.spec.sandbox or {}).get("state")
+
+
+async def _check_restart(job: JobFile, task: ItemTask | StreamTask, force: bool) -> None:
+    """``--restart`` of an unsafe job that has done items would send them again: needs --force."""
+    path = ledger_path(job)
+    if force or task.shape != "items" or task.safety is not Safety.UNSAFE or not path.exists():
+        return
+    async with await Ledger.open_readonly(path) as ledger:
+        done = (await ledger.counts()).get("done", 0)
+    if done:
+        raise CheckpointError(
+            f"{path}: --restart forgets {done:,} done items of an unsafe task, and the run "
+            "would send them again (their requests cannot be looked up); add --force if that "
+            "is what you want"
+        )
+
+
+async def _bind_portal(job: JobFile, ledger: Ledger, portal_id: str, restart: bool) -> None:
+    """A ledger belongs to the portal its job was started on."""
+    known = await ledger.get_meta("portal_id")
+    if known and known != portal_id and not restart:
+        raise CheckpointError(
+            f"{ledger.path}: this ledger belongs to portal {known}, but the token acts on "
+            f"portal {portal_id}; check api.base_url and the token, or run with --restart to "
+            "start the job afresh on this portal"
+        )
+    if known != portal_id:
+        await ledger.set_meta("portal_id", portal_id)
+
+
+async def _supersede(task: ItemTask, ledger: Ledger) -> None:
+    """Rows fed back fixed replace the records of their original lines (see Ledger.supersede)."""
+    fixed: list[tuple[int, str]] = []
+    async for it in task.items():
+        if it.row.get(ORIGIN_COLUMN, "").strip() == str(it.line):
+            fixed.append((it.line, it.key))
+    if fixed:
+        await ledger.supersede(fixed)
+
+
+#: The result files a run writes into its folder; the latest are copied to the out_dir.
+_RESULT_FILES = ("summary.json", "failures.csv", "success.csv")
+
+
+def _publish(
+    ended: _Ended, run_dir: Path | None, out: Path, inputs: list[Path], console: Console
+) -> None:
+    """Write the summary and copy the run's result files to the out_dir (the latest run's
+    files are where README says), never over an input of the job."""
+    targets = [run_dir] if run_dir is not None else []
+    targets.append(out)
+    for folder in targets:
+        with contextlib.suppress(OSError):
+            ended.summary.write(folder / "summary.json")
+    if run_dir is None:
+        return
+    for name in _RESULT_FILES[1:]:
+        latest, made = out / name, run_dir / name
+        if any(_same_file(latest, i) for i in inputs):
+            ended.lines.append(f"Kept {latest}: it is this run's input; this run's copy is {made}")
+            continue
+        try:
+            if made.exists():
+                shutil.copyfile(made, latest)
+            else:
+                latest.unlink(missing_ok=True)  # no failures this run: no stale failures file
+        except OSError as exc:
+            console.print(f"warning: cannot update {latest}: {exc.strerror}", markup=False)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _aborted(
+    job: JobFile, client: SynapClient | None, started: float, exc: SynapBulkError
+) -> _Ended:
     summary = Summary.build(
         job_name=job.spec.name,
         kind=job.spec.task.kind,
         status="aborted",
         reason=str(exc),
         elapsed_s=time.monotonic() - started,
-        client=client.statistics(),
+        client=client.statistics() if client is not None else None,
     )
     return _Ended(summary, EXIT_INVALID, [f"error: {exc}"])
 
 
 def _stopped_lines(job: JobFile) -> list[str]:
     resume_cmd = f"python -m synap_bulk run {job.path}"
-    if _embedded(job):
+    if _forgets(job):
         return [
             f"Run again with: {resume_cmd} (it starts afresh: the embedded sandbox keeps "
-            "its data only for one run)"
+            "its data only for one run unless it has a state file)"
         ]
     return [f"Resume with: {resume_cmd}"]
 
@@ -335,6 +504,10 @@ async def _run_items(
     finally:
         progress.final()
     await ledger.flush()
+    if retry_failed:
+        # After the run, when the task has read the server (an input row's validity can depend
+        # on it): rows fed back fixed replace the records of their original lines.
+        await _supersede(task, ledger)
     summary = await _item_reports(job, task, engine, client, ledger, result, out, started)
     lines: list[str] = []
     if result.status != "completed":
@@ -357,38 +530,42 @@ async def _item_reports(
     client: SynapClient,
     ledger: Ledger,
     result: RunResult,
-    out: Path,
+    run_dir: Path,
     started: float,
 ) -> Summary:
+    """The run's failures file (every row to fix now), success file (what this run did) and
+    summary (this run, and the whole job)."""
     columns = list(task.input_columns)
     style = task.csv_style
-    failures_path = out / "failures.csv"
-    success_path = out / "success.csv"
+    failures_path = run_dir / "failures.csv"
+    success_path = run_dir / "success.csv"
+    run_id = ledger.run_id
     failed = await ledger.failed_items()
     if failed:
         with FailuresWriter(failures_path, columns, delimiter=style.delimiter, bom=style.bom) as fw:
             for rec in failed:
                 fw.write(rec.line, rec.row, rec.error)
-    else:
-        failures_path.unlink(missing_ok=True)
     states = await ledger.load_states()
     with SuccessWriter(success_path, columns, delimiter=style.delimiter, bom=style.bom) as sw:
         async for item in task.items():
             state = states.get(item.key)
-            if state is not None and state.status == "done":
+            if state is not None and state.status == "done" and state.run == run_id:
                 sw.write(item.line, item.row, state.action, state.remote_id)
-    counts = await ledger.counts()
-    total = task.total
-    if total is not None and total > sum(counts.values()):
-        counts["not_started"] = total - sum(counts.values())
-    counts.update(sw.actions)
     e = engine.statistics()
-    return Summary.build(
+    job_total = await ledger.counts()
+    total = task.total
+    if total is not None and total > sum(job_total.values()):
+        job_total["not_started"] = total - sum(job_total.values())
+    job_total.update(await ledger.action_counts())
+    this_run = await ledger.counts(run=run_id)
+    this_run.update(await ledger.action_counts(run=run_id))
+    this_run["skipped"] = e.skipped_done
+    summary = Summary.build(
         job_name=job.spec.name,
         kind=task.kind,
         status=result.status,
         reason=result.reason,
-        counts=counts,
+        counts=job_total,
         skipped=e.skipped_done,
         elapsed_s=time.monotonic() - started,
         client=client.statistics(),
@@ -398,6 +575,15 @@ async def _item_reports(
         failures_file=str(failures_path) if failed else "",
         success_file=str(success_path),
     )
+    return msgspec.structs.replace(
+        summary, this_run=_counted(this_run), job_total=_counted(job_total)
+    )
+
+
+def _counted(counts: dict[str, int]) -> dict[str, int]:
+    """Every status count (zeros included), then the actions."""
+    base = dict.fromkeys(("done", "failed", "invalid", "in_doubt", "skipped"), 0)
+    return base | counts
 
 
 async def _run_stream(
@@ -461,81 +647,194 @@ async def _run_stream(
 # --- planning and status ------------------------------------------------------------------
 
 
-async def plan_job(job: JobFile, *, console: Console | None = None) -> int:
-    """Read everything, write nothing to the server; print what a run would do."""
+async def plan_job(
+    job: JobFile,
+    *,
+    retry_failed: bool = False,
+    source: Path | None = None,
+    console: Console | None = None,
+) -> int:
+    """Read everything, write nothing to the server; print what ``run`` (with the same flags)
+    would do. The ledger decides as it would for the run: done items are skips, items in
+    doubt are not re-sent, failed ones only with ``retry_failed`` or a fed-back ``source``."""
     console = console or Console(stderr=True)
-    profile = job.profile
-    task = build_task(job, profile)
     try:
-        async with open_client(job, profile) as client:
-            if task.shape == "stream":
-                await _plan_stream(job, task, client, console)
-            else:
-                await _plan_items(job, task, client, console)
-    except SynapBulkError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False)
+        task = build_task(job, job.profile, source=source)
+        async with open_client(job, job.profile) as (client, token_from):
+            ident = await client.identity()
+            console.print(
+                f"Acting as {ident.describe()} (token from {token_from})",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            path = ledger_path(job)
+            ledger = None
+            if path.exists() and not _forgets(job):
+                ledger = await Ledger.open_readonly(path)
+            try:
+                if ledger is not None:
+                    known = await ledger.get_meta("portal_id")
+                    if known and known != ident.portal_id:
+                        console.print(
+                            f"note: the ledger belongs to portal {known}; a run would refuse "
+                            "it without --restart",
+                            markup=False,
+                        )
+                if task.shape == "stream":
+                    for line in await task.plan(client, ledger):
+                        console.print(line, markup=False, highlight=False, soft_wrap=True)
+                else:
+                    await _plan_items(
+                        job, task, client, ledger, retry_failed or source is not None, console
+                    )
+            finally:
+                if ledger is not None:
+                    await ledger.close()
+    except (SynapBulkError, OSError) as exc:
+        console.print(f"error: {_typed(exc)}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INVALID
     return EXIT_OK
 
 
-async def _plan_stream(
-    job: JobFile, task: StreamTask, client: SynapClient, console: Console
+#: How plan shows the items a run would not send.
+PLAN_DONE = "done before"
+PLAN_IN_DOUBT = "in doubt (not re-sent)"
+PLAN_FAILED = "failed before (re-sent with --retry-failed)"
+
+
+async def _skips(task: ItemTask, ledger: Ledger | None, retry_failed: bool) -> dict[str, str]:
+    """The keys a run would not send, with the plan's label for each (as the engine decides)."""
+    if ledger is None:
+        return {}
+    out: dict[str, str] = {}
+    for key, state in (await ledger.load_states()).items():
+        if state.status == "done":
+            out[key] = PLAN_DONE
+        elif state.status == "in_doubt" or (
+            state.status == "in_flight" and task.safety is Safety.UNSAFE
+        ):
+            out[key] = PLAN_IN_DOUBT
+        elif state.status in ("failed", "invalid") and not retry_failed:
+            out[key] = PLAN_FAILED
+    return out
+
+
+async def _plan_items(
+    job: JobFile,
+    task: ItemTask,
+    client: SynapClient,
+    ledger: Ledger | None,
+    retry_failed: bool,
+    console: Console,
 ) -> None:
-    path = ledger_path(job)
-    if path.exists() and not _embedded(job):
-        async with await Ledger.open_readonly(path) as ledger:
-            lines = await task.plan(client, ledger)
-    else:
-        lines = await task.plan(client, None)
-    for line in lines:
-        console.print(line, markup=False, highlight=False)
-
-
-async def _plan_items(job: JobFile, task: ItemTask, client: SynapClient, console: Console) -> None:
     engine = Engine(task, client, None, config=EngineConfig(concurrency=job.spec.api.concurrency))
-    rows = await engine.plan()
+    rows = await engine.plan(await _skips(task, ledger, retry_failed))
     out = out_dir(job)
-    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    plans = out / "plans"
+    _make_dir(job, plans)
+    plan_path = _free_name(plans / f"plan-{stamp}.csv")
     counts = dict.fromkeys(task.plan_actions, 0)
-    plan_path = out / "plan.csv"
     with PlanWriter(plan_path) as pw:
         for row in rows:
             counts[row.action] = counts.get(row.action, 0) + 1
             pw.write(row)
+    shutil.copyfile(plan_path, out / "plan.csv")
     rendered = task.render_plan()
     if rendered is not None:
         console.print(rendered)
     shown = ", ".join(f"{n:,} {a}" for a, n in counts.items())
-    console.print(f"Plan for {len(rows):,} rows: {shown}")
-    console.print(f"Plan file: {plan_path}")
+    console.print(f"Plan for {len(rows):,} rows: {shown}", markup=False, soft_wrap=True)
+    console.print(f"Plan file: {plan_path} (latest also in {out / 'plan.csv'})", markup=False)
 
 
-async def status_job(job: JobFile, *, console: Console | None = None) -> int:
-    """What the ledger says: item counts and the last runs, for every kind."""
+def _free_name(path: Path) -> Path:
+    """``path``, or ``stem-2.suffix``, ``stem-3.suffix``... whichever does not exist yet."""
+    n = 1
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+async def status_job(job: JobFile, *, as_json: bool = False, console: Console | None = None) -> int:
+    """What the ledger says, for every kind: item counts, the portal, the last runs. A run
+    recorded as running whose process is gone shows as ``interrupted``. Touches no server."""
     console = console or Console(soft_wrap=True)  # one line per run, whatever the width
     path = ledger_path(job)
     if not path.exists():
-        console.print(f"{job.path}: not started (no ledger at {path})")
+        if as_json:
+            console.print_json(data={"job": str(job.path), "ledger": None, "runs": []})
+        else:
+            console.print(f"{job.path}: not started (no ledger at {path})", markup=False)
         return EXIT_OK
-    ledger = await Ledger.open_readonly(path)
-    async with ledger:
+    async with await Ledger.open_readonly(path) as ledger:
         counts = await ledger.counts()
+        actions = await ledger.action_counts()
         runs = await ledger.runs()
-    console.print(f"{job.path}: ledger {path}")
+        portal = await ledger.get_meta("portal_id")
+    shown = [(run, _run_status(run)) for run in runs]
+    if as_json:
+        data = {
+            "job": str(job.path),
+            "ledger": str(path),
+            "portal_id": portal,
+            "items": counts,
+            "actions": actions,
+            "runs": [
+                {
+                    "id": run.id,
+                    "started_at": run.started_at,
+                    "ended_at": run.ended_at,
+                    "status": status,
+                    "summary": run.summary,
+                }
+                for run, status in shown
+            ],
+        }
+        console.print_json(data=data)
+        return EXIT_OK
+    console.print(
+        f"{job.path}: ledger {path}" + (f" (portal {portal})" if portal else ""), markup=False
+    )
     if counts:
-        console.print("items: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    for run in runs[-5:]:
-        line = f"run {run.id}: {run.started_at} -> {run.ended_at or '…'} {run.status}"
+        items = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+        if actions:
+            items += " (" + ", ".join(f"{v:,} {k}" for k, v in actions.items()) + ")"
+        console.print("items: " + items, markup=False)
+    for run, status in shown[-5:]:
+        line = f"run {run.id}: {run.started_at} -> {run.ended_at or '…'} {status}"
         figures = _run_figures(run.summary)
         console.print(line + (f" ({figures})" if figures else ""), markup=False, highlight=False)
     return EXIT_OK
 
 
+def _run_status(run: RunInfo) -> str:
+    """``running`` only while its process lives; a killed run is ``interrupted``."""
+    if run.status != "running":
+        return run.status
+    if run.pid is None or not _alive(run.pid):
+        return "interrupted"
+    return "running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
 def _run_figures(summary: dict[str, Any] | None) -> str:
-    """A run's action counts from its recorded summary, e.g. "6,000 exported"."""
+    """What a run did, from its recorded summary, e.g. "6,000 exported"."""
     if not summary:
         return ""
-    counts = summary.get("counts")
+    counts = summary.get("this_run") or summary.get("counts")
     if not isinstance(counts, dict):
         return ""
     shown = [

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from _csv import Reader
 
 __all__ = [
+    "ORIGIN_COLUMN",
     "CsvRow",
     "CsvSource",
     "DuplicateTracker",
@@ -39,6 +40,10 @@ __all__ = [
     "normalize_email",
     "read_table",
 ]
+
+#: The column of a result file (failures, success) that holds the row's line in the original
+#: input; a file fed back keeps those lines.
+ORIGIN_COLUMN = "_line"
 
 #: How many header names a "missing column" message lists before eliding the rest.
 _HEADER_SHOWN = 12
@@ -158,6 +163,20 @@ class CsvSource:
         return self._sha256
 
     def __iter__(self) -> Iterator[CsvRow]:
+        """The data rows. In a result file fed back (it has a ``_line`` column: the failures
+        file, fixed by hand), a row keeps the line it had in the original input, so every later
+        result file still points at the row the person first wrote."""
+        if ORIGIN_COLUMN not in self.header:
+            yield from self._records()
+            return
+        for row in self._records():
+            origin = row.values.get(ORIGIN_COLUMN, "").strip()
+            if origin.isdigit() and int(origin) > 0:
+                yield CsvRow(int(origin), row.values, row.problem)
+            else:
+                yield row
+
+    def _records(self) -> Iterator[CsvRow]:
         header = self.header
         width = len(header)
         reader = self._reader(self._text)

@@ -229,3 +229,15 @@ def test_malformed_multiline_row_keeps_its_values_and_later_lines(tmp_path: Path
         "malformed quoting: ',' expected after '\"' (lines 2-3)",
     )
     assert good == CsvRow(4, {"email": "b@x.io", "note": "ok"})
+
+
+def test_a_fed_back_result_file_keeps_the_original_lines(tmp_path: Path) -> None:
+    """Rows of a failures file fed back as input keep the line of the original CSV (its
+    `_line` column); a row added by hand without one has its own line in the new file."""
+    path = tmp_path / "fixed.csv"
+    path.write_text(
+        "email,_line,_error_detail\na@x.org,17,not an email\nb@x.org,,\nc@x.org,1043,dup\n"
+    )
+    rows = list(CsvSource(path))
+    assert [r.line for r in rows] == [17, 3, 1043]
+    assert rows[0].values["email"] == "a@x.org"

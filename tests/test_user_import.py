@@ -205,17 +205,20 @@ async def test_killed_five_times_and_resumed_leaves_exactly_the_valid_users(
         path = _job(tmp_path, sb.url, api=api, name="kill")
         cmd = [sys.executable, "-m", "synap_bulk", "run", str(path)]
         kills = 0
-        for _ in range(5):
+        ended_early: list[str] = []
+        for i in range(5):
             start = seen.count
-            proc = await anyio.open_process(
-                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            if await _kill_when(seen, proc, start + rng.randint(30, 500)):
-                kills += 1
+            log = tmp_path / f"run-{i}.log"
+            with log.open("wb") as err:
+                proc = await anyio.open_process(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                if await _kill_when(seen, proc, start + rng.randint(30, 500)):
+                    kills += 1
+                else:
+                    ended_early.append(log.read_text()[-2000:])
         final = await anyio.run_process(cmd, env=env, check=False)
         stats = sb.statistics()
         ids = {k for k in sb.store.by_external_id if k.startswith("C")}
-    assert kills == 5, "each run must have been killed mid-way"
+    assert kills == 5, f"each run must have been killed mid-way; ended first: {ended_early}"
     assert final.returncode == EXIT_FAILED  # the deliberately invalid rows
     assert stats.duplicate_creates == 0
     assert max(stats.creates_by_key.values()) == 1
