@@ -489,8 +489,10 @@ async def _run_items(
             started,
             total=task.total or e.total_seen or None,
             done=e.done,
-            failed=e.failed + e.invalid + e.in_doubt,
-            skipped=e.skipped_done + e.skipped_failed,
+            # Still to fix: this run's failures and those of earlier runs it did not retry,
+            # as the summary's "to fix" counts them.
+            failed=e.failed + e.invalid + e.in_doubt + e.skipped_failed,
+            skipped=e.skipped_done,
             item_retries=e.retried,
         )
 

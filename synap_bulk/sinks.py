@@ -30,6 +30,10 @@ Formats:
   truncatable like the others; committed length: its bytes) and :meth:`ParquetSink.finish`
   converts it batch by batch into the final Parquet file (written to a temporary name, then
   renamed), at flat memory. Column types come from the Attempt resource's attribute types.
+
+A new file is opened with ``exclusive=True`` by the exporter: the sink then refuses (with
+``FileExistsError``) to start over a file that already exists, so an export never replaces a
+file it did not write itself. A resume (``resume_offset`` given) reopens its own file.
 """
 
 from __future__ import annotations
@@ -90,8 +94,17 @@ class Sink(Protocol):
     #: set by :meth:`open`. Decoding pages straight into it is what keeps exports cheap.
     row_type: Any
 
-    def open(self, path: Path, columns: Sequence[str] | None, resume_offset: int | None) -> None:
-        """Start a new file (``resume_offset`` None) or cut an existing one back and append."""
+    def open(
+        self,
+        path: Path,
+        columns: Sequence[str] | None,
+        resume_offset: int | None,
+        *,
+        exclusive: bool = False,
+    ) -> None:
+        """Start a new file (``resume_offset`` None) or cut an existing one back and append.
+
+        With ``exclusive`` a new file must not exist yet (``FileExistsError`` otherwise)."""
         ...
 
     def decode_row(self, data: bytes) -> Any:
@@ -322,13 +335,21 @@ class _FileSink:
     def _data_path(self, path: Path) -> Path:
         return path
 
-    def open(self, path: Path, columns: Sequence[str] | None, resume_offset: int | None) -> None:
+    def open(
+        self,
+        path: Path,
+        columns: Sequence[str] | None,
+        resume_offset: int | None,
+        *,
+        exclusive: bool = False,
+    ) -> None:
         self.path = path
         self.columns = list(columns) if columns is not None else None
         target = self._data_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         if resume_offset is None:
-            f = open(target, "w+b")  # noqa: SIM115 - kept open across pages, closed in close()
+            # Kept open across pages, closed in close(); "x" never replaces an existing file.
+            f = open(target, "x+b" if exclusive else "w+b")  # noqa: SIM115
         else:
             try:
                 f = open(target, "r+b")  # noqa: SIM115
@@ -378,10 +399,17 @@ class _FileSink:
 class NdjsonSink(_FileSink):
     """One JSON object per line: the resource as sent, or its chosen columns as a flat object."""
 
-    def open(self, path: Path, columns: Sequence[str] | None, resume_offset: int | None) -> None:
+    def open(
+        self,
+        path: Path,
+        columns: Sequence[str] | None,
+        resume_offset: int | None,
+        *,
+        exclusive: bool = False,
+    ) -> None:
         self._columns = Columns(columns) if columns else None
         self.row_type = self._columns.row_type if self._columns else msgspec.Raw
-        super().open(path, columns, resume_offset)
+        super().open(path, columns, resume_offset, exclusive=exclusive)
 
     def decode_row(self, data: bytes) -> Any:
         if self._columns is None:
@@ -433,12 +461,19 @@ def _csv_cells(values: list[list[Any]]) -> list[list[Any]]:
 class CsvSink(_FileSink):
     """UTF-8 CSV with one header row, formula-looking text cells neutralised."""
 
-    def open(self, path: Path, columns: Sequence[str] | None, resume_offset: int | None) -> None:
+    def open(
+        self,
+        path: Path,
+        columns: Sequence[str] | None,
+        resume_offset: int | None,
+        *,
+        exclusive: bool = False,
+    ) -> None:
         self._columns = Columns(columns or DEFAULT_COLUMNS)
         self.row_type = self._columns.row_type
         self._buf = io.StringIO()
         self._writer = csv.writer(self._buf, lineterminator="\r\n")
-        super().open(path, self._columns.columns, resume_offset)
+        super().open(path, self._columns.columns, resume_offset, exclusive=exclusive)
 
     def decode_row(self, data: bytes) -> Any:
         return self._columns.decode(data)
@@ -514,7 +549,16 @@ class ParquetSink(_FileSink):
     def _data_path(self, path: Path) -> Path:
         return path.with_name(path.name + ".partial")
 
-    def open(self, path: Path, columns: Sequence[str] | None, resume_offset: int | None) -> None:
+    def open(
+        self,
+        path: Path,
+        columns: Sequence[str] | None,
+        resume_offset: int | None,
+        *,
+        exclusive: bool = False,
+    ) -> None:
+        if exclusive and resume_offset is None and path.exists():
+            raise FileExistsError(f"{path} exists")
         pa = self._pa
         cols = list(columns) if columns else list(DEFAULT_COLUMNS)
         known = _attribute_kinds()
@@ -531,7 +575,7 @@ class ParquetSink(_FileSink):
         )
         self._columns = Columns(cols)
         self.row_type = self._columns.row_type
-        super().open(path, cols, resume_offset)
+        super().open(path, cols, resume_offset, exclusive=exclusive)
 
     def decode_row(self, data: bytes) -> Any:
         return self._columns.decode(data)

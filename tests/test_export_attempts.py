@@ -14,6 +14,7 @@ import pytest
 
 from synap_bulk.client import PageCursor
 from synap_bulk.clock import FakeClock
+from synap_bulk.errors import NotFound
 from synap_bulk.jsonapi import ListDocument
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.tasks import export_attempts as ex
@@ -67,15 +68,43 @@ class FakeLedger:
 
 
 class FakeClient:
-    """Serves attempts by page like the API (filters, sort by id), with the client's cursors."""
+    """Serves attempts by page like the API (filters, sort by id), with the client's cursors,
+    and the exams they belong to (exam ``e1`` is named "Exam e1")."""
 
     def __init__(self, attempts: list[dict[str, Any]]) -> None:
         self.attempts = attempts
         self.profile = DEFAULT_PROFILE
         self.page_requests: list[tuple[str, int]] = []
+        self.probes: list[dict[str, str]] = []
         self.jobs: dict[str, int] = {}
         self.posts: list[Any] = []
         self.fail_after_pages: int | None = None
+        self.exams = {
+            r["relationships"]["examV2"]["data"]["id"]: "Exam "
+            + (r["relationships"]["examV2"]["data"]["id"])
+            for r in attempts
+        }
+
+    def _exam(self, id: str, tp: Any) -> Any:
+        return msgspec.convert(
+            {"type": "Exam-V-2", "id": id, "attributes": {"name": self.exams[id]}}, tp
+        )
+
+    async def paginate(
+        self, path: str, params: Any, tp: Any, page_size: int | None = None
+    ) -> AsyncIterator[Any]:
+        assert path == self.profile.exams_path
+        for id in sorted(self.exams):
+            yield self._exam(id, tp)
+
+    async def get_page(self, path: str, params: dict[str, str], tp: Any) -> Any:
+        """The first page of a filtered listing, as the exporter's probe reads it."""
+        assert path == "attempts"
+        self.probes.append(params)
+        rows = self._select(params)
+        size = int(params[self.profile.page_size_param])
+        body = msgspec.json.encode({"data": rows[:size], "meta": {"total": len(rows)}})
+        return msgspec.json.decode(body, type=ListDocument[tp])
 
     def _select(self, params: dict[str, str]) -> list[dict[str, Any]]:
         p = self.profile
@@ -128,6 +157,10 @@ class FakeClient:
         return _Resp(201, msgspec.json.encode(doc))
 
     async def get(self, path: str, id: str, tp: Any) -> Any:
+        if path == self.profile.exams_path:
+            if id not in self.exams:
+                raise NotFound(method="GET", path=f"{path}/{id}", status=404)
+            return self._exam(id, tp)
         assert path == "background-jobs"
         self.jobs[id] += 1
         polls = self.jobs[id]
@@ -269,33 +302,104 @@ async def test_csv_export_neutralises_formula_titles(tmp_path: Path) -> None:
 
 
 async def test_filters_and_a_new_generation_after_completion(tmp_path: Path) -> None:
-    """Statuses filter the export; running a completed export again writes a fresh file."""
+    """Statuses filter the export; running a completed export again writes a fresh file beside
+    the first (``attempts.2.ndjson``) and leaves the first as it was."""
     attempts = make_attempts(30)
     s = settings(tmp_path, statuses=("inProgress",))
     ledger = FakeLedger()
     first = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    kept = s.output.read_bytes()
     again = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
     want = [i for i in expected_ids(attempts, ("e1", "e2")) if int(i[1:]) % 3 == 0]
-    assert ids_in(s.output, "ndjson") == want
+    second = tmp_path / "attempts.2.ndjson"
+    assert (first.output, again.output) == (str(s.output), str(second))
+    assert s.output.read_bytes() == kept and ids_in(second, "ndjson") == want
     assert (first.generation, again.generation) == (1, 2)
     assert not again.resumed
 
 
 async def test_since_last_run_uses_the_previous_complete_export(tmp_path: Path) -> None:
-    """since: last-run filters on updatedSince = the start of the last completed export."""
+    """since: last-run filters on updatedSince = the start of the last completed export
+    generation; with none recorded it exports everything, whatever runs the ledger lists (the
+    last completed run may have been a resume, whose start is too late)."""
     attempts = make_attempts(30)
     s = settings(tmp_path, since="last-run")
     ledger = FakeLedger()
     ledger.last_run = "2026-05-20T00:00:00Z"
     first = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
     first_started = json.loads(ledger.cursors["export"])["started_at"]
-    assert first.since == "2026-05-20T00:00:00Z"
-    assert all(
-        json.loads(line)["attributes"]["updatedAt"] >= "2026-05-20"
-        for line in s.output.read_text().splitlines()
-    )
-    second = await run_export(s, None, FakeClient(attempts), ledger)  # type: ignore[arg-type]
+    assert first.since is None and first.rows == 30
+    client = FakeClient(attempts)
+    second = await run_export(s, None, client, ledger)  # type: ignore[arg-type]
     assert second.since == first_started
+    assert client.probes[0][DEFAULT_PROFILE.filter_updated_since] == first_started
+
+
+def test_output_names_skip_every_existing_file(tmp_path: Path) -> None:
+    """A plain name is numbered by generation, a templated one formatted; a name that is taken
+    (for Parquet: its staging files too) moves on to the next free one."""
+    plain = settings(tmp_path, output=tmp_path / "a.csv", format="csv")
+    assert ex.output_for(plain, 1, 7, "2026-05-01") == tmp_path / "a.csv"
+    assert ex.output_for(plain, 3, 7, "2026-05-01") == tmp_path / "a.3.csv"
+    (tmp_path / "a.csv").write_text("kept")
+    (tmp_path / "a.2.csv").write_text("kept")
+    assert ex.output_for(plain, 1, 7, "2026-05-01") == tmp_path / "a.3.csv"
+    templated = settings(
+        tmp_path,
+        output=tmp_path / "d-{date}" / "a-{run:03d}.parquet",
+        format="parquet",
+        template_parts=2,
+        templated=True,
+    )
+    first = tmp_path / "d-2026-05-01" / "a-007.parquet"
+    assert ex.output_for(templated, 4, 7, "2026-05-01") == first
+    first.parent.mkdir()
+    first.with_name(first.name + ".partial").write_text("someone's export in progress")
+    assert ex.output_for(templated, 4, 7, "2026-05-01") == first.with_name("a-007.2.parquet")
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        ("out/{day}.csv", "unknown placeholder {day}"),
+        ("out/{}.csv", "unknown placeholder {}"),
+        ("out/{run.x}.csv", "unknown placeholder {run.x}"),
+        ("out/{run.csv", "expected '}'"),
+        ("out/{run:%Y}.csv", "bad placeholder"),
+    ],
+)
+def test_a_bad_output_template_is_refused_when_the_task_is_built(output: str, problem: str) -> None:
+    """Only {run} and {date} (with a valid format spec) may appear in output."""
+    from synap_bulk.errors import SpecError
+    from synap_bulk.spec import ExportAttemptsSpec
+
+    with pytest.raises(SpecError) as caught:
+        ex.settings_from_spec(ExportAttemptsSpec(output=output), None)
+    assert caught.value.path == "task.output" and problem in str(caught.value)
+    literal = ex.settings_from_spec(ExportAttemptsSpec(output="out/{{x}}.csv"), None)
+    assert ex.output_for(literal, 2, 1, "2026-05-01") == Path("out/{x}.2.csv")
+
+
+async def test_exams_by_name_resolve_to_ids_and_an_ambiguous_name_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Exams are taken by id or exact name, each once; the ids are kept for a resume; a name
+    two exams share is an error at its task.exams line."""
+    from synap_bulk.errors import SpecError
+
+    attempts = make_attempts(30)
+    client, ledger = FakeClient(attempts), FakeLedger()
+    s = settings(tmp_path, exams=("Exam e2", " e2 ", "e1"))
+    result = await run_export(s, None, client, ledger, max_pages=1)  # type: ignore[arg-type]
+    assert result.exams == ["e2", "e1"]
+    assert json.loads(ledger.cursors["export"])["exams"] == ["e2", "e1"]
+    client.exams["e1"] = "Exam e2"  # renamed meanwhile: the resume keeps the ids it had
+    done = await run_export(s, None, client, ledger)  # type: ignore[arg-type]
+    assert done.resumed and ids_in(s.output, "ndjson") == expected_ids(attempts, ("e2", "e1"))
+    with pytest.raises(SpecError) as caught:
+        await run_export(s, None, client, ledger)  # type: ignore[arg-type]
+    assert caught.value.path == "task.exams[0]"
+    assert "2 exams are named 'Exam e2' (e1, e2); give the id" in str(caught.value)
 
 
 async def test_server_mode_polls_the_job_and_downloads_the_file(tmp_path: Path) -> None:
@@ -458,7 +562,9 @@ async def test_server_mode_against_the_sandbox_filters_like_pages(tmp_path: Path
 
 
 async def test_demo_export_job_runs_as_documented(tmp_path: Path) -> None:
-    """The demo export job writes every sandbox attempt once to a CSV; run again, it starts anew."""
+    """The demo export job writes every sandbox attempt once to a CSV; run again (a fresh
+    ledger: the embedded sandbox forgets), it keeps the first file and writes attempts.2.csv,
+    saying so."""
     import io
     import shutil
 
@@ -468,14 +574,21 @@ async def test_demo_export_job_runs_as_documented(tmp_path: Path) -> None:
     from synap_bulk.spec import load_job
 
     shutil.copy(ROOT / "jobs" / "demo" / "export-attempts.yaml", tmp_path / "job.yaml")
-    console = Console(file=io.StringIO())
-    out = tmp_path / "out" / "demo-export-attempts" / "attempts.csv"
-    for _ in range(2):
+    out = tmp_path / "out" / "demo-export-attempts"
+    kept = b""
+    for name in ("attempts.csv", "attempts.2.csv"):
+        console = Console(file=io.StringIO(), width=300)
         job = load_job(tmp_path / "job.yaml")
         assert await run_job(job, console=console, handle_signals=False) == EXIT_OK
-        ids = ids_in(out, "csv")
+        ids = ids_in(out / name, "csv")
         assert len(ids) == len(set(ids)) == 6000
-    assert "Export completed: 6000 attempts" in console.file.getvalue()  # type: ignore[attr-defined]
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert f"Export completed: 6000 attempts, {(out / name).stat().st_size} bytes" in text
+        assert f"-> {out / name} (csv" in text
+        if kept:
+            assert (out / "attempts.csv").read_bytes() == kept
+        kept = (out / "attempts.csv").read_bytes()
+    assert sorted(p.name for p in out.glob("attempts*")) == ["attempts.2.csv", "attempts.csv"]
 
 
 async def test_parquet_killed_after_conversion_completes_on_resume(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ ALL_ROUTES = [
     ("GET", "/portals/current"),
     ("GET", "/portals/x"),
     ("GET", "/users"),
+    ("GET", "/users/me"),
     ("GET", "/users/x"),
     ("PATCH", "/users/x"),
     ("DELETE", "/users/x"),

@@ -27,6 +27,7 @@ from .config import SandboxConfig
 from .exports import ExportRoutes
 from .marking import MarkingRoutes
 from .people import PeopleRoutes
+from .persist import SandboxStateError
 from .store import Store, UserRec
 from .wire import (
     _JSON_HEADERS,
@@ -74,6 +75,8 @@ class State:
         self.counters = Counters()
         self.limiter = RateLimiter(self.counters, clock, wall)
         self.store = Store(config, wall)
+        # A loaded state file's shape wins over the config's (the store says which it used).
+        self.config = self.store.config
         self.tokens = self._tokens(config)
 
     @staticmethod
@@ -89,8 +92,12 @@ class State:
         self.tokens = self._tokens(config)
 
     def reset(self) -> None:
-        """A fresh store seeded from the current config, zero counters, full buckets."""
-        self.store = Store(self.config, self.wall)
+        """A fresh store seeded from the current config, zero counters, full buckets; a state
+        file is rewritten with the fresh seed (its journal emptied)."""
+        state_file = self.store.state_file
+        if state_file is not None:
+            state_file.open()
+        self.store = Store(self.config, self.wall, state_file=state_file, reseed=True)
         fresh = Counters()
         for name in Counters.__slots__:
             setattr(self.counters, name, getattr(fresh, name))
@@ -153,6 +160,8 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, ExportRoutes):
         r = self._route
         r("GET", f"/v3/{_P.portals_path}/current", "portals.current", self.portal_current, "any")
         r("GET", f"/v3/{_P.portals_path}/{{id}}", "portals.get", self.portal_get, "any")
+        # Before users/{id}, so that "me" is not taken for an id.
+        r("GET", f"{users}/me", "users.me", self.user_me, "any")
         r("GET", users, "users.list", self.users_list, "staff")
         r("GET", f"{users}/{{id}}", "users.get", self.user_get, "self")
         r("PATCH", f"{users}/{{id}}", "users.update", self.user_update, "self", True)
@@ -333,6 +342,16 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, ExportRoutes):
                     out = fn(Ctx(request, label, actor, body_doc), request.match_info)
                 except ApiFailure as exc:
                     failure = exc
+                # Whatever the handler changed reaches the state file before any answer leaves.
+                try:
+                    state.store.commit()
+                except SandboxStateError as exc:
+                    failure = fail(
+                        500,
+                        "Internal Server Error",
+                        f"the change could not be saved: {exc}",
+                        code="state_write_failed",
+                    )
                 if delay > 0:
                     await state.sleep(max(0.0, delay / 1000.0 - (state.clock() - arrived)))
                 if failure is not None:

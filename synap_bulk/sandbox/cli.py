@@ -110,6 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--page-size", type=int, default=d.default_page_size)
     g.add_argument("--max-page-size", type=int, default=d.max_page_size)
     g.add_argument("--export-job-steps", type=int, default=d.export_job_steps)
+    g = parser.add_argument_group("persistence")
+    g.add_argument(
+        "--state",
+        default=None,
+        metavar="FILE",
+        help="keep the data in FILE (and FILE.journal) across restarts: loaded when it exists "
+        "(its shape wins over --seed/--users/...), every answered write saved",
+    )
 
 
 def build_config(args: argparse.Namespace) -> SandboxConfig:
@@ -137,6 +145,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         "default_page_size": args.page_size,
         "max_page_size": args.max_page_size,
         "export_job_steps": args.export_job_steps,
+        "state": args.state,
     }
     if args.faults is not None:
         fields["faults"] = args.faults
@@ -167,5 +176,11 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
+    from .persist import SandboxStateError
+
+    try:
+        asyncio.run(serve(config))
+    except SandboxStateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -39,6 +39,7 @@ FAULT_KINDS: tuple[str, ...] = (
 ROUTE_NAMES: tuple[str, ...] = (
     "portals.current",
     "portals.get",
+    "users.me",
     "users.list",
     "users.get",
     "users.update",
@@ -86,7 +87,15 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """How big the seeded portal is and how demanding the server behaves.
 
     Fields in :data:`SHAPE_FIELDS` shape the seeded data and take effect at the next reset; all
-    others take effect on the next request.
+    others take effect on the next request, but ``state``, which is fixed at start.
+
+    ``state`` names a state file (see :mod:`synap_bulk.sandbox.persist`). When the file exists
+    the sandbox loads its data from it instead of seeding, and **the file wins**: if its shape
+    (seed, users, groups, exams, attempts_per_exam, markers) disagrees with this config's, the
+    data and the live config take the file's shape (a reset reseeds with it too, unless the
+    shape is changed by ``PATCH /_sandbox/config`` first). Delete the file (or reset) to reseed.
+    A corrupt, unreadable or locked state file raises
+    :class:`~synap_bulk.sandbox.persist.SandboxStateError`, naming the file.
     """
 
     # --- seeded data ---
@@ -135,6 +144,12 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     host: str = "127.0.0.1"
     port: int = 0
 
+    # --- persistence ---
+    #: A state file: the data is loaded from it when it exists (instead of seeding; its shape,
+    #: seed/users/..., then wins over this config's) and every answered write is kept in it
+    #: across restarts and kills. None: the data lives as long as the process. Fixed at start.
+    state: str | None = None
+
     def __post_init__(self) -> None:
         problems: list[str] = []
         for name in ("users", "groups", "exams", "attempts_per_exam", "markers"):
@@ -168,6 +183,8 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             problems.append("export_job_steps must be >= 1")
         if not self.token:
             problems.append("token must not be empty")
+        if self.state is not None and not self.state.strip():
+            problems.append("state must be a file path (or null)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -193,6 +210,8 @@ _SECRET_FIELDS = ("token", "extra_tokens")
 def apply_changes(config: SandboxConfig, changes: dict[str, Any]) -> SandboxConfig:
     """``config`` with ``changes`` applied and validated (unknown names raise ``ValueError``)."""
     merged = msgspec.structs.asdict(config)
+    if "state" in changes and changes["state"] != config.state:
+        raise ValueError("state (the state file) is fixed when the sandbox starts")
     merged.update(changes)
     try:
         return msgspec.convert(merged, SandboxConfig)

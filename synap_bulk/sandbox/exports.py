@@ -88,7 +88,17 @@ class ExportRoutes(RouteHost):
                 self._complete(job)
             else:
                 job.status = "running"
+            store.changed(job)
+        elif job.file_url is not None and not job.file_url.startswith(self._files_root()):
+            # Completed by an earlier process (a state file), maybe on another port.
+            job.file_url = self._file_url(job)
         return Out(200, _doc(job.render()))
+
+    def _files_root(self) -> str:
+        return f"{self.state.root}/files/exports/"
+
+    def _file_url(self, job: JobRec) -> str:
+        return f"{self._files_root()}{job.id}.ndjson?signature={job.signature}"
 
     def _complete(self, job: JobRec) -> None:
         """Fix which attempts the file holds (a snapshot of the filter's result); the lines are
@@ -96,7 +106,7 @@ class ExportRoutes(RouteHost):
         job.items = list(_attempt_filters(self.state.store, job.filters, "/filter"))
         job.status = "completed"
         job.completed_at = self.state.wall()
-        job.file_url = f"{self.state.root}/files/exports/{job.id}.ndjson?signature={job.signature}"
+        job.file_url = self._file_url(job)
 
     def _export_line(self, a: AttemptRec) -> bytes:
         store = self.state.store

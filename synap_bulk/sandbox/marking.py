@@ -175,6 +175,7 @@ class MarkingRoutes(RouteHost):
             for uid in ids:
                 current[uid] = None
             attempt.touch(self.state.wall())
+            self.state.store.changed(attempt)
         return Out(204, None)
 
     def markers_remove(self, ctx: Ctx, m: dict[str, str]) -> Out:
@@ -186,6 +187,7 @@ class MarkingRoutes(RouteHost):
             for uid in ids:
                 current.pop(uid, None)
             attempt.touch(self.state.wall())
+            self.state.store.changed(attempt)
         return Out(204, None)
 
     def markers_replace(self, ctx: Ctx, m: dict[str, str]) -> Out:
@@ -195,6 +197,7 @@ class MarkingRoutes(RouteHost):
         if list(attempt.role_members(role.relationship)) != ids:
             attempt.roles[role.relationship] = dict.fromkeys(ids)
             attempt.touch(self.state.wall())
+            self.state.store.changed(attempt)
         return Out(204, None)
 
     def timer_reset_create(self, ctx: Ctx, m: dict[str, str]) -> Out:

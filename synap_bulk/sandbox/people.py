@@ -92,6 +92,10 @@ class PeopleRoutes(RouteHost):
         allowed = (_P.filter_email, _P.filter_external_id, _P.filter_user_group)
         return self._page(ctx.request, items, UserRec.render, allowed)
 
+    def user_me(self, ctx: Ctx, m: dict[str, str]) -> Out:
+        """The acting user: the token's (the admin), or the Subject-User's."""
+        return Out(200, _doc(ctx.actor.render()))
+
     def user_get(self, ctx: Ctx, m: dict[str, str]) -> Out:
         _self_or_staff(ctx, m["id"])
         return Out(200, _doc(self._user(m["id"]).render()))
@@ -181,6 +185,7 @@ class PeopleRoutes(RouteHost):
             user.preferences = attrs["preferences"] or {}
         user.updated_at = max(self.state.wall(), user.updated_at)
         user.raw = None
+        store.changed(user)
         return Out(200, _doc(user.render()))
 
     def user_delete(self, ctx: Ctx, m: dict[str, str]) -> Out:
@@ -283,6 +288,7 @@ class PeopleRoutes(RouteHost):
             user.attr = attrs["attr"]
         if isinstance(attrs.get("preferences"), dict):
             user.preferences = attrs["preferences"]
+        store.changed(user)
         counters.created(email.lower())
         doc = {
             "data": {
@@ -386,6 +392,7 @@ class PeopleRoutes(RouteHost):
         if "isArchived" in attrs:
             group.is_archived = attrs["isArchived"]
         group.raw = None
+        self.state.store.changed(group)
         return Out(200, _doc(group.render()))
 
     def group_delete(self, ctx: Ctx, m: dict[str, str]) -> Out:

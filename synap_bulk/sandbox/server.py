@@ -23,6 +23,10 @@ class Sandbox:
 
     ``clock`` (monotonic seconds) drives the rate limit, ``wall`` (epoch seconds) the timestamps
     and ``sleep`` the injected latency, so tests can move time and record delays without waiting.
+
+    With ``config.state`` the data is loaded from that file (when it exists) as the sandbox is
+    constructed, every answered write is journaled to it, and :meth:`stop` compacts it; a bad
+    state file raises :class:`~synap_bulk.sandbox.persist.SandboxStateError` here.
     """
 
     def __init__(
@@ -43,6 +47,9 @@ class Sandbox:
     async def start(self) -> None:
         """Bind the socket and start serving; ``url`` is valid afterwards."""
         cfg = self._state.config
+        state_file = self._state.store.state_file
+        if state_file is not None:
+            state_file.open()  # again, after a stop()
         # A short shutdown: in-flight handlers (maybe asleep in injected latency) get 2 s.
         runner = web.AppRunner(
             self._app.build(), access_log=None, handle_signals=False, shutdown_timeout=2.0
@@ -58,9 +65,12 @@ class Sandbox:
         self._state.root = f"http://{cfg.host}:{self._port}"
 
     async def stop(self) -> None:
+        """Stop serving; with a state file, fold its journal into a new snapshot and release it
+        (a later :meth:`start` takes it up again)."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        self._state.store.close()
 
     async def __aenter__(self) -> Sandbox:
         await self.start()

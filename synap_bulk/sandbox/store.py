@@ -1,8 +1,10 @@
 """The sandbox's in-memory portal: seeded deterministically, mutated only by the app's handlers.
 
-Every record caches its encoded JSON:API resource (``msgspec.Raw``) until it changes, so a page
-of 100 attempts costs 100 memory copies, not 100 encodings. All mutation happens synchronously
-inside one handler (no ``await`` in between), so the event loop makes every write atomic.
+The records (:mod:`.records`) cache their encoded resources until they change. All mutation
+happens synchronously inside one handler (no ``await`` in between), so the event loop makes
+every write atomic. With a state file (``SandboxConfig.state``) every change is also noted
+(:meth:`Store.changed`) and written to the file's journal by :meth:`Store.commit` before the
+answer leaves (:mod:`.persist`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ import random
 import string
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC
 from typing import Any
 
 import msgspec
 
-from ..jsonapi import Relationship, Resource, ResourceIdentifier
 from ..resources import (
-    MARKER_ROLES,
     TYPE_ATTEMPT,
     TYPE_ATTEMPT_TIMER_RESET,
     TYPE_BACKGROUND_JOB,
@@ -30,7 +29,21 @@ from ..resources import (
     TYPE_USER,
     TYPE_USER_GROUP,
 )
-from .config import SandboxConfig
+from .config import SHAPE_FIELDS, SandboxConfig
+from .persist import StateFile, Tombstone, encode_changes, restore
+from .records import (
+    ATTEMPT_ROLE_RELATIONSHIPS,
+    EXAM_POOL_RELATIONSHIPS,
+    AttemptRec,
+    ExamRec,
+    GroupRec,
+    JobRec,
+    PortalRec,
+    TimerResetRec,
+    UserRec,
+    iso,
+    parse_iso,
+)
 
 __all__ = [
     "ATTEMPT_ROLE_RELATIONSHIPS",
@@ -47,15 +60,8 @@ __all__ = [
     "parse_iso",
 ]
 
-_encoder = msgspec.json.Encoder()
-_ALPHABET = string.ascii_letters + string.digits
 
-#: The attempt relationships of the six marker roles, in a stable order.
-ATTEMPT_ROLE_RELATIONSHIPS: tuple[str, ...] = tuple(r.relationship for r in MARKER_ROLES.values())
-#: The exam's marker-pool relationships (each points at one UserGroup).
-EXAM_POOL_RELATIONSHIPS: tuple[str, ...] = tuple(
-    dict.fromkeys(r.pool for r in MARKER_ROLES.values())
-)
+_ALPHABET = string.ascii_letters + string.digits
 
 #: 2026-01-05T00:00:00Z: seeded timestamps fall in the weeks after it.
 _EPOCH0 = 1767571200.0
@@ -82,400 +88,6 @@ _LAST = (
 )  # fmt: skip
 
 
-def iso(epoch: float) -> str:
-    """RFC 3339 UTC with milliseconds, as the API's examples show dates."""
-    whole = int(epoch)
-    ms = round((epoch - whole) * 1000)
-    if ms == 1000:
-        whole, ms = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
-
-
-def parse_iso(text: str) -> float:
-    """Epoch seconds of an RFC 3339 timestamp; ``ValueError`` when it is not one."""
-    from datetime import datetime
-
-    value = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
-
-
-def _ids(kind: str, ids: Iterable[str]) -> Relationship:
-    return Relationship(data=[ResourceIdentifier(type=kind, id=i) for i in ids])
-
-
-def _one(kind: str, id_: str | None) -> Relationship:
-    return Relationship(data=ResourceIdentifier(type=kind, id=id_) if id_ is not None else None)
-
-
-class PortalRec:
-    """The one portal every token belongs to."""
-
-    __slots__ = ("id", "name", "raw", "subdomain", "time_zone")
-
-    def __init__(self, id_: str, name: str, subdomain: str) -> None:
-        self.id = id_
-        self.name = name
-        self.subdomain = subdomain
-        self.time_zone = "Europe/London"
-        self.raw: msgspec.Raw | None = None
-
-    def render(self) -> msgspec.Raw:
-        if self.raw is None:
-            res = Resource(
-                type=TYPE_PORTAL,
-                id=self.id,
-                attributes={
-                    "name": self.name,
-                    "subdomain": self.subdomain,
-                    "timeZone": self.time_zone,
-                },
-            )
-            self.raw = msgspec.Raw(_encoder.encode(res))
-        return self.raw
-
-
-class UserRec:
-    """A user; ``role`` (admin, educator, student) decides what a Subject-User may do."""
-
-    __slots__ = (
-        "attr",
-        "created_at",
-        "email",
-        "external_id",
-        "groups",
-        "id",
-        "locale",
-        "name",
-        "preferences",
-        "raw",
-        "role",
-        "time_zone",
-        "updated_at",
-    )
-
-    def __init__(
-        self,
-        id_: str,
-        name: str,
-        email: str,
-        external_id: str | None,
-        role: str,
-        created_at: float,
-    ) -> None:
-        self.id = id_
-        self.name = name
-        self.email = email
-        self.external_id = external_id
-        self.role = role
-        self.created_at = created_at
-        self.updated_at = created_at
-        self.time_zone: str | None = None
-        self.locale: str | None = None
-        self.attr: dict[str, Any] = {}
-        self.preferences: dict[str, Any] = {}
-        #: group id -> epoch joined (insertion-ordered set of memberships)
-        self.groups: dict[str, float] = {}
-        self.raw: msgspec.Raw | None = None
-
-    def render(self) -> msgspec.Raw:
-        if self.raw is None:
-            first, _, last = self.name.partition(" ")
-            res = Resource(
-                type=TYPE_USER,
-                id=self.id,
-                attributes={
-                    "name": self.name,
-                    "emailAddress": self.email,
-                    "externalId": self.external_id,
-                    "firstName": first,
-                    "lastName": last,
-                    "createdAt": iso(self.created_at),
-                    "updatedAt": iso(self.updated_at),
-                    "emailVerified": True,
-                    "timeZone": self.time_zone,
-                    "locale": self.locale,
-                    "attr": self.attr,
-                    "preferences": self.preferences,
-                    "userGroupsMetadata": {
-                        g: {"dateJoined": iso(t)} for g, t in self.groups.items()
-                    },
-                },
-                relationships={"userGroups": _ids(TYPE_USER_GROUP, self.groups)},
-            )
-            self.raw = msgspec.Raw(_encoder.encode(res))
-        return self.raw
-
-
-class GroupRec:
-    """A user group; ``members`` is an insertion-ordered set (dict keys)."""
-
-    __slots__ = (
-        "attr",
-        "created_at",
-        "default_type",
-        "description",
-        "id",
-        "internal",
-        "is_archived",
-        "members",
-        "name",
-        "raw",
-    )
-
-    def __init__(
-        self,
-        id_: str,
-        name: str,
-        created_at: float,
-        *,
-        default_type: str | None = None,
-        internal: bool = False,
-        description: str = "",
-    ) -> None:
-        self.id = id_
-        self.name = name
-        self.created_at = created_at
-        self.default_type = default_type
-        self.internal = internal
-        self.description = description
-        self.attr: dict[str, Any] = {}
-        self.is_archived = False
-        self.members: dict[str, None] = {}
-        self.raw: msgspec.Raw | None = None
-
-    def render(self) -> msgspec.Raw:
-        if self.raw is None:
-            res = Resource(
-                type=TYPE_USER_GROUP,
-                id=self.id,
-                attributes={
-                    "name": self.name,
-                    "description": self.description,
-                    "attr": self.attr,
-                    "isArchived": self.is_archived,
-                    "isDefaultGroup": self.default_type is not None,
-                    "defaultGroupType": self.default_type,
-                    "totalUsers": len(self.members),
-                    "internal": self.internal,
-                    "createdAt": iso(self.created_at),
-                },
-            )
-            self.raw = msgspec.Raw(_encoder.encode(res))
-        return self.raw
-
-
-class ExamRec:
-    """An Exam-V-2: a candidate group and the five marker-pool groups."""
-
-    __slots__ = ("created_at", "group_id", "id", "name", "pools", "raw", "status")
-
-    def __init__(
-        self, id_: str, name: str, status: str, group_id: str, pools: dict[str, str], at: float
-    ) -> None:
-        self.id = id_
-        self.name = name
-        self.status = status
-        self.group_id = group_id
-        self.pools = pools
-        self.created_at = at
-        self.raw: msgspec.Raw | None = None
-
-    def render(self) -> msgspec.Raw:
-        if self.raw is None:
-            rels = {"userGroup": _one(TYPE_USER_GROUP, self.group_id)}
-            for pool in EXAM_POOL_RELATIONSHIPS:
-                rels[pool] = _one(TYPE_USER_GROUP, self.pools.get(pool))
-            res = Resource(
-                type=TYPE_EXAM,
-                id=self.id,
-                attributes={
-                    "name": self.name,
-                    "status": self.status,
-                    "isArchived": False,
-                    "shortDescription": f"{self.name} (sandbox)",
-                    "markingDoubleEnabled": True,
-                    "markingDoubleAllocation": "manual",
-                    "markingDoubleMinMarkers": 2,
-                    "lockedByDefault": False,
-                    "createdAt": iso(self.created_at),
-                },
-                relationships=rels,
-            )
-            self.raw = msgspec.Raw(_encoder.encode(res))
-        return self.raw
-
-
-class AttemptRec:
-    """An exam attempt with its marker relationships (role relationship -> ordered user ids)."""
-
-    __slots__ = (
-        "created_at",
-        "exam_id",
-        "exam_status",
-        "extra_time_ms",
-        "id",
-        "marks",
-        "raw",
-        "resit_count",
-        "roles",
-        "score",
-        "time_completed",
-        "time_started",
-        "title",
-        "updated_at",
-        "user_id",
-    )
-
-    def __init__(self, id_: str, exam_id: str, user_id: str, title: str, at: float) -> None:
-        self.id = id_
-        self.exam_id = exam_id
-        self.user_id = user_id
-        self.title = title
-        self.created_at = at
-        self.updated_at = at
-        self.exam_status = "enrolled"
-        self.score: float | None = None
-        self.marks: dict[str, float] | None = None
-        self.time_started: float | None = None
-        self.time_completed: float | None = None
-        self.resit_count = 0
-        self.extra_time_ms = 0
-        #: role relationship -> ordered set of user ids; created on first use (saves memory)
-        self.roles: dict[str, dict[str, None]] = {}
-        self.raw: msgspec.Raw | None = None
-
-    def role_members(self, relationship: str) -> dict[str, None]:
-        """The live ordered set of users in one marker-role relationship."""
-        members = self.roles.get(relationship)
-        if members is None:
-            members = self.roles[relationship] = {}
-        return members
-
-    def touch(self, now: float) -> None:
-        """Record a change: a new updatedAt and a fresh rendering."""
-        self.updated_at = max(now, self.updated_at)
-        self.raw = None
-
-    def resource(self, meta: dict[str, Any] | None = None) -> Resource[dict[str, Any]]:
-        status = self.exam_status
-        rels = {
-            "examV2": _one(TYPE_EXAM, self.exam_id),
-            "user": _one(TYPE_USER, self.user_id),
-        }
-        for rel in ATTEMPT_ROLE_RELATIONSHIPS:
-            rels[rel] = _ids(TYPE_USER, self.roles.get(rel, ()))
-        return Resource(
-            type=TYPE_ATTEMPT,
-            id=self.id,
-            attributes={
-                "title": self.title,
-                "createdAt": iso(self.created_at),
-                "updatedAt": iso(self.updated_at),
-                "isCompleted": status == "submitted",
-                "timeStarted": iso(self.time_started) if self.time_started else None,
-                "timeCompleted": iso(self.time_completed) if self.time_completed else None,
-                "status": "completed" if status == "submitted" else "active",
-                "examStatus": status,
-                "score": self.score,
-                "marks": self.marks,
-                "resultsStatus": "pending" if status != "submitted" else "available",
-                "isRevoked": status == "revoked",
-                "isOpen": status in ("enrolled", "notified", "inProgress"),
-                "resitCount": self.resit_count,
-                "attemptsAllowed": 1 + self.resit_count,
-                "extraTimeInMs": self.extra_time_ms,
-            },
-            relationships=rels,
-            meta=meta or {},
-        )
-
-    def render(self) -> msgspec.Raw:
-        if self.raw is None:
-            self.raw = msgspec.Raw(_encoder.encode(self.resource()))
-        return self.raw
-
-
-class TimerResetRec:
-    """One AttemptTimerReset (extra time given to one attempt)."""
-
-    __slots__ = ("attempt_id", "created_at", "extra_ms", "id", "reason")
-
-    def __init__(self, id_: str, attempt_id: str, extra_ms: int, reason: str, at: float) -> None:
-        self.id = id_
-        self.attempt_id = attempt_id
-        self.extra_ms = extra_ms
-        self.reason = reason
-        self.created_at = at
-
-    def render(self) -> msgspec.Raw:
-        res = Resource(
-            type=TYPE_ATTEMPT_TIMER_RESET,
-            id=self.id,
-            attributes={
-                "extraTimeInMs": self.extra_ms,
-                "reason": self.reason,
-                "createdAt": iso(self.created_at),
-            },
-            relationships={"attempt": _one(TYPE_ATTEMPT, self.attempt_id)},
-        )
-        return msgspec.Raw(_encoder.encode(res))
-
-
-class JobRec:
-    """A BackgroundJob exporting enriched attempts; advances one step per poll."""
-
-    __slots__ = (
-        "completed_at",
-        "created_at",
-        "file_url",
-        "filters",
-        "id",
-        "items",
-        "polls",
-        "signature",
-        "status",
-        "steps",
-    )
-
-    def __init__(
-        self, id_: str, filters: dict[str, str], steps: int, signature: str, at: float
-    ) -> None:
-        self.id = id_
-        self.filters = filters
-        self.steps = steps
-        self.signature = signature
-        self.created_at = at
-        self.completed_at: float | None = None
-        self.polls = 0
-        self.status = "pending"
-        #: the attempts the file holds, fixed at completion (None until then)
-        self.items: list[AttemptRec] | None = None
-        self.file_url: str | None = None
-
-    @property
-    def progress(self) -> float:
-        if self.status == "completed":
-            return 1.0
-        return round(min(self.polls, self.steps - 1) / self.steps, 4)
-
-    def render(self) -> msgspec.Raw:
-        res = Resource(
-            type=TYPE_BACKGROUND_JOB,
-            id=self.id,
-            attributes={
-                "status": self.status,
-                "progress": self.progress,
-                "fileUrl": self.file_url,
-                "error": None,
-                "createdAt": iso(self.created_at),
-                "completedAt": iso(self.completed_at) if self.completed_at else None,
-            },
-        )
-        return msgspec.Raw(_encoder.encode(res))
-
-
 class Store:
     """The seeded portal: users, groups, exams, attempts, timer resets, export jobs.
 
@@ -483,11 +95,30 @@ class Store:
     by exam and by user); collections keep insertion order, which is the default list order.
     """
 
-    def __init__(self, config: SandboxConfig, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        wall: Callable[[], float] = time.time,
+        *,
+        state_file: StateFile | None = None,
+        reseed: bool = False,
+    ) -> None:
+        """Seed the portal from ``config``, or load it from its state file.
+
+        With ``config.state`` set (or an open ``state_file`` given) the data comes from that
+        file when it holds a snapshot (unless ``reseed``), else from seeding; either way the file
+        is compacted into a fresh snapshot before the store is used, and every later change is
+        journaled by :meth:`commit`. A loaded file's shape (seed, users, ...) wins over
+        ``config``'s: :attr:`config` then carries the file's shape.
+        """
         self.config = config
         self.wall = wall
         self._rng = random.Random(f"sandbox-ids:{config.seed}")
         self._used_ids: set[str] = set()
+        #: ids of deleted records: never handed out again, even after a reload
+        self.retired: set[str] = set()
+        #: the shape fields the data was seeded with (a state file's, when loaded from one)
+        self.shape: dict[str, int] = {name: getattr(config, name) for name in sorted(SHAPE_FIELDS)}
         self.users: dict[str, UserRec] = {}
         self.by_email: dict[str, str] = {}
         self.by_external_id: dict[str, str] = {}
@@ -501,20 +132,80 @@ class Store:
         self._user_list: list[UserRec] | None = None
         self._group_list: list[GroupRec] | None = None
         self._attempt_list: list[AttemptRec] | None = None
-        self.portal = PortalRec(self.new_id(), "Sandbox Academy", "sandbox")
+        self.portal = PortalRec("", "Sandbox Academy", "sandbox")
         self.admin_id = ""
         self.default_groups: dict[str, str] = {}  # defaultGroupType -> group id
         self.marker_ids: list[str] = []
         self.student_ids: list[str] = []
+        #: changes not yet journaled (None without a state file): record id -> the record or
+        #: a Tombstone, (group id, user id) -> joined at (None: left); in the order they happened
+        self._dirty: dict[str | tuple[str, str], Any] | None = None
+        opened = state_file is None and config.state is not None
+        if state_file is None and config.state is not None:
+            state_file = StateFile(config.state)
+        self.state_file = state_file
         # Seeding allocates millions of objects that all live on: the cyclic GC's passes over
         # them would only cost time (half of a big seed), so it pauses meanwhile.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._seed()
+            loaded = state_file.read() if state_file is not None and not reseed else None
+            if state_file is not None and loaded is not None:
+                restore(self, state_file, *loaded)
+                self.config = msgspec.structs.replace(config, **self.shape)
+            else:
+                self.portal.id = self.new_id()
+                self._seed()
+            if state_file is not None:
+                state_file.write_snapshot(self)
+                self._dirty = {}
+        except BaseException:
+            if opened and state_file is not None:
+                state_file.close()
+            raise
         finally:
             if gc_was_enabled:
                 gc.enable()
+
+    # ----------------------------------------------------------------- persistence
+
+    def changed(self, rec: UserRec | GroupRec | AttemptRec | TimerResetRec | JobRec) -> None:
+        """Note that ``rec`` is new or changed: :meth:`commit` journals its whole state."""
+        dirty = self._dirty
+        if dirty is not None and rec.id not in dirty:
+            dirty[rec.id] = rec
+
+    def _gone(self, kind: str, id_: str) -> None:
+        self.retired.add(id_)
+        if self._dirty is not None:
+            self._dirty[id_] = Tombstone(kind, id_)
+
+    def _membership(self, group_id: str, user_id: str, at: float | None) -> None:
+        dirty = self._dirty
+        if dirty is not None:
+            key = (group_id, user_id)
+            dirty.pop(key, None)  # the latest change goes last: the journal keeps their order
+            dirty[key] = at
+
+    def commit(self) -> None:
+        """Journal every change since the last commit and flush it to the OS (a no-op without a
+        state file). The app calls it after each handler, before the answer leaves; test code
+        that changes the store directly calls it to make its changes durable."""
+        dirty = self._dirty
+        if dirty:
+            assert self.state_file is not None
+            self.state_file.append(encode_changes(dirty))
+            dirty.clear()
+            if self.state_file.wants_compaction():
+                self.state_file.write_snapshot(self)
+
+    def close(self) -> None:
+        """Commit, fold the journal into a fresh snapshot and release the state file."""
+        if self.state_file is not None and self.state_file.is_open:
+            self.commit()
+            if self.state_file.journal_bytes:
+                self.state_file.write_snapshot(self)
+            self.state_file.close()
 
     # ----------------------------------------------------------------- ids and lists
 
@@ -672,12 +363,14 @@ class Store:
         if u.external_id:
             self.by_external_id[u.external_id] = u.id
         self._user_list = None
+        self.changed(u)
 
     def _insert_attempt(self, a: AttemptRec) -> None:
         self.attempts[a.id] = a
         self.attempts_by_exam.setdefault(a.exam_id, []).append(a)
         self.attempts_by_user.setdefault(a.user_id, []).append(a)
         self._attempt_list = None
+        self.changed(a)
 
     def _join(self, g: GroupRec, u: UserRec, at: float) -> bool:
         if u.id in g.members:
@@ -686,6 +379,7 @@ class Store:
         u.groups[g.id] = at
         g.raw = None
         u.raw = None
+        self._membership(g.id, u.id, at)
         return True
 
     def add_user(
@@ -704,6 +398,7 @@ class Store:
 
     def update_user_keys(self, u: UserRec, email: str | None, external_id: str | None) -> None:
         """Move the email/externalId indexes when a PATCH changes them."""
+        self.changed(u)
         if email is not None and email != u.email:
             self.by_email.pop(u.email.lower(), None)
             u.email = email
@@ -726,12 +421,14 @@ class Store:
                 g.members.pop(u.id, None)
                 g.raw = None
         self._user_list = None
+        self._gone(TYPE_USER, u.id)
 
     def add_group(self, name: str, description: str, attr: dict[str, Any]) -> GroupRec:
         g = GroupRec(self.new_id(), name, self.wall(), description=description)
         g.attr = attr
         self.groups[g.id] = g
         self._group_list = None
+        self.changed(g)
         return g
 
     def delete_group(self, g: GroupRec) -> None:
@@ -742,6 +439,7 @@ class Store:
                 u.raw = None
         del self.groups[g.id]
         self._group_list = None
+        self._gone(TYPE_USER_GROUP, g.id)
 
     def add_members(self, g: GroupRec, user_ids: Iterable[str]) -> int:
         """Set union; returns how many users actually joined."""
@@ -758,6 +456,7 @@ class Store:
                 if u is not None:
                     u.groups.pop(g.id, None)
                     u.raw = None
+                self._membership(g.id, uid, None)
                 left += 1
         if left:
             g.raw = None
@@ -771,12 +470,15 @@ class Store:
         if a.exam_status == "expired":
             a.exam_status = "inProgress"
         a.touch(now)
+        self.changed(r)
+        self.changed(a)
         return r
 
     def add_job(self, filters: dict[str, str]) -> JobRec:
         signature = f"{self._rng.getrandbits(128):032x}"
         job = JobRec(self.new_id(), filters, self.config.export_job_steps, signature, self.wall())
         self.jobs[job.id] = job
+        self.changed(job)
         return job
 
     # ----------------------------------------------------------------- queries

@@ -16,15 +16,34 @@ Two modes:
   chosen format, with the status and ``since`` filters applied while streaming). A resume re-polls
   the same job and skips the lines already committed.
 
-``since: last-run`` exports only the attempts updated since the start of the previous export
-that completed. The ledger records which export *generation* is running: running the job again
-after it completed starts a new generation (a new file), whereas a stopped or killed one resumes.
+The ledger records which export *generation* is running: running the job again after it
+completed starts a new generation, whereas a stopped or killed one resumes. A generation fixes,
+when it starts, everything a resume must keep: the file it writes, the exam ids (names resolved)
+and the ``since`` baseline. Its file is never one that exists already:
+
+- ``output`` may hold ``{run}`` (the ledger's run number) and ``{date}`` (the run's start date,
+  UTC, ``YYYY-MM-DD``); any other placeholder is a SpecError at ``task.output``.
+- Without a placeholder, generation *g* writes ``attempts.csv`` for g = 1 and ``attempts.<g>.csv``
+  after; with one, the formatted name. If that name is taken (a file of an earlier generation, or
+  of an earlier ledger: ``--restart`` and the embedded sandbox start at generation 1 again), the
+  next free ``.<k>`` name is used. A resume continues the file named in the ledger, whatever
+  ``{date}`` says by then.
+
+``since: last-run`` exports only the attempts updated since the start of the last generation
+that completed (however many stops and resumes it took); with none recorded, everything.
+
+Exams are given by id or exact name (as assign-markers takes them); an unknown name is a
+SpecError at its ``task.exams[i]`` line, raised before anything is written. So is a filter value
+the server refuses (a 400 naming ``status`` or ``updatedSince``): every new generation first
+reads one attempt with its filters.
 """
 
 from __future__ import annotations
 
+import os
+import string
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +54,7 @@ import msgspec
 from msgspec import Struct
 
 from ..clock import Clock, SystemClock
-from ..errors import CheckpointError, Forbidden, NotFound, SynapBulkError
+from ..errors import ApiError, BadRequest, CheckpointError, Forbidden, NotFound, SynapBulkError
 from ..items import RunContext, StreamProgress, StreamResult
 from ..jsonapi import UNSET, AnyResource, Document, NewResource, Relationship, ResourceIdentifier
 from ..resources import (
@@ -43,13 +62,15 @@ from ..resources import (
     TYPE_EXAM,
     TYPE_EXPORT_ENRICHED_ATTEMPT,
     BackgroundJob,
+    Exam,
 )
 from ..sinks import DEFAULT_COLUMNS, Sink, check_columns, make_sink
 from ..templates import spec_error
 from .base import CursorStore
 
 if TYPE_CHECKING:
-    from ..client import SynapClient
+    from ..client import PageCursor, SynapClient
+    from ..jsonapi import ListDocument
     from ..profile import ApiProfile
     from ..spec import ExportAttemptsSpec, JobFile
 
@@ -58,6 +79,8 @@ __all__ = [
     "ExportProgress",
     "ExportResult",
     "ExportSettings",
+    "output_for",
+    "resolve_exams",
     "run_export",
 ]
 
@@ -66,6 +89,8 @@ META_CURSOR = "export"
 ALL_EXAMS = "*"
 #: Lines of a server export file written per commit.
 DOWNLOAD_CHUNK = 1000
+#: The placeholders ``output`` may hold.
+PLACEHOLDERS = ("run", "date")
 
 Phase = Literal["paging", "waiting", "downloading", "finishing", "done"]
 
@@ -100,7 +125,12 @@ class ExportResult(Struct, kw_only=True):
 
 
 class ExportSettings(Struct, frozen=True, kw_only=True):
-    """The export spec resolved against the job file (paths absolute, defaults applied)."""
+    """The export spec resolved against the job file (paths absolute, defaults applied).
+
+    ``exams`` are as written (ids or exact names). ``output`` is the file name as written, made
+    absolute; its last ``template_parts`` parts are a template to format (0: a plain name), and
+    ``templated`` says whether they use ``{run}`` or ``{date}``.
+    """
 
     exams: tuple[str, ...]
     statuses: tuple[str, ...]
@@ -111,15 +141,24 @@ class ExportSettings(Struct, frozen=True, kw_only=True):
     mode: str
     page_size: int | None
     parallel: int
+    template_parts: int = 0
+    templated: bool = False
 
 
 class _Meta(Struct, kw_only=True, omit_defaults=True):
     gen: int = 0
     state: Literal["running", "complete"] = "running"
     since: str | None = None
+    #: When the run that began this generation started (resumes do not move it).
     started_at: str = ""
     #: When the last *complete* generation started: the next ``since: last-run``.
     last_complete_started_at: str | None = None
+    #: The file this generation writes, chosen when it began ("" in older ledgers).
+    output: str = ""
+    #: The exam ids it exports, names resolved when it began (None in older ledgers).
+    exams: list[str] | None = None
+    #: The run that began it.
+    run: int = 0
 
 
 class _Stream(Struct, kw_only=True, omit_defaults=True):
@@ -136,9 +175,34 @@ class _Stream(Struct, kw_only=True, omit_defaults=True):
     job: str | None = None  # server mode: the BackgroundJob id
 
 
+def _output_template(written: str) -> tuple[int, bool]:
+    """(template parts, uses a placeholder) of an ``output`` as written; ValueError if bad."""
+    if "{" not in written and "}" not in written:
+        return 0, False
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(written) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write {{{{ and }}}} for literal braces)") from None
+    for name in fields:
+        if name not in PLACEHOLDERS:
+            raise ValueError(
+                f"unknown placeholder {{{name}}} (known: {{run}}, the run's number, and "
+                "{date}, the run's start date; write {{ and }} for literal braces)"
+            )
+    try:
+        written.format(run=1, date="2000-01-01")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"bad placeholder: {exc}") from None
+    return len(Path(os.path.expanduser(written)).parts), bool(fields)
+
+
 def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportSettings:
     """Resolve and check the export spec; SpecError names the job-file line of a bad value."""
     fmt = spec.format
+    try:
+        template_parts, templated = _output_template(spec.output)
+    except ValueError as exc:
+        raise spec_error(job, "task.output", str(exc)) from None
     output = Path(spec.output)
     if job is not None:
         output = job.resolve(spec.output)
@@ -166,11 +230,151 @@ def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportS
         mode=spec.mode,
         page_size=spec.page_size,
         parallel=max(1, spec.parallel),
+        template_parts=template_parts,
+        templated=templated,
     )
 
 
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def _rfc3339(at: datetime) -> str:
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _utc_date(at: datetime) -> str:
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+# --- the output file's name ---------------------------------------------------------------
+
+
+class _Shown:
+    """Formats as fixed text whatever the format spec (``plan``'s ``{run}`` before the run)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __format__(self, spec: str) -> str:
+        return self.text
+
+
+def _formatted(s: ExportSettings, run: object, date: str) -> Path:
+    """``output`` with its placeholders filled (only the written parts are formatted)."""
+    k = s.template_parts
+    if not k:
+        return s.output
+    parts = s.output.parts
+    tail = [part.format(run=run, date=date) for part in parts[-k:]]
+    return Path(*parts[:-k], *tail)
+
+
+def _numbered(path: Path, k: int) -> Path:
+    """``attempts.csv`` for k = 1, else ``attempts.<k>.csv``."""
+    return path if k <= 1 else path.with_name(f"{path.stem}.{k}{path.suffix}")
+
+
+def _taken(path: Path, fmt: str) -> bool:
+    """Whether a file of that name exists (for Parquet: or its staging files)."""
+    if path.exists():
+        return True
+    if fmt == "parquet":
+        return any(path.with_name(path.name + ext).exists() for ext in (".partial", ".tmp"))
+    return False
+
+
+def output_for(s: ExportSettings, generation: int, run: object, date: str) -> Path:
+    """The file a new export generation writes: never one that exists already.
+
+    A plain name gets the generation number from generation 2 on (``attempts.2.csv``); a
+    templated one is formatted. A name that is taken moves on to the next free ``.<k>`` name.
+    """
+    base = _formatted(s, run, date)
+    k = 1 if s.templated else generation
+    while _taken(_numbered(base, k), s.format):
+        k += 1
+    return _numbered(base, k)
+
+
+# --- exams by id or name, and the filters the server refuses ------------------------------
+
+
+async def resolve_exams(
+    client: SynapClient, profile: ApiProfile, refs: Sequence[str], job: JobFile | None
+) -> tuple[list[str], dict[str, int]]:
+    """The exam ids of ``task.exams`` (each an id or an exact, case-sensitive name), in order
+    and without repeats, and the index in ``refs`` of each id; an unknown or ambiguous name is
+    a SpecError at its ``task.exams[i]`` line.
+
+    Like assign-markers: a value without spaces is first read as an id (``GET exams/<id>``);
+    otherwise, or when there is none, the exams listing (read once) is searched by name.
+    """
+    ids: list[str] = []
+    index: dict[str, int] = {}
+    listing: list[Exam] | None = None
+    for i, raw in enumerate(refs):
+        ref = raw.strip()
+        found: str | None = None
+        if ref and not any(c.isspace() for c in ref):
+            try:
+                found = (await client.get(profile.exams_path, ref, Exam)).id
+            except (NotFound, BadRequest):
+                found = None
+        if found is None:
+            if listing is None:
+                pages = client.paginate(
+                    profile.exams_path, None, Exam, page_size=profile.max_page_size
+                )
+                listing = [e async for e in pages]
+            named = [e for e in listing if e.id == ref] or [
+                e for e in listing if (e.attributes.name or "").strip() == ref
+            ]
+            if not named:
+                raise spec_error(job, f"task.exams[{i}]", f"no exam with id or name {ref!r}")
+            if len(named) > 1:
+                which = ", ".join(e.id for e in named)
+                raise spec_error(
+                    job,
+                    f"task.exams[{i}]",
+                    f"{len(named)} exams are named {ref!r} ({which}); give the id",
+                )
+            found = named[0].id
+        if found not in index:
+            index[found] = i
+            ids.append(found)
+    return ids, index
+
+
+def _index_of_ids(refs: Sequence[str], ids: Sequence[str]) -> dict[str, int]:
+    """For a resume (ids from the ledger): the ``task.exams`` index of each exam given by id."""
+    index: dict[str, int] = {}
+    for i, ref in enumerate(refs):
+        if ref.strip() in ids:
+            index.setdefault(ref.strip(), i)
+    return index
+
+
+def _refused(
+    exc: ApiError, job: JobFile | None, profile: ApiProfile, exam_at: str
+) -> SynapBulkError:
+    """A 400 about a filter as a SpecError at the job-file line of the value (else ``exc``)."""
+    for err in exc.errors:
+        src = err.source
+        where = (src.parameter or src.pointer or "") if src is not None else ""
+        at = ""
+        if where == profile.filter_status or where.endswith("/status"):
+            at = "task.statuses"
+        elif where == profile.filter_updated_since or where.endswith("/updatedSince"):
+            at = "task.since"
+        elif where == profile.filter_exam or where.endswith("/examV2"):
+            at = exam_at
+        if at:
+            why = err.detail or err.title or str(exc)
+            return spec_error(
+                job, at, f"the server refused this filter: {why} ({exc.method} {exc.path})"
+            )
+    return exc
 
 
 def _load(raw: Any, tp: type[Any]) -> Any:
@@ -199,6 +403,7 @@ async def run_export(
     poll_interval: float = 1.0,
     max_pages: int | None = None,
     stop: anyio.Event | None = None,
+    run: RunContext | None = None,
 ) -> ExportResult:
     """Export (or resume exporting) the attempts ``settings`` describe into its output file.
 
@@ -206,9 +411,13 @@ async def run_export(
     ``stop`` is set, or after ``max_pages`` pages in this call: the state is then exactly the one
     a kill after that page leaves. Cancelling the call is safe too; only the page in progress is
     redone on resume.
+
+    ``run`` is the ledger's run (its number for ``{run}``, its start for ``{date}`` and for the
+    generation's ``since: last-run`` baseline); without one, the generation number and now.
+    ``job`` lets errors name their job-file line.
     """
     settings = spec if isinstance(spec, ExportSettings) else settings_from_spec(spec, job)
-    exporter = _Exporter(settings, client, ledger, progress_cb, clock or SystemClock())
+    exporter = _Exporter(settings, job, client, ledger, progress_cb, clock or SystemClock(), run)
     exporter.stop_event = stop
     return await exporter.run(poll_interval=poll_interval, max_pages=max_pages)
 
@@ -221,12 +430,20 @@ class _Exporter:
     def __init__(
         self,
         settings: ExportSettings,
+        job: JobFile | None,
         client: SynapClient,
         ledger: CursorStore,
         progress_cb: Callable[[ExportProgress], None] | None,
         clock: Clock,
+        run: RunContext | None,
     ) -> None:
         self.s = settings
+        self.job = job
+        self.run_context = run
+        #: The generation's file and exam ids (from its record in the ledger).
+        self.output = settings.output
+        self.exam_ids: list[str] = list(settings.exams)
+        self.exam_index: dict[str, int] = {}
         self.client = client
         self.ledger = ledger
         self.progress_cb = progress_cb
@@ -244,7 +461,12 @@ class _Exporter:
     # -- state ------------------------------------------------------------------------------
 
     def _stream_names(self) -> list[str]:
-        return list(self.s.exams) or [ALL_EXAMS]
+        return list(self.exam_ids) or [ALL_EXAMS]
+
+    def _exam_at(self, name: str) -> str:
+        """The job-file path of the exam a stream exports (for errors)."""
+        i = self.exam_index.get(name)
+        return "task.exams" if i is None else f"task.exams[{i}]"
 
     async def _meta(self) -> _Meta | None:
         meta: _Meta | None = _load(await self.ledger.get_cursor(META_CURSOR), _Meta)
@@ -279,10 +501,15 @@ class _Exporter:
         started = time.monotonic()
         self.poll_interval = poll_interval
         self.max_pages = max_pages
-        meta = await self._meta()
+        previous = meta = await self._meta()
         resumed = meta is not None and meta.state == "running"
         if meta is None or meta.state == "complete":
             meta = await self._new_generation(meta)
+        else:
+            self.exam_ids = list(meta.exams) if meta.exams is not None else list(self.s.exams)
+            self.exam_index = _index_of_ids(self.s.exams, self.exam_ids)
+        if meta.output:
+            self.output = Path(meta.output)
         gen = meta.gen
         names = self._stream_names()
         streams = {name: await self._stream(name, gen) for name in names}
@@ -298,8 +525,18 @@ class _Exporter:
         if resumed and self._finished_before(streams):
             # Killed after the final conversion but before the ledger heard of it.
             names = []
+        elif resume_offset is None:
+            try:
+                self.sink.open(self.output, columns, None, exclusive=True)
+            except FileExistsError:
+                # Someone wrote that name since it was chosen: forget this generation.
+                await self.ledger.set_cursor(META_CURSOR, _dump(previous) if previous else "")
+                raise CheckpointError(
+                    f"{self.output} appeared as the export began; it was left alone. Run "
+                    "again: the export picks the next free name"
+                ) from None
         else:
-            self.sink.open(self.s.output, columns, resume_offset)
+            self.sink.open(self.output, columns, resume_offset)
         self.offset = resume_offset or 0
         status: Literal["completed", "stopped"] = "completed"
         try:
@@ -328,13 +565,13 @@ class _Exporter:
             self._report("done")
         return ExportResult(
             status=status,
-            output=str(self.s.output),
+            output=str(self.output),
             format=self.s.format,
             mode=self.s.mode,
             rows=self.rows,
             pages=self.pages,
             bytes=self.offset,
-            exams=list(self.s.exams),
+            exams=list(self.exam_ids),
             since=meta.since,
             resumed=resumed,
             generation=gen,
@@ -347,27 +584,57 @@ class _Exporter:
             st is not None and st.done for st in streams.values()
         ):
             return False
-        staging = self.s.output.with_name(self.s.output.name + ".partial")
-        return self.s.output.exists() and not staging.exists()
+        staging = self.output.with_name(self.output.name + ".partial")
+        return self.output.exists() and not staging.exists()
 
     async def _new_generation(self, previous: _Meta | None) -> _Meta:
+        """Fix what the generation's resumes must keep, check it with the server, record it.
+
+        Nothing is written (file or ledger) before the exam names are resolved and the server
+        accepted the filters, so a job-file error leaves no trace.
+        """
+        gen = previous.gen + 1 if previous is not None else 1
+        ctx = self.run_context
+        started = ctx.started_at if ctx is not None else datetime.now(UTC)
+        run_number = ctx.run_id if ctx is not None else gen
+        last_complete = previous.last_complete_started_at if previous is not None else None
         since: str | None = None
         if self.s.since == "last-run":
-            if previous is not None and previous.last_complete_started_at:
-                since = previous.last_complete_started_at
-            else:
-                since = await self.ledger.last_completed_run_started_at()
+            # The start of the last generation that completed, whatever stops and resumes it
+            # took (its resume runs' starts would miss what changed before them). None
+            # recorded: everything. Not the ledger's last completed *run*: that may have been
+            # a resume.
+            since = last_complete
         elif self.s.since is not None:
             since = self.s.since
+        self.exam_ids, self.exam_index = await resolve_exams(
+            self.client, self.profile, self.s.exams, self.job
+        )
+        await self._probe(since)
+        self.output = output_for(self.s, gen, run_number, _utc_date(started))
         meta = _Meta(
-            gen=(previous.gen + 1) if previous is not None else 1,
+            gen=gen,
             state="running",
             since=since,
-            started_at=_now_rfc3339(),
-            last_complete_started_at=previous.last_complete_started_at if previous else None,
+            started_at=_rfc3339(started),
+            last_complete_started_at=last_complete,
+            output=str(self.output),
+            exams=list(self.exam_ids),
+            run=run_number,
         )
         await self.ledger.set_cursor(META_CURSOR, _dump(meta))
         return meta
+
+    async def _probe(self, since: str | None) -> None:
+        """Read one attempt with the generation's filters: a refused value fails here."""
+        p = self.profile
+        name = self._stream_names()[0]
+        params = _attempt_params(p, self.s, name, since)
+        params[p.page_size_param] = "1"
+        try:
+            await self.client.get_page(p.attempts_path, params, AnyResource)
+        except BadRequest as exc:
+            raise _refused(exc, self.job, p, self._exam_at(name)) from None
 
     async def _commit(self, name: str, st: _Stream, rows: int) -> None:
         """After a page: make the file durable, then record where the next page starts."""
@@ -396,6 +663,20 @@ class _Exporter:
             parallel=self.s.parallel,
         )
         self._report("paging", name)
+        try:
+            await self._page_loop(name, st, pages)
+        except BadRequest as exc:
+            raise _refused(exc, self.job, p, self._exam_at(name)) from None
+        if not st.done:  # an empty listing
+            st.done = True
+            await self._save(name, st)
+
+    async def _page_loop(
+        self,
+        name: str,
+        st: _Stream,
+        pages: AsyncGenerator[tuple[PageCursor | None, ListDocument[Any]], None],
+    ) -> None:
         first = True
         async with aclosing(pages):
             async for cursor, page in pages:
@@ -412,9 +693,6 @@ class _Exporter:
                 st.done = cursor is None
                 await self._commit(name, st, len(rows))
                 self._report("paging", name)
-        if not st.done:  # an empty listing
-            st.done = True
-            await self._save(name, st)
 
     # -- mode server ------------------------------------------------------------------------
 
@@ -457,9 +735,12 @@ class _Exporter:
             attributes={"filter": filters} if filters else UNSET,
             relationships=rels or UNSET,
         )
-        resp = await self.client.request(
-            "POST", p.exports_path, body={"data": body}, idempotent=True
-        )
+        try:
+            resp = await self.client.request(
+                "POST", p.exports_path, body={"data": body}, idempotent=True
+            )
+        except BadRequest as exc:
+            raise _refused(exc, self.job, p, self._exam_at(exam)) from None
         doc = msgspec.json.decode(resp.body, type=Document[AnyResource])
         res = doc.data
         if res.type == TYPE_BACKGROUND_JOB:
@@ -590,6 +871,8 @@ class ExportAttemptsTask:
 
     def __init__(self, spec: ExportAttemptsSpec, job: JobFile, profile: ApiProfile) -> None:
         self.settings = settings_from_spec(spec, job)
+        #: For errors found while running (an unknown exam, a refused filter) at their line.
+        self.job = job
         self.profile = profile
 
     def input_hash(self) -> str:
@@ -622,7 +905,7 @@ class ExportAttemptsTask:
             progress(StreamProgress(done=done, total=total, note=note))
 
         r = await run_export(
-            self.settings, None, client, cursors, progress_cb=on_progress, stop=stop
+            self.settings, self.job, client, cursors, progress_cb=on_progress, stop=stop, run=run
         )
         message = (
             f"Export {r.status}: {r.rows} attempts, {r.bytes} bytes -> {r.output} "
@@ -642,8 +925,9 @@ class ExportAttemptsTask:
         )
 
     async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
-        """How many attempts each exam would give, and whether the run would resume or start
-        afresh. Reads one attempt per exam; writes nothing anywhere."""
+        """How many attempts each exam would give, into which file, and whether the run would
+        resume or start afresh. Reads the exams (names) and one attempt per exam; writes
+        nothing anywhere. An unknown exam or a refused filter fails as the run would."""
         settings, profile = self.settings, self.profile
         meta: _Meta | None = None
         if cursors is not None:
@@ -654,20 +938,38 @@ class ExportAttemptsTask:
             since = meta.since
         elif since == "last-run":
             since = meta.last_complete_started_at if meta is not None else None
+        if resumes and meta is not None and meta.exams is not None:
+            ids = list(meta.exams)
+            index = _index_of_ids(settings.exams, ids)
+        else:
+            ids, index = await resolve_exams(client, profile, settings.exams, self.job)
+        if resumes and meta is not None and meta.output:
+            output = Path(meta.output)
+        else:
+            gen = meta.gen + 1 if meta is not None else 1
+            today = _utc_date(datetime.now(UTC))
+            output = output_for(settings, gen, _Shown("{run}"), today)
         counts: dict[str, int | None] = {}
-        for name in list(settings.exams) or [ALL_EXAMS]:
+        for name in ids or [ALL_EXAMS]:
             params = _attempt_params(profile, settings, name, since)
             params[profile.page_size_param] = "1"
-            page = await client.get_page(profile.attempts_path, params, AnyResource)
+            try:
+                page = await client.get_page(profile.attempts_path, params, AnyResource)
+            except BadRequest as exc:
+                at = f"task.exams[{index[name]}]" if name in index else "task.exams"
+                raise _refused(exc, self.job, profile, at) from None
             total = page.meta.get("total")
             counts[name] = total if isinstance(total, int) else None
         known = [n for n in counts.values() if n is not None]
+        written = {e: settings.exams[i].strip() for e, i in index.items()}
         lines = []
         for name, n in counts.items():
             label = "all exams" if name == ALL_EXAMS else f"exam {name}"
+            if written.get(name, name) != name:
+                label = f"exam {written[name]!r} ({name})"
             lines.append(f"  {label}: {n if n is not None else 'unknown number of'} attempts")
         lines.append(
-            f"Plan: export {sum(known)} attempts -> {settings.output} ({settings.format}, "
+            f"Plan: export {sum(known)} attempts -> {output} ({settings.format}, "
             f"mode {settings.mode}"
             + (f", updated since {since}" if since else "")
             + "); "

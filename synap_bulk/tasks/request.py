@@ -76,7 +76,7 @@ class RequestTask:
     shape: Literal["items"] = "items"
     kind = "request"
     plan_actions: tuple[str, ...] = ()
-    #: Rows are not counted up front: a request job streams its CSV.
+    #: Rows in the input, known after prepare() (the progress bar's total).
     total: int | None = None
 
     def __init__(self, spec: RequestSpec, job: JobFile, profile: ApiProfile) -> None:
@@ -143,7 +143,9 @@ class RequestTask:
         return None
 
     async def prepare(self, client: SynapClient) -> None:
-        """Nothing to read beforehand: every row stands alone."""
+        """Nothing to read beforehand (every row stands alone) but the number of rows, so the
+        progress bar has a true total and ETA (the source is in memory already)."""
+        self.total = sum(1 for _ in self._source)
 
     # -- items --------------------------------------------------------------------------------
 
