@@ -706,6 +706,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _untouched(db: sqlite3.Connection) -> bool:
+    """No item and no cursor recorded: a ledger whose job has done nothing yet."""
+    items = db.execute("SELECT 1 FROM items LIMIT 1").fetchone()
+    cursors = db.execute("SELECT 1 FROM cursors LIMIT 1").fetchone()
+    return items is None and cursors is None
+
+
 def _init_meta(
     db: sqlite3.Connection,
     path: Path,
@@ -716,6 +723,10 @@ def _init_meta(
     check_input: bool = True,
 ) -> None:
     meta = dict(db.execute("SELECT k, v FROM meta").fetchall())
+    if meta and not restart and _untouched(db):
+        # Nothing recorded yet (e.g. the first run stopped at an error in the job file, which
+        # the person then fixed): there is no progress to protect, so the job starts afresh.
+        restart = True
     if meta and not restart:
         changed = []
         if meta.get("task_hash") != task_hash:

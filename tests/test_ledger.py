@@ -100,6 +100,21 @@ async def test_records_are_batched_and_flushed(tmp_path: Path) -> None:
         assert stats.transactions - before == 1
 
 
+async def test_a_ledger_with_nothing_recorded_accepts_a_fixed_job(tmp_path: Path) -> None:
+    """A first run that stopped before recording anything (an error in the job file, fixed
+    since) leaves no progress to protect: the changed job opens the ledger without --restart,
+    and keeps the run history."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        await ledger.begin_run()
+    async with await open_ledger(path, task_hash="t2", input_hash="i2") as ledger:
+        assert len(await ledger.runs()) == 1
+    async with await open_ledger(path, task_hash="t2", input_hash="i2") as ledger:
+        ledger.record(item(1), Outcome(status="done"), 1)
+    with pytest.raises(CheckpointError, match="task section"):
+        await open_ledger(path, task_hash="t3", input_hash="i2")
+
+
 async def test_changed_task_or_input_refuses_unless_restart(tmp_path: Path) -> None:
     """A ledger started for another task section or input refuses to resume, naming the change
     and --restart; restart clears items and cursors but keeps run history."""

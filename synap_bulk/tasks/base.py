@@ -114,8 +114,6 @@ class CursorStore(Protocol):
 
     async def set_cursor(self, name: str, value: str) -> None: ...
 
-    async def last_completed_run_started_at(self) -> str | None: ...
-
 
 class StreamTask(Protocol):
     """A task that streams pages into a sink with a cursor. ``kind`` names it in job files."""
