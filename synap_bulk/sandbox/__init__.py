@@ -1,7 +1,9 @@
 """The sandbox: a seeded, demanding simulator of the Synap API (JSON:API v3) on 127.0.0.1.
 
 Use it in-process (``async with Sandbox(SandboxConfig(seed=1)) as sb: ... sb.url``) or
-standalone (``python -m synap_bulk sandbox --port 8080``). It follows what the public Synap API
+standalone (``python -m synap_bulk sandbox --port 8080``). With a state file
+(``SandboxConfig(state="sandbox.json")``, ``--state FILE``) its data outlives the process: every
+answered write survives a restart or a kill (:mod:`.persist`). It follows what the public Synap API
 docs say and fills every gap with the profile's default
 (:data:`synap_bulk.profile.DEFAULT_PROFILE`). Those gaps are listed here (``docs/sandbox.md``
 repeats them, with the seeded data, the behaviours and the statistics):
@@ -25,6 +27,9 @@ Filters and sort      users: ``filter[emailAddress]`` (case-insensitive exact),
 Paths                 exams ``exam-v-2s``; ``attempt-timer-resets``; ``export-enriched-attempts``;
                       ``background-jobs``; ``portals/{id}`` and ``portals/current`` (the token's
                       portal).
+Acting user           ``GET /v3/users/me``: the user the token acts as (the admin), or the
+                      Subject-User, as a ``User`` like ``users/{id}`` (the real API's way to read
+                      the acting user is undocumented).
 Group membership      ``/v3/user-groups/{id}/relationships/users``: GET lists, POST adds, DELETE
                       removes, PATCH replaces, many users per call, as sets (a repeat changes
                       nothing). An unknown user: 404 with ``source.pointer`` ``/data/<i>``, nothing
@@ -85,7 +90,16 @@ from __future__ import annotations
 from . import cli
 from .behaviour import SandboxStats
 from .config import FAULT_KINDS, SandboxConfig
+from .persist import SandboxStateError
 from .server import Sandbox
 from .store import Store
 
-__all__ = ["FAULT_KINDS", "Sandbox", "SandboxConfig", "SandboxStats", "Store", "cli"]
+__all__ = [
+    "FAULT_KINDS",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxStateError",
+    "SandboxStats",
+    "Store",
+    "cli",
+]

@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgspec
-
 from ..resources import (
     TYPE_ATTEMPT,
     TYPE_ATTEMPT_TIMER_RESET,
@@ -30,7 +28,7 @@ from ..resources import (
     TYPE_USER_GROUP,
 )
 from .config import SHAPE_FIELDS, SandboxConfig
-from .persist import StateFile, Tombstone, encode_changes, restore
+from .persist import SandboxStateError, StateFile, Tombstone, encode_changes, restore
 from .records import (
     ATTEMPT_ROLE_RELATIONSHIPS,
     EXAM_POOL_RELATIONSHIPS,
@@ -151,8 +149,7 @@ class Store:
         try:
             loaded = state_file.read() if state_file is not None and not reseed else None
             if state_file is not None and loaded is not None:
-                restore(self, state_file, *loaded)
-                self.config = msgspec.structs.replace(config, **self.shape)
+                restore(self, state_file, *loaded)  # the file's shape replaces the config's
             else:
                 self.portal.id = self.new_id()
                 self._seed()
@@ -194,10 +191,16 @@ class Store:
         dirty = self._dirty
         if dirty:
             assert self.state_file is not None
-            self.state_file.append(encode_changes(dirty))
+            state_file = self.state_file
+            state_file.append(encode_changes(dirty))
             dirty.clear()
-            if self.state_file.wants_compaction():
-                self.state_file.write_snapshot(self)
+            if state_file.wants_compaction():
+                try:
+                    state_file.write_snapshot(self)
+                except SandboxStateError:
+                    if not state_file.is_open:
+                        raise  # the journal is unusable: later writes must fail
+                    state_file.postpone_compaction()  # the journal still holds every change
 
     def close(self) -> None:
         """Commit, fold the journal into a fresh snapshot and release the state file."""
