@@ -40,7 +40,7 @@ from .errors import (
     TransportError,
     Unauthorized,
 )
-from .items import InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from .items import SUPERSEDED, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from .retry import RetryPolicy, backoff
 
 if TYPE_CHECKING:
@@ -238,6 +238,10 @@ class Engine:
                 try:
                     async for it in items:
                         idx = len(rows)
+                        label = skip.get(it.key)
+                        if label is not None:
+                            rows.append(PlanRow(key=it.key, line=it.line, action=label))
+                            continue
                         if isinstance(it, InvalidRow):
                             err = it.error
                             rows.append(
@@ -248,10 +252,6 @@ class Engine:
                                     detail=_join(err.field, err.detail or err.code),
                                 )
                             )
-                            continue
-                        label = skip.get(it.key)
-                        if label is not None:
-                            rows.append(PlanRow(key=it.key, line=it.line, action=label))
                             continue
                         rows.append(None)
                         await send.send((idx, it))
@@ -337,11 +337,15 @@ class Engine:
                         self._unfinished = True
                         return
                     self._total_seen += 1
+                    state = states.get(it.key)
+                    if state is not None and state.status == SUPERSEDED:
+                        # A row fixed and fed back by an earlier run stands in for this one.
+                        self._skipped_done += 1
+                        continue
                     if isinstance(it, InvalidRow):
                         self._invalid += 1
                         self._ledger.record(it, "invalid", 0, it.error)
                         continue
-                    state = states.get(it.key)
                     if state is not None:
                         status = state.status
                         if status == "done":

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from msgspec import Struct
 
 __all__ = [
+    "SUPERSEDED",
     "CsvStyle",
     "InvalidRow",
     "Item",
@@ -39,6 +40,11 @@ class Safety(enum.Enum):
     IDEMPOTENT = "idempotent"
     RECONCILABLE = "reconcilable"
     UNSAFE = "unsafe"
+
+
+#: The ledger status of a row replaced by its fixed version fed back (``run --source``): it is
+#: neither done nor to fix, and a later run of the original input skips it.
+SUPERSEDED = "superseded"
 
 
 class Item(Struct, frozen=True, kw_only=True):

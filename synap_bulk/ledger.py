@@ -37,8 +37,8 @@ __all__ = [
     "RunInfo",
 ]
 
-ItemStatus = Literal["in_flight", "done", "failed", "in_doubt", "invalid"]
-_STATUSES = ("in_flight", "done", "failed", "in_doubt", "invalid")
+ItemStatus = Literal["in_flight", "done", "failed", "in_doubt", "invalid", "superseded"]
+_STATUSES = ("in_flight", "done", "failed", "in_doubt", "invalid", "superseded")
 #: Statuses whose input row is kept, so the failures file can be rebuilt from the ledger alone.
 _KEEP_ROW = frozenset({"failed", "invalid", "in_doubt"})
 
@@ -382,20 +382,22 @@ class Ledger:
         return await self._call(write)
 
     async def supersede(self, fixed: list[tuple[int, str]]) -> int:
-        """Rows fed back fixed, as (original line, key): drop the not-done records of those
-        lines under another key (an invalid row keyed by its line, a row whose fix changed its
-        key), so they stop being reported as rows to fix. Done records are never dropped.
-        Returns how many records went."""
+        """Rows fed back fixed, as (original line, key): the not-done records of those lines
+        under another key (an invalid row keyed by its line, a row whose fix changed its key)
+        become ``superseded``: no longer rows to fix, and skipped when the original input runs
+        again. Done records are never touched. Returns how many records changed."""
 
         def write(db: sqlite3.Connection) -> int:
-            gone = 0
+            changed = 0
             for line, key in fixed:
                 cur = db.execute(
-                    "DELETE FROM items WHERE line = ? AND key != ? AND status != 'done'",
-                    (line, key),
+                    "UPDATE items SET status = 'superseded', error = NULL, row = NULL, "
+                    "run = ?, updated_at = julianday('now') "
+                    "WHERE line = ? AND key != ? AND status NOT IN ('done', 'superseded')",
+                    (self.run_id, line, key),
                 )
-                gone += cur.rowcount
-            return gone
+                changed += cur.rowcount
+            return changed
 
         return await self._call(write)
 

@@ -253,7 +253,7 @@ COUNT_KEYS = (
 #: not reached yet (known when the task counted its input).
 _LEFT = ("in_flight", "not_started")
 #: Counts that are item statuses; every other count is an action (created, assigned, ...).
-_STATUSES = frozenset({"done", "failed", "invalid", "in_doubt", "skipped", *_LEFT})
+_STATUSES = frozenset({"done", "failed", "invalid", "in_doubt", "skipped", "superseded", *_LEFT})
 
 
 class ClientFigures(Protocol):
@@ -407,7 +407,11 @@ class Summary(Struct, kw_only=True):
             lines[0] += f" - {self.reason}"
         rows: list[tuple[str, list[str]]] = []
         if self.acting_as:
-            rows.append(("acting as", [f"{self.acting_as} (token from {self.token_from})"]))
+            # User, portal and token source as separate parts, so a narrow terminal wraps
+            # between them rather than inside a name.
+            who, _, portal = self.acting_as.partition(" on portal ")
+            parts = [who, f"on portal {portal}"] if portal else [who]
+            rows.append(("acting as", [*parts, f"token from {self.token_from}"]))
         if self.this_run:
             rows.append(("this run", _items(self.this_run, skipped=True, left=False)))
             rows.append(("job total", _items(c, skipped=False, left=True)))
@@ -481,6 +485,8 @@ def _items(c: Mapping[str, int], *, skipped: bool, left: bool) -> list[str]:
         items.append(f"{c['skipped']:,} already done")
     if left:  # left for a resume (a stopped run): neither done nor anything to fix yet
         items += [f"{c[k]:,} {k.replace('_', ' ')}" for k in _LEFT if c.get(k)]
+        if c.get("superseded"):
+            items.append(f"{c['superseded']:,} replaced by fixed rows")
     return items
 
 

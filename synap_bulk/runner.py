@@ -27,7 +27,7 @@ from rich.console import Console
 from .client import ClientStatistics, Identity, SynapClient
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SynapBulkError
-from .items import RunContext, Safety, StreamProgress, StreamResult
+from .items import SUPERSEDED, RunContext, Safety, StreamProgress, StreamResult
 from .ledger import Ledger, RunInfo
 from .profile import ApiProfile
 from .progress import Progress, Snapshot
@@ -703,6 +703,7 @@ async def plan_job(
 PLAN_DONE = "done before"
 PLAN_IN_DOUBT = "in doubt (not re-sent)"
 PLAN_FAILED = "failed before (re-sent with --retry-failed)"
+PLAN_SUPERSEDED = "replaced by a fixed row"
 
 
 async def _skips(task: ItemTask, ledger: Ledger | None, retry_failed: bool) -> dict[str, str]:
@@ -713,6 +714,8 @@ async def _skips(task: ItemTask, ledger: Ledger | None, retry_failed: bool) -> d
     for key, state in (await ledger.load_states()).items():
         if state.status == "done":
             out[key] = PLAN_DONE
+        elif state.status == SUPERSEDED:
+            out[key] = PLAN_SUPERSEDED
         elif state.status == "in_doubt" or (
             state.status == "in_flight" and task.safety is Safety.UNSAFE
         ):
@@ -840,9 +843,9 @@ def _run_figures(summary: dict[str, Any] | None) -> str:
     if not isinstance(counts, dict):
         return ""
     shown = [
-        f"{v:,} {k.replace('_', ' ')}"
+        f"{v:,} {'already done' if k == 'skipped' else k.replace('_', ' ')}"
         for k, v in counts.items()
-        if isinstance(v, int) and v and k not in ("skipped",)
+        if isinstance(v, int) and v
     ]
     reason = summary.get("reason")
     if summary.get("status") == "aborted" and isinstance(reason, str) and reason:

@@ -615,10 +615,13 @@ async def test_parquet_killed_after_conversion_completes_on_resume(tmp_path: Pat
     assert pq.read_table(out).column("id").to_pylist() == expected_ids(attempts, ("e1", "e2"))
 
 
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
 async def test_plan_export_counts_without_writing(tmp_path: Path) -> None:
     """plan counts the attempts an export would write, per exam, and creates no file or ledger."""
     import io
-    import os
     import shutil
 
     from rich.console import Console
@@ -631,4 +634,7 @@ async def test_plan_export_counts_without_writing(tmp_path: Path) -> None:
     assert await plan_job(load_job(tmp_path / "job.yaml"), console=console) == 0
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "Plan: export 6000 attempts -> " in text and "a new export (new file)" in text
-    assert sorted(os.listdir(tmp_path)) == ["job.yaml"]
+    # Only the demo sandbox's own data file (the server's side) exists: no ledger, no export.
+    written = sorted(str(p.relative_to(tmp_path)) for p in _files(tmp_path))
+    state = "out/demo-export-attempts/sandbox-state.json"
+    assert written == ["job.yaml", state, state + ".journal"]
