@@ -555,6 +555,11 @@ class Ledger:
             elif len(self._records) >= self.batch_size:
                 self._urgent = True
                 self._cond.notify()
+            elif len(self._records) == 1:
+                # The writer may be asleep with nothing queued: wake it so that this record is
+                # committed within max_delay even if nothing else is ever written (an item that
+                # finished must not stay "in flight" on disk while the run is idle).
+                self._cond.notify()
 
     async def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         self._check_open()

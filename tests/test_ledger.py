@@ -409,3 +409,19 @@ async def test_a_ledger_of_the_previous_schema_opens_and_keeps_its_rows(tmp_path
     assert "pid" in columns["runs"]
     async with await Ledger.open_readonly(path) as reader:
         assert [r.pid for r in await reader.runs()] == [None, os.getpid()]
+
+
+async def test_a_lone_record_is_committed_while_the_run_is_idle(tmp_path: Path) -> None:
+    """An outcome recorded when nothing else follows reaches the disk on its own within the
+    writer's delay, so a kill during an idle spell never finds a finished item in flight."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        ledger.record(item(1), Outcome(status="done"), 1)
+        with anyio.fail_after(5):
+            while ledger.statistics().records_written < 1:
+                await anyio.sleep(0)  # yield; the writer thread commits on its own
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("SELECT status FROM items").fetchall() == [("done",)]
+        finally:
+            db.close()
