@@ -420,7 +420,7 @@ async def test_a_lone_record_is_committed_while_the_run_is_idle(tmp_path: Path) 
         ledger.record(item(1), Outcome(status="done"), 1)
         with anyio.fail_after(5):
             # The writer thread commits on its own; nothing on this side could set an event.
-            while ledger.statistics().records_written < 1:  # noqa: ASYNC110
+            while ledger.statistics().records_written < 1:
                 await anyio.lowlevel.checkpoint()
         db = sqlite3.connect(path)
         try:
