@@ -94,10 +94,10 @@ async def settle_job(
     def say(text: str) -> None:
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    if job.spec.api.base_url == "sandbox":
+    if job.spec.api.base_url == "sandbox" and not (job.spec.sandbox or {}).get("state"):
         say(
-            f"error: {job.path}: this job runs against the embedded sandbox, which starts "
-            "afresh every run: nothing is left in doubt to settle"
+            f"error: {job.path}: this job runs against the embedded sandbox without a state "
+            "file, which starts afresh every run: nothing is left in doubt to settle"
         )
         return EXIT_INVALID
     path = ledger_path(job)

@@ -333,3 +333,57 @@ async def test_status_shows_a_killed_run_as_interrupted(tmp_path: Path) -> None:
     data = json.loads(said(console))
     assert [r["status"] for r in data["runs"]] == ["interrupted"]
     assert os.getpid() != dead
+
+
+def _mend(failures: Path, fixed: Path) -> None:
+    """What README tells the person to do in fixed.csv: fill in the missing names, mend the
+    emails, give the duplicated candidate numbers their own."""
+    text = failures.read_text(encoding="utf-8-sig")
+    table = list(csv.DictReader(io.StringIO(text)))
+    for r in table:
+        if r["_error_code"] == "required":
+            r["first_name"], r["last_name"] = "Frances", "Lovelace"
+        elif r["_error_code"] == "email":
+            r["email"] = r["email"].replace(".at.", "@")
+        elif r["_error_code"] == "duplicate":
+            r["candidate_no"] = f"S{int(r['_line']) - 1:06d}"
+    with fixed.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+
+
+async def test_readme_fix_and_feed_back_walkthrough(tmp_path: Path) -> None:
+    """README's walkthrough on the demo import, step by step: 390 done and 10 to fix; the fixed
+    file fed back gives 10 done; the original again sends nothing; the run folders' success
+    files together are what the server (the demo sandbox's state file) holds."""
+    import shutil
+
+    for name in ("user-import.yaml", "candidates.csv"):
+        shutil.copy(ROOT / "jobs" / "demo" / name, tmp_path / name)
+    job = tmp_path / "user-import.yaml"
+    out = tmp_path / "out" / "demo-user-import"
+    assert await run_job(load_job(job), console=quiet(), handle_signals=False) == EXIT_FAILED
+    one = summary(tmp_path, name="demo-user-import")
+    assert one["this_run"]["done"] == 390 and one["this_run"]["invalid"] == 10
+    shutil.copy(out / "failures.csv", tmp_path / "fixed.csv")
+    _mend(out / "failures.csv", tmp_path / "fixed.csv")
+    code = await run_job(
+        load_job(job), source=tmp_path / "fixed.csv", console=quiet(), handle_signals=False
+    )
+    two = summary(tmp_path, name="demo-user-import")
+    assert code == EXIT_OK
+    assert two["this_run"]["done"] == 10 and two["job_total"]["done"] == 400
+    assert await run_job(load_job(job), console=quiet(), handle_signals=False) == EXIT_OK
+    three = summary(tmp_path, name="demo-user-import")
+    assert three["this_run"]["done"] == 0 and three["this_run"]["skipped"] == 400
+    assert three["job_total"]["superseded"] == 10 and three["job_total"]["invalid"] == 0
+    created = rows(out / "runs" / "1" / "success.csv") + rows(out / "runs" / "2" / "success.csv")
+    async with Sandbox(SandboxConfig(state=str(out / "sandbox-state.json"))) as sb:
+        server = {
+            u.external_id: u.id
+            for u in sb.store.users.values()
+            if (u.external_id or "").startswith("S")  # the candidates, not the markers
+        }
+    assert {r["candidate_no"]: r["_remote_id"] for r in created} == server
+    assert len(created) == len(server) == 400
