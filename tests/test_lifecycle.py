@@ -387,3 +387,52 @@ async def test_readme_fix_and_feed_back_walkthrough(tmp_path: Path) -> None:
         }
     assert {r["candidate_no"]: r["_remote_id"] for r in created} == server
     assert len(created) == len(server) == 400
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNAP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "synap_bulk", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_server_is_one_error_line_before_any_row(tmp_path: Path) -> None:
+    """Nobody listening at the base URL: the identity check fails with one error line and exit 2
+    (not 1, which would send a script looking for a failures file), and a summary saying why."""
+    path = import_job(tmp_path, f"http://127.0.0.1:{_closed_port()}/v3", token="p:x")
+    run = _cli("run", str(path), cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "127.0.0.1" in errors[0]
+    assert summary(tmp_path)["status"] == "aborted"
+    assert not (tmp_path / "out" / "life" / "failures.csv").exists()
+
+
+def test_an_out_dir_that_cannot_be_created_is_an_error_at_its_line(tmp_path: Path) -> None:
+    """run.out_dir under a file: one error line naming the job-file line, exit 2."""
+    (tmp_path / "blocker").write_text("a file, not a folder\n")
+    path = import_job(tmp_path, "sandbox")
+    text = path.read_text().replace(
+        "  concurrency: 4\n", "  concurrency: 4\nrun:\n  out_dir: blocker/out\n"
+    )
+    path.write_text(text.replace("  token_file: token.txt\n", ""))
+    run = _cli("run", str(path), cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert (
+        len(errors) == 1 and f"{path}:7: run.out_dir: cannot create the output folder" in errors[0]
+    )
