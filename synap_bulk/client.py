@@ -69,11 +69,42 @@ __all__ = [
     "Response",
     "SynapClient",
     "Timeouts",
+    "UnexpectedRedirect",
 ]
 
 T = TypeVar("T")
 
 _EXCERPT = 160
+
+
+class UnexpectedRedirect(ApiError):
+    """A 3xx answer: never followed (the token stays home) and never a success.
+
+    For a write it is a definite answer (the server did not carry out the request as asked), so
+    it is not retried. ``location`` is the redirect's path when it stays on the API's origin;
+    another origin is not named (``elsewhere`` is True): its URL may carry secrets of its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        location: str | None = None,
+        elsewhere: bool = False,
+    ) -> None:
+        self.location = location
+        self.elsewhere = elsewhere
+        super().__init__(method=method, path=path, status=status)
+
+    def _message(self) -> str:
+        head = f"{self.status} {self.reason} for {self.method} {self.path}: redirect not followed"
+        if self.location is not None:
+            head = f"{head} (Location: {self.location} on the same origin)"
+        elif self.elsewhere:
+            head = f"{head} (Location on another origin)"
+        return head
 
 
 class Response(Struct):
@@ -348,7 +379,23 @@ class SynapClient:
             url = f"{url}{sep}{urlencode(params, safe='[],:')}"
         return url, where
 
+    def _redirect_error(self, method: str, where: str, raw: RawResponse) -> UnexpectedRedirect:
+        location, elsewhere = None, False
+        loc = raw.headers.get("Location")
+        if loc:
+            parts = urlsplit(loc)
+            origin = f"{parts.scheme}://{parts.netloc}".lower()
+            if (not parts.scheme and not parts.netloc) or origin == self._origin.lower():
+                location = parts.path or "/"  # never the query: its values may be secret
+            else:
+                elsewhere = True
+        return UnexpectedRedirect(
+            method=method, path=where, status=raw.status, location=location, elsewhere=elsewhere
+        )
+
     def _api_error(self, method: str, where: str, raw: RawResponse) -> ApiError:
+        if 300 <= raw.status < 400:
+            return self._redirect_error(method, where, raw)
         errors = decode_errors(raw.body)
         trace = None
         for err in errors or ():
@@ -376,7 +423,10 @@ class SynapClient:
         body: Any = None,
         idempotent: bool | None = None,
     ) -> Response:
-        """Send one request with rate control and retries; return the 2xx/3xx answer.
+        """Send one request with rate control and retries; return the 2xx answer.
+
+        Anything else raises: a 3xx is :class:`UnexpectedRedirect` (never followed, never
+        retried), a status >= 400 its :mod:`.errors` ApiError.
 
         ``body`` is bytes (sent as is) or a document to encode. POST is retried after an
         uncertain failure only when ``idempotent=True``; ``idempotent=False`` stops retries of
@@ -420,7 +470,7 @@ class SynapClient:
                 self._latency.record((clock.now() - sent_at) * 1000.0)
                 self._by_status[status] = self._by_status.get(status, 0) + 1
                 rate.observe(sent_at, status, raw.headers)
-                if status < 400:
+                if 200 <= status < 300:
                     return Response(status, raw.headers, raw.body, method, where)
                 error = self._api_error(method, where, raw)
             if not is_retryable(error, method, idempotent, policy):
@@ -722,7 +772,7 @@ class SynapClient:
             async with transport.stream("GET", url, headers, self.timeouts) as resp:
                 self._by_status[resp.status] = self._by_status.get(resp.status, 0) + 1
                 self.rate.observe(sent_at, resp.status, resp.headers)
-                if resp.status >= 400:
+                if not 200 <= resp.status < 300:
                     body = b""
                     async for chunk in resp.chunks:
                         body += chunk

@@ -146,6 +146,8 @@ class AiohttpTransport:
                 headers=headers,
                 data=body,
                 timeout=self._timeout(timeouts),
+                # Never follow: the token must not go to another origin, and a redirected write
+                # was not carried out as asked. The client turns a 3xx into an error.
                 allow_redirects=False,
             ) as resp:
                 data = await resp.read()
@@ -169,7 +171,11 @@ class AiohttpTransport:
         session = self._client()
         try:
             async with session.request(
-                method, url, headers=headers, timeout=self._timeout(timeouts)
+                method,
+                url,
+                headers=headers,
+                timeout=self._timeout(timeouts),
+                allow_redirects=False,  # a redirect is the caller's error, never followed
             ) as resp:
 
                 async def chunks() -> AsyncIterator[bytes]:

@@ -18,6 +18,7 @@ from synap_bulk.client import (
     MissingToken,
     PageCursor,
     SynapClient,
+    UnexpectedRedirect,
 )
 from synap_bulk.clock import FakeClock
 from synap_bulk.errors import (
@@ -561,3 +562,46 @@ async def test_absolute_urls_to_another_origin_are_refused() -> None:
         with pytest.raises(InsecureURL):
             await client.request("GET", "https://evil.example/v3/users")
     assert transport.requests == []
+
+
+# -- redirects -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirected_post_is_a_typed_error_not_retried(status: int) -> None:
+    """A POST answered with a redirect is UnexpectedRedirect, sent once, even when idempotent."""
+    moved = RawResponse(status, {"Location": f"https://evil.example/steal?t={TOKEN}"}, b"")
+    client, transport, _ = make(script(moved, ok({"data": user("1")})))
+    async with client:
+        with pytest.raises(UnexpectedRedirect) as info:
+            await client.create(
+                "user-registrations", NewResource(type="UserRegistration"), User, idempotent=True
+            )
+    assert len(transport.requests) == 1
+    text = str(info.value)
+    assert f"{status} " in text and "POST /v3/user-registrations" in text
+    assert "redirect not followed" in text and "another origin" in text
+    assert "evil.example" not in text and TOKEN not in text and info.value.location is None
+
+
+async def test_a_redirected_get_is_a_typed_error_naming_a_same_origin_location() -> None:
+    """A GET answered 301 raises UnexpectedRedirect naming the same-origin Location's path only."""
+    moved = RawResponse(301, {"Location": f"{BASE}/people/1?secret=x"}, b"")
+    client, transport, _ = make(script(moved))
+    async with client:
+        with pytest.raises(UnexpectedRedirect) as info:
+            await client.get("users", "1", User)
+    assert len(transport.requests) == 1
+    assert info.value.status == 301 and info.value.location == "/v3/people/1"
+    assert str(info.value) == (
+        "301 Moved Permanently for GET /v3/users/1: redirect not followed "
+        "(Location: /v3/people/1 on the same origin)"
+    )
+
+
+async def test_a_redirected_file_download_is_not_followed() -> None:
+    """stream_lines treats a 3xx as an error rather than reading the redirect body as lines."""
+    client, _, _ = make(script(RawResponse(302, {"Location": "/elsewhere"}, b"moved")))
+    async with client:
+        with pytest.raises(UnexpectedRedirect):
+            [line async for line in client.stream_lines(f"{BASE}/files/x.ndjson")]

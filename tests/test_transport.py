@@ -154,3 +154,39 @@ async def test_handler_transport_records_and_streams() -> None:
     assert [r[1] for r in transport.requests] == ["http://x/v3/a", "http://x/v3/b"]
     await transport.aclose()
     assert transport.closed
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_redirects_are_never_followed(
+    raw_server: Callable[[Serve], Awaitable[str]], streamed: bool
+) -> None:
+    """A 302 comes back as it is: the second origin never sees the request or its token."""
+    hits: list[bytes] = []
+
+    async def elsewhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    target = await raw_server(elsewhere)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        head = f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n"
+        writer.write(head.encode())
+        await writer.drain()
+        writer.close()
+
+    url = await raw_server(serve)
+    transport = AiohttpTransport()
+    headers = {"Authorization": "Bearer t0ken"}
+    try:
+        if streamed:
+            async with transport.stream("GET", url, headers, Timeouts()) as resp:
+                status = resp.status
+        else:
+            status = (await transport.send("POST", url, headers, b"{}", Timeouts())).status
+    finally:
+        await transport.aclose()
+    assert status == 302 and hits == []
