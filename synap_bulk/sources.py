@@ -19,7 +19,7 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ __all__ = [
     "CsvRow",
     "CsvSource",
     "DuplicateTracker",
+    "delimiter_hint",
     "is_email",
     "missing_values",
     "normalize_email",
@@ -269,6 +270,21 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 def normalize_email(value: str) -> str:
     """The form emails are compared in: trimmed and lower-cased (Synap matches them so)."""
     return value.strip().lower()
+
+
+#: Delimiters spreadsheets save with besides the comma (European locales use ";").
+_OTHER_DELIMITERS = {";": "';'", "\t": "'\\t' (tab)", "|": "'|'"}
+
+
+def delimiter_hint(header: Sequence[str], delimiter: str) -> str:
+    """A hint when a header read as one column looks written with another delimiter, e.g.
+    ``; the header looks ';'-separated: set task.delimiter: ';'`` ('' otherwise)."""
+    if len(header) != 1:
+        return ""
+    for other, shown in _OTHER_DELIMITERS.items():
+        if other != delimiter and other in header[0]:
+            return f"; the header looks {shown}-separated: set task.delimiter: {shown.split()[0]}"
+    return ""
 
 
 def is_email(value: str) -> bool:

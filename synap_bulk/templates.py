@@ -42,6 +42,7 @@ import orjson
 from msgspec import Struct
 
 from .errors import SpecError
+from .sources import delimiter_hint
 
 
 class JobFile(Protocol):
@@ -302,15 +303,18 @@ class Template:
         """The value for this row; :class:`TemplateValueError` when a conversion fails."""
         return self._root.render(row)
 
-    def validate(self, header: Sequence[str], *, source: str = "the input") -> None:
+    def validate(
+        self, header: Sequence[str], *, source: str = "the input", delimiter: str = ","
+    ) -> None:
         """Raise SpecError at the job-file line of the first placeholder not in ``header``."""
         known = set(header)
         for f in self.fields:
             if f.column not in known:
+                hint = delimiter_hint(header, delimiter)
                 raise spec_error(
                     self._job,
                     f.at,
-                    f"unknown column {{{f.column}}}; {source} has: {', '.join(header)}",
+                    f"unknown column {{{f.column}}}; {source} has: {', '.join(header)}{hint}",
                 )
 
     def column_for_pointer(self, pointer: str) -> str:

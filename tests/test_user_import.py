@@ -282,3 +282,13 @@ async def test_group_batcher_cancelled_owner_releases_the_others() -> None:
             owner_scope.cancel()
     assert client.calls == []
     assert len(errors) == 1 and errors[0].never_sent
+
+
+def test_a_semicolon_csv_gets_a_delimiter_hint(tmp_path: Path) -> None:
+    """A CSV saved with semicolons (as European spreadsheets do) is refused with a hint to set
+    the delimiter, not only "unknown column"."""
+    (tmp_path / "candidates.csv").write_text(
+        "candidate_no;first_name;last_name;email;cohort\nS1;Ann;Lee;a@x.org;Cohort 01\n"
+    )
+    path = _job(tmp_path, "sandbox")
+    assert _task_error(path).endswith("; the header looks ';'-separated: set task.delimiter: ';'")

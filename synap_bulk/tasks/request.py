@@ -113,7 +113,9 @@ class RequestTask:
         self._source = CsvSource(job.input_file("task.source", spec.source), delimiter=delimiter)
         source_name = self._source.display_name
         for template in self._templates():
-            template.validate(self._source.header, source=source_name)
+            template.validate(
+                self._source.header, source=source_name, delimiter=self._source.delimiter
+            )
         self._counts: dict[str, int] = {}
 
     def _error(self, at: str, message: str) -> SpecError:

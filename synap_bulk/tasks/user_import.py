@@ -32,6 +32,7 @@ from ..sources import (
     CsvRow,
     CsvSource,
     DuplicateTracker,
+    delimiter_hint,
     is_email,
     normalize_email,
 )
@@ -207,6 +208,7 @@ class UserImportTask:
             return
         (column, at), *more = missing.items()
         has = f"{self._source.display_name} has: {', '.join(self._source.header)}"
+        has += delimiter_hint(self._source.header, self._source.delimiter)
         if not more:
             raise self.job.error(
                 at, f"unknown column {{{column}}} in template {templates[at]!r}; {has}"
