@@ -44,6 +44,8 @@ from .errors import (
 from .jsonapi import (
     MEDIA_TYPE,
     Document,
+    ErrorObject,
+    ErrorSource,
     ListDocument,
     NewResource,
     RelationshipDocument,
@@ -55,6 +57,7 @@ from .jsonapi import (
 )
 from .profile import DEFAULT_PROFILE, ApiProfile
 from .ratecontrol import RateController, RateSettings, parse_retry_after
+from .redact import redact, redact_value
 from .resources import Portal, User
 from .retry import RetryBudget, RetryPolicy, backoff, is_retryable
 from .transport import AiohttpTransport, RawResponse, Timeouts, Transport
@@ -232,6 +235,27 @@ _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
 
 
+def _redact_error(err: ErrorObject, secret: str) -> ErrorObject:
+    """A copy of a server's error object with the token (in any form) cut out of every text."""
+
+    def r(text: str | None) -> str | None:
+        return None if text is None else redact(text, secret)
+
+    src = err.source
+    return ErrorObject(
+        status=r(err.status),
+        code=r(err.code),
+        title=r(err.title),
+        detail=r(err.detail),
+        source=None
+        if src is None
+        else ErrorSource(pointer=r(src.pointer), parameter=r(src.parameter), header=r(src.header)),
+        meta=None if err.meta is None else redact_value(err.meta, secret),
+        id=r(err.id),
+        links=None if err.links is None else redact_value(err.links, secret),
+    )
+
+
 def _excerpt(body: bytes, secret: str) -> str:
     """A short readable piece of a non-JSON:API body (an HTML page's title, else its text)."""
     if not body:
@@ -240,7 +264,7 @@ def _excerpt(body: bytes, secret: str) -> str:
     m = _TITLE.search(head)
     raw = m.group(1) if m else _TAG.sub(b" ", head)
     text = _SPACE.sub(" ", raw.decode("utf-8", errors="replace")).strip() or "(blank body)"
-    text = text.replace(secret, "<redacted>")
+    text = redact(text, secret)
     return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "…"
 
 
@@ -397,6 +421,9 @@ class SynapClient:
         if 300 <= raw.status < 400:
             return self._redirect_error(method, where, raw)
         errors = decode_errors(raw.body)
+        if errors:
+            # Servers echo what they got; none of it may carry the token into a report.
+            errors = [_redact_error(err, self._token) for err in errors]
         trace = None
         for err in errors or ():
             trace = err.trace_id
@@ -526,7 +553,7 @@ class SynapClient:
             return decode(resp.body, tp)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise MalformedResponse(
-                f"response is not the expected JSON:API document: {exc}",
+                "response is not the expected JSON:API document: " + redact(str(exc), self._token),
                 method=resp.method,
                 path=resp.path,
                 status=resp.status,
