@@ -20,13 +20,18 @@ def _job_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .runner import invoked_as
+
     parser = argparse.ArgumentParser(
-        prog="python -m synap_bulk",
+        prog=invoked_as(),
         description="Safe, fast, resumable bulk operations against the Synap API.",
     )
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an unexpected error"
     )
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"synap_bulk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run a job, resuming where it stopped")

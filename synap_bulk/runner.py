@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
@@ -445,8 +446,24 @@ def _aborted(
     return _Ended(summary, EXIT_INVALID, [f"error: {exc}"])
 
 
+def invoked_as() -> str:
+    """The command as the user typed it, for the commands we print: ``synap-bulk`` when that
+    is what ran (and is on PATH), else ``<python> -m synap_bulk`` with the interpreter that
+    runs now (``python`` when that name finds it), so a printed command works outside an
+    activated venv too."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "synap-bulk":
+        found = shutil.which("synap-bulk")
+        return "synap-bulk" if found and Path(found).resolve() == argv0.resolve() else str(argv0)
+    python = sys.executable or "python"
+    found = shutil.which("python")
+    if found and Path(found).resolve() == Path(python).resolve():
+        python = "python"
+    return f"{python} -m synap_bulk"
+
+
 def _stopped_lines(job: JobFile) -> list[str]:
-    resume_cmd = f"python -m synap_bulk run {job.path}"
+    resume_cmd = f"{invoked_as()} run {job.path}"
     if _forgets(job):
         return [
             f"Run again with: {resume_cmd} (it starts afresh: the embedded sandbox keeps "

@@ -30,7 +30,7 @@ from rich.console import Console
 from .errors import CheckpointError, SourceError, SynapBulkError
 from .ledger import FailedItem, Ledger
 from .report import RESERVED_COLUMNS
-from .runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ledger_path
+from .runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, invoked_as, ledger_path
 from .spec import JobFile
 
 __all__ = ["APPLIED_COLUMN", "parse_applied", "settle_job"]
@@ -193,7 +193,7 @@ async def settle_job(
     if settled[False]:
         say(
             f"Run the job again to send the {settled[False]} not applied: "
-            f"python -m synap_bulk run {job.path}"
+            f"{invoked_as()} run {job.path}"
         )
     if left:
         say(f"{left} still in doubt.")

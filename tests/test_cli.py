@@ -130,7 +130,9 @@ async def test_sigterm_stops_gracefully_and_run_again_resumes(tmp_path: Path) ->
         code = await proc.wait()
         await proc.aclose()
         assert code == 1, out.decode()
-        assert b"Resume with: python -m synap_bulk run" in out
+        assert f"Resume with: {sys.executable} -m synap_bulk run".encode() in out or (
+            b"Resume with: python -m synap_bulk run" in out
+        )
         created_before = len([k for k in sb.store.by_external_id if k.startswith("C")])
         assert 0 < created_before < 300
         stopped = json.loads((tmp_path / "out" / "cli" / "summary.json").read_text())
@@ -155,3 +157,17 @@ def test_help_lists_the_commands() -> None:
     out = subprocess.run(_cmd("--help"), capture_output=True, text=True, check=True).stdout
     for command in ("run", "validate", "plan", "status", "schema", "sandbox"):
         assert command in out
+
+
+def test_version_and_the_command_as_invoked(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the package version; the installed synap-bulk script runs the CLI."""
+    from synap_bulk import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"synap_bulk {__version__}"
+    script = Path(sys.executable).with_name("synap-bulk")
+    if script.exists():  # installed with pip install -e (as .ci/run does)
+        out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+        assert out.stdout.strip() == f"synap_bulk {__version__}"

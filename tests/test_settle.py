@@ -11,7 +11,14 @@ from rich.console import Console
 
 from synap_bulk.items import Item, ItemError, Outcome
 from synap_bulk.ledger import Ledger
-from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ledger_path, run_job
+from synap_bulk.runner import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    invoked_as,
+    ledger_path,
+    run_job,
+)
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.settle import parse_applied, settle_job
 from synap_bulk.spec import JobFile, load_job
@@ -289,7 +296,7 @@ async def test_unknown_and_not_in_doubt_keys_are_reported(tmp_path: Path) -> Non
         "not settled: R9: not in doubt (it is done)",
         "not settled: nope: unknown: the ledger has no item with this key",
         "1 settled as applied, 1 as not applied; 1 not in doubt; 1 unknown key",
-        f"Run the job again to send the 1 not applied: python -m synap_bulk run {job.path}",
+        f"Run the job again to send the 1 not applied: {invoked_as()} run {job.path}",
         "1 still in doubt.",
     ]
     assert await statuses(job) == {"R1": "done", "R3": "in_doubt", "R9": "done"}
