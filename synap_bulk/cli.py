@@ -15,6 +15,14 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 
+def _add(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A command whose --help shows every option's default."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs
+    )
+    return parser
+
+
 def _job_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", type=Path, help="the job file (YAML)")
 
@@ -34,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"synap_bulk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="run a job, resuming where it stopped")
+    p = _add(sub, "run", help="run a job, resuming where it stopped")
     _job_arg(p)
     p.add_argument(
         "--restart", action="store_true", help="forget the ledger and start the job afresh"
@@ -50,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_run)
 
-    p = sub.add_parser("validate", help="check a job file and its inputs; no network")
+    p = _add(sub, "validate", help="check a job file and its inputs; no network")
     _job_arg(p)
     p.set_defaults(handler=_cmd_validate)
 
-    p = sub.add_parser("plan", help="dry run: read the server, write nothing, print the plan")
+    p = _add(sub, "plan", help="dry run: read the server, write nothing, print the plan")
     _job_arg(p)
     p.add_argument(
         "--retry-failed", action="store_true", help="plan as run --retry-failed would do"
@@ -62,12 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     _source_arg(p)
     p.set_defaults(handler=_cmd_plan)
 
-    p = sub.add_parser("status", help="what the job's ledger says (no server is contacted)")
+    p = _add(sub, "status", help="what the job's ledger says (no server is contacted)")
     _job_arg(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(handler=_cmd_status)
 
-    p = sub.add_parser(
+    p = _add(
+        sub,
         "settle",
         help="record which rows in doubt took effect on the server (no server is contacted)",
     )
@@ -95,12 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_settle)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of job files (for editors)")
+    p = _add(sub, "schema", help="print the JSON Schema of job files (for editors)")
     p.set_defaults(handler=_cmd_schema)
 
     from .sandbox import cli as sandbox_cli
 
-    sandbox_parser = sub.add_parser(
+    sandbox_parser = _add(
+        sub,
         "sandbox",
         help="serve the Synap API simulator (for tests, benchmarks and demos)",
         description="Serve a seeded, demanding simulator of the Synap API on 127.0.0.1.",

@@ -51,18 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sandbox's flags; every one optional, defaults as in :class:`SandboxConfig`."""
     d = SandboxConfig()
     g = parser.add_argument_group("listening")
-    g.add_argument("--host", default=d.host, help="interface (default %(default)s)")
-    g.add_argument("--port", type=int, default=8080, help="port, 0 = any free (default 8080)")
+    g.add_argument("--host", default=d.host, help="interface")
+    g.add_argument("--port", type=int, default=8080, help="port, 0 = any free")
     g = parser.add_argument_group("seeded data")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of data and behaviour")
     g.add_argument("--users", type=int, default=d.users, help="candidate users")
     g.add_argument("--groups", type=int, default=d.groups, help="candidate cohort groups")
     g.add_argument("--exams", type=int, default=d.exams, help="exams (the last is a draft)")
-    g.add_argument("--attempts-per-exam", type=int, default=d.attempts_per_exam)
+    g.add_argument(
+        "--attempts-per-exam", type=int, default=d.attempts_per_exam, help="attempts of each exam"
+    )
     g.add_argument("--markers", type=int, default=d.markers, help="marker users")
     g = parser.add_argument_group("behaviour")
     g.add_argument("--rate", type=float, default=d.rate, help="requests/s per token, 0 = no limit")
-    g.add_argument("--burst", type=float, default=None, help="bucket size (default: the rate)")
+    g.add_argument("--burst", type=float, default=None, help="bucket size; None: the rate")
     g.add_argument(
         "--retry-after",
         choices=("seconds", "http-date"),
@@ -70,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Retry-After format on 429",
     )
     g.add_argument("--no-ratelimit-headers", action="store_true", help="omit X-RateLimit-* headers")
-    g.add_argument("--latency-ms", type=float, default=d.latency_ms)
-    g.add_argument("--jitter-ms", type=float, default=d.jitter_ms)
+    g.add_argument("--latency-ms", type=float, default=d.latency_ms, help="added to every answer")
+    g.add_argument("--jitter-ms", type=float, default=d.jitter_ms, help="uniform extra, seeded")
     g.add_argument(
         "--route-latency",
         type=_route_latency,
@@ -84,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--group-join-latency-ms",
         type=float,
         default=None,
-        help="extra latency of group joins (default 4 x --latency-ms)",
+        help="extra latency of group joins; None: 4 x --latency-ms",
     )
     g.add_argument("--fault-rate", type=float, default=d.fault_rate, help="0..1")
     g.add_argument(
