@@ -23,7 +23,7 @@ from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import msgspec
 from msgspec import Struct
@@ -69,6 +69,7 @@ __all__ = [
     "InsecureURL",
     "MissingToken",
     "PageCursor",
+    "PaginationLoop",
     "Response",
     "SynapClient",
     "Timeouts",
@@ -108,6 +109,84 @@ class UnexpectedRedirect(ApiError):
         elif self.elsewhere:
             head = f"{head} (Location on another origin)"
         return head
+
+
+class PaginationLoop(MalformedResponse):
+    """A listing that would never end: ``links.next`` (or the page position) repeats a page
+    already fetched, the same page comes back twice, or there are more pages than
+    ``meta.total`` allows."""
+
+
+class _PageGuard:
+    """What one pagination has fetched, so that a server cannot keep it going forever."""
+
+    def __init__(self, client: SynapClient, path: str) -> None:
+        p = client.profile
+        self._client = client
+        self._path = path
+        by_number = p.pagination == "page-number"
+        self._pos_param = p.page_number_param if by_number else p.page_offset_param
+        self._urls: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        self._positions: set[int] = set()
+        self._fetched = 0
+        self._skipped = 0
+        self._largest = 0
+        self._last_ids: tuple[Any, ...] = ()
+
+    def _key(self, url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        parts = urlsplit(self._client._target(url, None)[0])
+        return parts.path, tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
+
+    def _position(self, url: str) -> int | None:
+        for k, v in parse_qsl(urlsplit(url).query):
+            if k == self._pos_param:
+                try:
+                    return int(v)
+                except ValueError:
+                    return None
+        return None
+
+    def _show(self, url: str) -> str:
+        """The link for a message: its path and page parameters only (filters may be secret)."""
+        parts = urlsplit(url)
+        keep = [(k, v) for k, v in parse_qsl(parts.query) if k.startswith("page[")]
+        shown = parts.path + (f"?{urlencode(keep, safe='[]')}" if keep else "")
+        return redact(shown, self._client._token)
+
+    def _fail(self, message: str) -> PaginationLoop:
+        return PaginationLoop(message, method="GET", path=self._path, status=200)
+
+    def start(self, position: int | None, first: int, step: int) -> None:
+        """Where this pagination starts: pages before it count against ``meta.total`` too."""
+        if position is not None and step > 0:
+            self._skipped = max(0, (position - first) // step)
+
+    def fetched(self, url: str, doc: ListDocument[Any]) -> None:
+        """Record a page fetched from ``url``; raise when it repeats or exceeds the total."""
+        self._urls.add(self._key(url))
+        pos = self._position(url)
+        if pos is not None:
+            self._positions.add(pos)
+        self._fetched += 1
+        self._largest = max(self._largest, len(doc.data))
+        ids = tuple((getattr(r, "type", None), getattr(r, "id", None)) for r in doc.data)
+        if ids and ids == self._last_ids and any(i is not None for _, i in ids):
+            raise self._fail(f"the page at {self._show(url)} repeats the previous page")
+        self._last_ids = ids
+        total = doc.meta.get("total")
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            bound = math.ceil(total / max(1, self._largest)) + 1
+            if self._skipped + self._fetched > bound:
+                raise self._fail(
+                    f"more pages than meta.total={total} allows ({bound} of "
+                    f"{max(1, self._largest)}); last link {self._show(url)}"
+                )
+
+    def check_next(self, url: str) -> None:
+        """Raise when ``url`` (links.next) leads back to a page already fetched."""
+        pos = self._position(url)
+        if self._key(url) in self._urls or (pos is not None and pos in self._positions):
+            raise self._fail(f"links.next repeats a page already fetched: {self._show(url)}")
 
 
 class Response(Struct):
@@ -698,10 +777,15 @@ class SynapClient:
             page_size = page_size or start.size
         qp, size = self._page_params(params, page_size, position or first)
         step = 1 if by_number else size
+        guard = _PageGuard(self, path)
+        guard.start(position, first, step)
         if position is None and start is not None and start.url:
-            doc = await self.get_page(start.url, None, tp)  # resume from a stored next URL
+            url = start.url
+            doc = await self.get_page(url, None, tp)  # resume from a stored next URL
         else:
+            url = self._target(path, qp)[0]
             doc = await self.get_page(path, qp, tp)
+        guard.fetched(url, doc)
         total = doc.meta.get("total")
         if position is not None and parallel > 1 and isinstance(total, int) and size > 0:
             last = first + max(0, math.ceil(total / size) - 1) * step
@@ -712,6 +796,8 @@ class SynapClient:
                 async with aclosing(rest):
                     yield self._cursor(position + step, None, size), doc
                     async for position, doc in rest:
+                        qp, _ = self._page_params(params, page_size, position)
+                        guard.fetched(self._target(path, qp)[0], doc)
                         if position < last:
                             yield self._cursor(position + step, None, size), doc
         # Follow links.next (also after the last counted page, in case the listing grew).
@@ -723,14 +809,19 @@ class SynapClient:
             if not nxt and not by_position:
                 yield None, doc
                 return
+            if nxt:
+                guard.check_next(nxt)  # before the cursor is handed out: resuming would loop too
             position = None if position is None else position + step
             yield self._cursor(position, nxt, size), doc
             if nxt:
+                url = nxt
                 doc = await self.get_page(nxt, None, tp)
             else:
                 assert position is not None
                 qp, _ = self._page_params(params, page_size, position)
+                url = self._target(path, qp)[0]
                 doc = await self.get_page(path, qp, tp)
+            guard.fetched(url, doc)
 
     async def _ordered(
         self,

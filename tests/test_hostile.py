@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import pytest
 
+from synap_bulk.client import PaginationLoop
 from synap_bulk.errors import BadRequest
 from synap_bulk.redact import REDACTED, redact
 from synap_bulk.resources import User
 from synap_bulk.transport import RawResponse
 
-from .test_client import TOKEN, fail, make, script
+from .test_client import BASE, TOKEN, Handler, fail, make, ok, script, user
 
 LONG = "syn_live_4f9b2c7d1e8a6f3b0c5d9e2a7f1b4c8d"
 
@@ -101,3 +106,97 @@ async def test_a_non_jsonapi_body_that_echoes_the_token_never_carries_it() -> No
     for bad in FORBIDDEN:
         assert bad not in str(info.value)
     assert info.value.body_excerpt is not None and REDACTED in info.value.body_excerpt
+
+
+# -- pagination that would never end ---------------------------------------------------------
+
+
+def looping(next_of: dict[int, str | None], *, total: int | None = None, size: int = 10) -> Handler:
+    """Full pages by page[number]; ``next_of[n]`` is page n's links.next (missing: n + 1)."""
+
+    async def handler(
+        method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> RawResponse:
+        q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        number = int(q.get("page[number]", "1"))
+        rows = [user(f"{number}-{i}") for i in range(size)]
+        default = f"{BASE}/users?page[number]={number + 1}&page[size]={size}&filter[x]=s3cr3t"
+        doc: dict[str, Any] = {"data": rows, "links": {"next": next_of.get(number, default)}}
+        if total is not None:
+            doc["meta"] = {"total": total}
+        return ok(doc)
+
+    return handler
+
+
+async def test_a_self_referencing_next_is_a_loop_error_not_a_hang() -> None:
+    """Page 2 whose links.next is page 2 again raises PaginationLoop after two requests."""
+    again = f"{BASE}/users?page[number]=2&page[size]=10&filter[x]=s3cr3t"
+    client, transport, _ = make(looping({2: again}))
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(PaginationLoop) as info:
+                [u async for u in client.paginate("users", None, User, page_size=10)]
+    assert len(transport.requests) == 2
+    text = str(info.value)
+    assert "/v3/users?page[number]=2&page[size]=10" in text and "s3cr3t" not in text
+
+
+async def test_a_next_back_to_an_earlier_page_in_another_spelling_is_a_loop() -> None:
+    """A link back to page 1 with its parameters reordered is still recognised by position."""
+    back = f"{BASE}/users?page[size]=10&page[number]=1"
+    client, transport, _ = make(looping({3: back}))
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(PaginationLoop):
+                [u async for u in client.paginate("users", None, User, page_size=10)]
+    assert len(transport.requests) == 3
+
+
+async def test_parallel_pages_detect_a_loop_after_the_counted_pages() -> None:
+    """The parallel path (by meta.total) also refuses a last page whose next leads back."""
+    back = f"{BASE}/users?page[number]=1&page[size]=10"
+    client, transport, _ = make(looping({3: back}, total=30))
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(PaginationLoop):
+                [u async for u in client.paginate("users", None, User, page_size=10, parallel=4)]
+    assert len(transport.requests) == 3
+
+
+async def test_more_pages_than_meta_total_allows_is_an_error() -> None:
+    """Ever-new next links beyond ceil(total / size) + 1 pages raise instead of going on."""
+    client, transport, _ = make(looping({}, total=25))
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(PaginationLoop) as info:
+                [u async for u in client.paginate("users", None, User, page_size=10)]
+    assert len(transport.requests) == 5 and "meta.total=25" in str(info.value)
+
+
+async def test_a_server_that_ignores_the_page_number_is_a_loop() -> None:
+    """Without links, the same full page coming back for page 2 raises instead of looping."""
+    rows = {"data": [user(str(i)) for i in range(10)]}
+    client, transport, _ = make(script(ok(rows)))
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(PaginationLoop):
+                [u async for u in client.paginate("users", None, User, page_size=10)]
+    assert len(transport.requests) == 2
+
+
+async def test_a_server_page_size_below_the_asked_one_is_not_a_loop() -> None:
+    """A server capping the page size at 5 (asked 10) is paged to the end within meta.total."""
+
+    async def handler(
+        method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> RawResponse:
+        number = int(parse_qs(urlsplit(url).query)["page[number]"][0])
+        rows = [user(str(i)) for i in range((number - 1) * 5, min(23, number * 5))]
+        nxt = None if number * 5 >= 23 else f"{BASE}/users?page[number]={number + 1}"
+        return ok({"data": rows, "meta": {"total": 23}, "links": {"next": nxt}})
+
+    client, _, _ = make(handler)
+    async with client:
+        ids = [u.id async for u in client.paginate("users", None, User, page_size=10)]
+    assert ids == [str(i) for i in range(23)]
