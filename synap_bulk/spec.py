@@ -262,18 +262,27 @@ class JobFile:
         return p if p.is_absolute() else self.dir / p
 
 
+#: The largest job file read (1 MiB): a job file is a page of settings, not data.
+MAX_JOB_BYTES = 1 << 20
+
+
 def load_job(path: str | Path) -> JobFile:
     """Read, expand and validate a job file; every problem is a SpecError naming its line."""
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_JOB_BYTES + 1)
     except FileNotFoundError:
         raise SpecError("no such job file", file=file) from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text (byte offset {exc.start})", file=file) from None
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=file) from None
+    if len(raw) > MAX_JOB_BYTES:
+        raise SpecError(f"the job file is larger than {MAX_JOB_BYTES} bytes", file=file)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text (byte offset {exc.start})", file=file) from None
     root = compose(text, file)
     if root is None:
         raise SpecError("the job file is empty", file=file, line=1)

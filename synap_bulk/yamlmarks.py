@@ -39,10 +39,81 @@ __all__ = [
 T = TypeVar("T")
 
 
+#: How deep collections may nest in a document; deeper is refused before it can recurse.
+MAX_DEPTH = 64
+#: How many nodes aliases may add to a document, all aliases together ("billion laughs").
+MAX_ALIAS_NODES = 10_000
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe composer with limits: nesting depth, alias expansion, no recursive alias.
+
+    Every node's expanded size (itself plus its children, aliases counted in full) is known
+    once composed, so an alias adds exactly its target's size to the document: the running sum
+    is what expanding the document costs, checked before anything is expanded.
+    """
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self._depth = 0
+        self._sizes: dict[int, int] = {}
+        self._alias_nodes = 0
+
+    def _refuse(self, message: str, mark: Any) -> SpecError:
+        return SpecError(message, file=self.file, line=mark.line + 1 if mark else None)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:
+                    raise self._refuse(
+                        f"alias *{event.anchor} refers to a node that contains it "
+                        "(a recursive alias)",
+                        event.start_mark,
+                    )
+                self._alias_nodes += size
+                if self._alias_nodes > MAX_ALIAS_NODES:
+                    raise self._refuse(
+                        f"aliases expand to more than {MAX_ALIAS_NODES} nodes "
+                        f"(alias *{event.anchor})",
+                        event.start_mark,
+                    )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise self._refuse(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if node is not None:
+            self._sizes[id(node)] = self._size(node)
+        return node
+
+    def _size(self, node: yaml.Node) -> int:
+        if isinstance(node, yaml.MappingNode):
+            pairs: list[tuple[yaml.Node, yaml.Node]] = node.value
+            return 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in pairs)
+        if isinstance(node, yaml.SequenceNode):
+            items: list[yaml.Node] = node.value
+            return 1 + sum(self._sizes[id(n)] for n in items)
+        return 1
+
+
 def compose(text: str, file: str) -> yaml.Node | None:
-    """The node tree of ``text`` (None if empty); a syntax error is a SpecError at its line."""
+    """The node tree of ``text`` (None if empty); a syntax error is a SpecError at its line.
+
+    So is nesting deeper than :data:`MAX_DEPTH`, a recursive alias, and aliases that together
+    add more than :data:`MAX_ALIAS_NODES` nodes: reading a hostile file costs bounded time,
+    memory and stack.
+    """
+    loader = _Loader(text, file)
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -50,6 +121,10 @@ def compose(text: str, file: str) -> yaml.Node | None:
         raise SpecError(f"invalid YAML: {problem}", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {exc}", file=file) from None
+    except RecursionError:  # a safety net: the depth limit should come first
+        raise SpecError("invalid YAML: nested too deeply", file=file) from None
+    finally:
+        loader.dispose()
 
 
 # --- YAML nodes to data ----------------------------------------------------------------------

@@ -325,3 +325,11 @@ def test_sandbox_section_is_checked_against_the_sandbox_config(tmp_path: Path) -
     """A sandbox key the simulator does not know is refused at its line."""
     msg = error_of(tmp_path, BASE.replace("users: 0}", "users: 0, colour: red}"))
     assert msg.startswith("jobs/import.yaml:7: sandbox.colour: unknown key (expected one of: seed,")
+
+
+def test_a_job_file_over_one_mebibyte_is_refused_unread(tmp_path: Path) -> None:
+    """A job file larger than 1 MiB is a SpecError naming the file; exactly 1 MiB still parses."""
+    big = BASE + "#" * (1 << 20)
+    assert error_of(tmp_path, big) == "jobs/import.yaml: the job file is larger than 1048576 bytes"
+    fits = BASE + "#" * ((1 << 20) - len(BASE.encode()))
+    assert load_job(write(tmp_path, fits)).spec.name == "spring-2027"

@@ -116,3 +116,41 @@ def test_a_yaml_syntax_error_names_its_line() -> None:
     assert info.value.line is not None and info.value.line >= 2
     assert str(info.value).startswith(f"f.yaml:{info.value.line}: invalid YAML: ")
     assert compose("", "f.yaml") is None
+
+
+def error(text: str, target: Any = None) -> str:
+    with pytest.raises(SpecError) as info:
+        read(text, target)
+    return str(info.value)
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_an_alias_bomb_is_refused_at_the_alias_that_crosses_the_budget() -> None:
+    """Aliases that together add more than 10,000 nodes are refused at the alias's line, before
+    anything is expanded; a few aliases within the budget expand as written."""
+    assert error(BOMB) == "f.yaml:5: aliases expand to more than 10000 nodes (alias *d)"
+    assert read("a: &a [1, 2]\nb: [*a, *a]\n")[1] == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+
+
+def test_a_recursive_alias_is_refused_at_its_line() -> None:
+    """An alias inside the node it names is an error at the alias, not a RecursionError."""
+    assert error("top: 1\nloop: &l\n  - a\n  - *l\n") == (
+        "f.yaml:4: alias *l refers to a node that contains it (a recursive alias)"
+    )
+    assert error("m: &m {self: *m}\n") == (
+        "f.yaml:1: alias *m refers to a node that contains it (a recursive alias)"
+    )
+
+
+def test_nesting_deeper_than_the_limit_is_refused_at_its_line() -> None:
+    """64 levels of nesting read; one more, or 3,000 brackets, is a SpecError at the first node
+    too deep, never a RecursionError."""
+    assert read("[" * 63 + "]" * 63)[1] is not None
+    assert error("a: " + "[" * 64 + "]" * 64) == "f.yaml:1: nested more than 64 levels deep"
+    assert error("a: 1\nb: " + "[" * 3000) == "f.yaml:2: nested more than 64 levels deep"
+    block = "".join(f"{'  ' * i}k{i}:\n" for i in range(70))
+    assert error(block) == "f.yaml:64: nested more than 64 levels deep"
