@@ -234,11 +234,11 @@ async def test_export_writes_every_attempt_once_in_order(tmp_path: Path) -> None
 async def test_killed_between_file_commit_and_ledger_and_resumed(
     tmp_path: Path, fmt: str, crash_on: int, refetched: int
 ) -> None:
-    """A crash after a page reached the file but before the ledger recorded it loses nothing and
-    duplicates nothing on resume: the file is cut back to the ledger's committed length."""
+    """With a commit after every page, a crash after a page reached the file but before the
+    ledger recorded it loses and duplicates nothing: the file is cut back on resume."""
     attempts = make_attempts(40)
     out = tmp_path / f"attempts.{fmt}"
-    s = settings(tmp_path, format=fmt, output=out)
+    s = settings(tmp_path, format=fmt, output=out, commit_pages=1)
     ledger = FakeLedger()
     ledger.crash_on = crash_on
     with pytest.raises(Crash):
@@ -251,6 +251,101 @@ async def test_killed_between_file_commit_and_ledger_and_resumed(
     assert result.rows == 40
     # The resume fetched only the pages not yet recorded, not the whole export again.
     assert len(client.page_requests) == refetched
+
+
+class Recording(FakeLedger):
+    """A FakeLedger that keeps the committed page count of each ``export:e1`` record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e1_pages: list[int] = []
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        await super().set_cursor(name, value)
+        if name == "export:e1":
+            self.e1_pages.append(json.loads(value).get("pages", 0))
+
+
+class TickingClient(FakeClient):
+    """A FakeClient whose every page takes ``tick`` seconds on a FakeClock (no real waiting)."""
+
+    def __init__(self, attempts: list[dict[str, Any]], clock: FakeClock, tick: float) -> None:
+        super().__init__(attempts)
+        self.clock, self.tick = clock, tick
+
+    async def pages(
+        self, path: str, params: dict[str, str], tp: Any, *, start: Any = None, parallel: int = 1
+    ) -> AsyncIterator[tuple[Any, ListDocument[Any]]]:
+        async for item in super().pages(path, params, tp, start=start, parallel=parallel):
+            self.clock.advance(self.tick)
+            yield item
+
+
+@pytest.mark.parametrize(
+    ("tick", "commit_pages", "commits"),
+    [(0.2, 50, [0, 3, 6, 9, 10]), (0.0, 4, [0, 4, 8, 10]), (0.0, 50, [0, 10])],
+)
+async def test_commits_come_by_time_or_pages_and_at_the_last_page(
+    tmp_path: Path, tick: float, commit_pages: int, commits: list[int]
+) -> None:
+    """The cursor is recorded once 500 ms (clock time) or ``commit_pages`` pages have passed since
+    the last commit, and always with a stream's last page."""
+    clock = FakeClock(auto_advance=False)
+    ledger = Recording()
+    s = settings(tmp_path, page_size=2, commit_interval_ms=500, commit_pages=commit_pages)
+    client = TickingClient(make_attempts(40), clock, tick)
+    result = await run_export(s, None, client, ledger, clock=clock)  # type: ignore[arg-type]
+    assert result.status == "completed" and result.rows == 40
+    assert ledger.e1_pages == commits
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+async def test_crash_between_two_commits_of_the_window_resumes_exactly_once(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A crash with three pages written since the last commit leaves them in the file but not in
+    the ledger; the resume cuts them off, fetches them again and yields every attempt once."""
+    attempts = make_attempts(40)
+    out = tmp_path / f"attempts.{fmt}"
+    s = settings(tmp_path, format=fmt, output=out, page_size=2, commit_pages=4)
+    ledger, clock = FakeLedger(), FakeClock(auto_advance=False)
+    client = FakeClient(attempts)
+    client.fail_after_pages = 7  # pages 1-7 of e1 written, committed up to page 4
+    with pytest.raises(Crash):
+        await run_export(s, None, client, ledger, clock=clock)  # type: ignore[arg-type]
+    committed = json.loads(ledger.cursors["export:e1"])
+    assert committed["pages"] == 4 and committed["cursor"]["number"] == 5
+    assert out.stat().st_size > committed["offset"]
+    again = FakeClient(attempts)
+    result = await run_export(s, None, again, ledger, clock=clock)  # type: ignore[arg-type]
+    assert result.status == "completed" and result.resumed and result.rows == 40
+    assert ids_in(out, fmt) == expected_ids(attempts, ("e1", "e2"))
+    assert again.page_requests[0] == ("e1", 5) and len(again.page_requests) == 6 + 10
+
+
+async def test_a_stop_request_commits_at_once(tmp_path: Path) -> None:
+    """A stop set mid-window commits the next page at once: the ledger covers every page
+    written, and the resume fetches only the rest."""
+    import anyio
+
+    attempts = make_attempts(40)
+    s = settings(tmp_path, page_size=2, commit_pages=50)
+    ledger, clock, stop = Recording(), FakeClock(auto_advance=False), anyio.Event()
+
+    def on_progress(p: ExportProgress) -> None:
+        if p.rows >= 6:
+            stop.set()
+
+    first = FakeClient(attempts)
+    stopped = await run_export(
+        s, None, first, ledger, clock=clock, stop=stop, progress_cb=on_progress
+    )  # type: ignore[arg-type]
+    assert stopped.status == "stopped" and stopped.rows == 8 and ledger.e1_pages == [0, 4]
+    assert json.loads(ledger.cursors["export:e1"])["offset"] == s.output.stat().st_size
+    second = FakeClient(attempts)
+    done = await run_export(s, None, second, ledger, clock=clock)  # type: ignore[arg-type]
+    assert done.rows == 40 and second.page_requests[0] == ("e1", 5)
+    assert ids_in(s.output, "ndjson") == expected_ids(attempts, ("e1", "e2"))
 
 
 async def test_stop_after_pages_then_resume_fetches_only_the_rest(tmp_path: Path) -> None:
@@ -438,7 +533,7 @@ from synap_bulk.ledger import Ledger
 from synap_bulk.client import SynapClient
 from synap_bulk.tasks.export_attempts import ExportSettings, run_export
 
-url, out, ledger_path, fmt, kill_at = sys.argv[1:6]
+url, out, ledger_path, fmt, kill_at, commit_pages = sys.argv[1:7]
 calls = 0
 real_commit = sinks._FileSink.commit
 
@@ -456,7 +551,8 @@ sinks._FileSink.commit = commit
 
 async def main():
     s = ExportSettings(exams=(), statuses=(), format=fmt, output=Path(out), columns=None,
-                       since=None, mode="pages", page_size=40, parallel=3)
+                       since=None, mode="pages", page_size=40, parallel=3,
+                       commit_pages=int(commit_pages), commit_interval_ms=10**9)
     async with SynapClient(url, token=os.environ["SYNAP_TOKEN"]) as client, await Ledger.open(
         ledger_path, job_name="kill", task_hash="t", input_hash=""
     ) as ledger:
@@ -467,11 +563,13 @@ anyio.run(main)
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+@pytest.mark.parametrize(("commit_pages", "kill_at"), [(1, 5), (4, 2)])
 async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
-    tmp_path: Path, fmt: str
+    tmp_path: Path, fmt: str, commit_pages: int, kill_at: int
 ) -> None:
-    """A process SIGKILLed with an uncommitted page in its file, then resumed, leaves exactly the
-    sandbox's attempts in the file, each once."""
+    """A process SIGKILLed with uncommitted pages in its file (one, or with a window of 4 pages
+    the four written since the last commit), then resumed, leaves exactly the sandbox's
+    attempts in the file, each once."""
     import os
     import subprocess
     import sys
@@ -487,7 +585,8 @@ async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
     root = ROOT
     async with Sandbox(SandboxConfig(seed=3, users=50, exams=3, attempts_per_exam=150)) as sb:
         env = dict(os.environ, SYNAP_TOKEN=sb.token, PYTHONPATH=str(root))
-        cmd = [sys.executable, "-c", CHILD, sb.url, str(out), str(ledger_path), fmt, "5"]
+        cmd = [sys.executable, "-c", CHILD, sb.url, str(out), str(ledger_path), fmt]
+        cmd += [str(kill_at), str(commit_pages)]
         async with await anyio.open_process(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         ) as proc:
@@ -516,6 +615,7 @@ async def test_export_sigkilled_mid_page_and_resumed_matches_the_server(
             await Ledger.open(ledger_path, job_name="kill", task_hash="t", input_hash="") as led,
         ):
             committed = json.loads(await led.get_cursor(f"export:{ex.ALL_EXAMS}") or "{}")
+            # Killed on page 5 (per page) or page 8 (window of 4): 4 pages committed either way.
             assert committed["pages"] == 4 and size_at_kill > committed["offset"]
             result = await run_export(s, None, client, led)
         assert result.status == "completed" and result.resumed

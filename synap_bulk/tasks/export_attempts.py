@@ -1,11 +1,14 @@
 """``kind: export-attempts``: every attempt of some exams, streamed to NDJSON, CSV or Parquet.
 
 An export is a stream, not a set of items: :class:`ExportAttemptsTask` is a stream task, which
-the runner drives instead of the engine. The file is written page by page; after each page the
-sink is committed (flush + fsync) and the ledger records, durably, the page cursor and the
-file's committed length. A resumed export cuts the file back to that length and continues from
-the next page: every attempt of the server appears exactly once, and memory stays flat (a few
-pages at most) whatever the size.
+the runner drives instead of the engine. The file is written page by page (each page handed to
+the OS at once, so memory stays flat: a few pages at most, whatever the size). Durability goes
+by time, not by page: at most every ``commit_interval_ms`` or ``commit_pages`` pages, whichever
+comes first, the sink is committed (flush + fsync) and the ledger records, durably and in the
+same step, the next page's cursor and the file's committed length. The last page of a stream
+and a stop commit at once. A kill loses at most that window: a resumed export cuts the file
+back to the committed length (the pages written since, in the OS but covered by no cursor, go)
+and continues from the committed cursor, so every attempt of the server appears exactly once.
 
 Two modes:
 
@@ -91,6 +94,10 @@ ALL_EXAMS = "*"
 DOWNLOAD_CHUNK = 1000
 #: The placeholders ``output`` may hold.
 PLACEHOLDERS = ("run", "date")
+#: Durability window: commit (fsync + ledger cursor) at most this often ...
+COMMIT_INTERVAL_MS = 500
+#: ... or after this many pages, whichever comes first. 1 = after every page.
+COMMIT_PAGES = 50
 
 Phase = Literal["paging", "waiting", "downloading", "finishing", "done"]
 
@@ -143,6 +150,9 @@ class ExportSettings(Struct, frozen=True, kw_only=True):
     parallel: int
     template_parts: int = 0
     templated: bool = False
+    #: The durability window: a kill loses at most this much (re-fetched on resume).
+    commit_interval_ms: int = COMMIT_INTERVAL_MS
+    commit_pages: int = COMMIT_PAGES
 
 
 class _Meta(Struct, kw_only=True, omit_defaults=True):
@@ -232,6 +242,9 @@ def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportS
         parallel=max(1, spec.parallel),
         template_parts=template_parts,
         templated=templated,
+        # Not job-file settings yet (ExportAttemptsSpec.commit_interval_ms / .commit_pages).
+        commit_interval_ms=max(0, int(getattr(spec, "commit_interval_ms", COMMIT_INTERVAL_MS))),
+        commit_pages=max(1, int(getattr(spec, "commit_pages", COMMIT_PAGES))),
     )
 
 
@@ -408,9 +421,10 @@ async def run_export(
     """Export (or resume exporting) the attempts ``settings`` describe into its output file.
 
     The export stops cleanly (status ``stopped``, resumable) at the first page boundary after
-    ``stop`` is set, or after ``max_pages`` pages in this call: the state is then exactly the one
-    a kill after that page leaves. Cancelling the call is safe too; only the page in progress is
-    redone on resume.
+    ``stop`` is set, or after ``max_pages`` pages in this call, committing that page at once.
+    Cancelling the call or a kill is safe too; the pages written since the last commit (at most
+    the durability window, ``commit_interval_ms`` / ``commit_pages``, as read on ``clock``) are
+    cut off and fetched again on resume.
 
     ``run`` is the ledger's run (its number for ``{run}``, its start for ``{date}`` and for the
     generation's ``since: last-run`` baseline); without one, the generation number and now.
@@ -457,6 +471,11 @@ class _Exporter:
         self.total: int | None = None
         self.max_pages: int | None = None
         self.stop_event: anyio.Event | None = None
+        #: Pages written since the last durable commit, and when that commit was (clock time).
+        self.uncommitted = 0
+        self.committed_at = clock.now()
+        #: Durable commits made by this call (for tests and benchmarks).
+        self.commits = 0
 
     # -- state ------------------------------------------------------------------------------
 
@@ -636,20 +655,37 @@ class _Exporter:
         except BadRequest as exc:
             raise _refused(exc, self.job, p, self._exam_at(name)) from None
 
-    async def _commit(self, name: str, st: _Stream, rows: int) -> None:
-        """After a page: make the file durable, then record where the next page starts."""
-        self.offset = self.sink.commit()
-        st.offset = self.offset
+    async def _commit(self, name: str, st: _Stream, rows: int, *, last: bool = False) -> None:
+        """After a page (written, ``st.cursor`` the next one's): count it, and commit if the
+        durability window is full, it is the stream's ``last`` page, or the export stops."""
         st.rows += rows
         st.pages += 1
         self.rows += rows
         self.pages += 1
-        await self._save(name, st)
         self.pages_this_call += 1
-        if self.max_pages is not None and self.pages_this_call >= self.max_pages:
+        self.uncommitted += 1
+        stopping = (self.max_pages is not None and self.pages_this_call >= self.max_pages) or (
+            self.stop_event is not None and self.stop_event.is_set()
+        )
+        if (
+            last
+            or stopping
+            or self.uncommitted >= self.s.commit_pages
+            or (self.clock.now() - self.committed_at) * 1000 >= self.s.commit_interval_ms
+        ):
+            await self._durable(name, st)
+        if stopping:
             raise _Stop
-        if self.stop_event is not None and self.stop_event.is_set():
-            raise _Stop
+
+    async def _durable(self, name: str, st: _Stream) -> None:
+        """Make the file durable, then record where the next page starts and the file's length:
+        until this record, the pages written since the previous one are not part of the export."""
+        self.offset = self.sink.commit()
+        st.offset = self.offset
+        await self._save(name, st)
+        self.uncommitted = 0
+        self.committed_at = self.clock.now()
+        self.commits += 1
 
     # -- mode pages -------------------------------------------------------------------------
 
@@ -669,7 +705,7 @@ class _Exporter:
             raise _refused(exc, self.job, p, self._exam_at(name)) from None
         if not st.done:  # an empty listing
             st.done = True
-            await self._save(name, st)
+            await self._durable(name, st)
 
     async def _page_loop(
         self,
@@ -691,7 +727,7 @@ class _Exporter:
                 st.cursor = _cursor_out(cursor)
                 # The last page says so in the same durable record, or a resume starts over.
                 st.done = cursor is None
-                await self._commit(name, st, len(rows))
+                await self._commit(name, st, len(rows), last=st.done)
                 self._report("paging", name)
 
     # -- mode server ------------------------------------------------------------------------
@@ -717,7 +753,7 @@ class _Exporter:
             url = await self._wait(name, job_id)
         await self._download(name, st, url, since)
         st.done = True
-        await self._save(name, st)
+        await self._durable(name, st)
 
     async def _create_job(self, exam: str, since: str | None) -> str:
         """POST the export; its filters mirror the page mode's query parameters."""
