@@ -323,6 +323,17 @@ def _check(job: JobFile, data: dict[str, Any], reader: Reader) -> None:
             raise err("sandbox", 'a sandbox section is only allowed when api.base_url is "sandbox"')
     if api.token is not None and api.token_file is not None:
         raise err("api.token_file", "give api.token or api.token_file, not both")
+    if api.token_file is not None and not job.resolve(api.token_file).is_file():
+        # Not the path: like everything under a token key, it is never quoted back.
+        raise err("api.token_file", "no such file (a relative path is taken from the job's folder)")
+    for at, written in (("run.ledger", spec.run.ledger), ("run.out_dir", spec.run.out_dir)):
+        if written is None:
+            continue
+        place = job.resolve(written)
+        if at == "run.ledger" and place.is_dir():
+            raise err(at, f"expected a file for the ledger, got a directory: {place}")
+        if at == "run.out_dir" and place.exists() and not place.is_dir():
+            raise err(at, f"expected a directory for the results, got a file: {place}")
     if api.profile:
         try:
             job.profile = load_profile(dict(api.profile))

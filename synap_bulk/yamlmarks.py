@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -129,6 +130,8 @@ def compose(text: str, file: str) -> yaml.Node | None:
 
 # --- YAML nodes to data ----------------------------------------------------------------------
 
+#: The longest integer a job file may write (Python refuses to parse past 4300 digits).
+_MAX_INT_TEXT = 100
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STR_TAG = "tag:yaml.org,2002:str"
 _TEXT_TAGS = {
@@ -136,6 +139,15 @@ _TEXT_TAGS = {
     "tag:yaml.org,2002:float",
     "tag:yaml.org,2002:bool",
     "tag:yaml.org,2002:timestamp",
+}
+#: The tags a node may carry: the ones plain YAML resolves to. Any other (``!env``,
+#: ``!!python/name``, ``!!binary``) is refused rather than constructed or ignored.
+_ALLOWED_TAGS = {
+    *_TEXT_TAGS,
+    _STR_TAG,
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:map",
+    "tag:yaml.org,2002:seq",
 }
 
 
@@ -169,6 +181,14 @@ class Reader:
         return self._walk(root, "", self.root_type)
 
     def _walk(self, node: yaml.Node, path: str, tinfo: mi.Type | None) -> Any:
+        if node.tag not in _ALLOWED_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise SpecError(
+                f"YAML tags are not allowed, got {show(tag)}",
+                file=self.file,
+                line=node.start_mark.line + 1,
+                path=path,
+            )
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, tinfo)
         if isinstance(node, yaml.SequenceNode):
@@ -227,8 +247,28 @@ class Reader:
             return value  # `exams: [12]`, `name: 2027` -> the text as written
         if tag == "tag:yaml.org,2002:timestamp":
             return value
+        line = node.start_mark.line + 1
+        if tag == "tag:yaml.org,2002:int" and len(value) > _MAX_INT_TEXT:
+            raise SpecError(
+                f"expected an integer of at most {_MAX_INT_TEXT} characters, "
+                f"got one of {len(value)}",
+                file=self.file,
+                line=line,
+                path=path,
+            )
         plain = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark, node.style)
-        return self._loader.construct_object(plain, deep=True)
+        try:
+            out = self._loader.construct_object(plain, deep=True)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise SpecError(
+                f"cannot read the value: {exc}", file=self.file, line=line, path=path
+            ) from None
+        if isinstance(out, float) and not math.isfinite(out):
+            shown = self.show(path, value) if path in self.from_env else value
+            raise SpecError(
+                f"expected a finite number, got {shown}", file=self.file, line=line, path=path
+            )
+        return out
 
     def _expand(self, text: str, path: str, line: int) -> str:
         names: list[str] = []

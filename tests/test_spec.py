@@ -333,3 +333,67 @@ def test_a_job_file_over_one_mebibyte_is_refused_unread(tmp_path: Path) -> None:
     assert error_of(tmp_path, big) == "jobs/import.yaml: the job file is larger than 1048576 bytes"
     fits = BASE + "#" * ((1 << 20) - len(BASE.encode()))
     assert load_job(write(tmp_path, fits)).spec.name == "spring-2027"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "rate: 20",
+            "rate: .inf",
+            "jobs/import.yaml:6: api.rate: expected a finite number, got .inf",
+        ),
+        (
+            "rate: 20",
+            "timeout: .nan",
+            "jobs/import.yaml:6: api.timeout: expected a finite number, got .nan",
+        ),
+        (
+            "rate: 20",
+            "rate: !fast 20",
+            'jobs/import.yaml:6: api.rate: YAML tags are not allowed, got "!fast"',
+        ),
+        (
+            "rate: 20",
+            "concurrency: " + "1" * 5000,
+            "jobs/import.yaml:6: api.concurrency: expected an integer of at most 100 characters, "
+            "got one of 5000",
+        ),
+        (
+            "token: ${SYNAP_TOKEN:-p:sandbox}",
+            "token_file: missing.token",
+            "jobs/import.yaml:5: api.token_file: no such file "
+            "(a relative path is taken from the job's folder)",
+        ),
+        (
+            "rate: 20",
+            "rate: 20\nrun: {ledger: .}",
+            "jobs/import.yaml:7: run.ledger: expected a file for the ledger, got a directory: jobs",
+        ),
+        (
+            "rate: 20",
+            "rate: 20\nrun: {out_dir: import.yaml}",
+            "jobs/import.yaml:7: run.out_dir: expected a directory for the results, got a file: "
+            "jobs/import.yaml",
+        ),
+    ],
+)
+def test_values_that_used_to_slip_past_validation(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    """A non-finite number, a tag, an unparsable integer, a missing token file, a ledger that is
+    a directory and an out_dir that is a file are each refused at their line."""
+    assert old in BASE
+    assert error_of(tmp_path, BASE.replace(old, new, 1)) == expected
+
+
+def test_an_existing_token_file_and_a_fresh_ledger_path_load(tmp_path: Path) -> None:
+    """A token file that exists, a ledger not yet created and an out_dir not yet made load."""
+    text = BASE.replace("token: ${SYNAP_TOKEN:-p:sandbox}", "token_file: t.token").replace(
+        "rate: 20", "rate: 20\nrun: {ledger: state/ledger.db, out_dir: results}"
+    )
+    path = write(tmp_path, text)
+    (path.parent / "t.token").write_text("p:x\n", encoding="utf-8")
+    job = load_job(path)
+    assert job.spec.api.token_file == "t.token"
+    assert job.spec.run.ledger == "state/ledger.db"

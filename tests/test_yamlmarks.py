@@ -154,3 +154,48 @@ def test_nesting_deeper_than_the_limit_is_refused_at_its_line() -> None:
     assert error("a: 1\nb: " + "[" * 3000) == "f.yaml:2: nested more than 64 levels deep"
     block = "".join(f"{'  ' * i}k{i}:\n" for i in range(70))
     assert error(block) == "f.yaml:64: nested more than 64 levels deep"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("title: !foo bar\n", 'f.yaml:1: title: YAML tags are not allowed, got "!foo"'),
+        ("items: !seq [a]\n", 'f.yaml:1: items: YAML tags are not allowed, got "!seq"'),
+        ("x: !!binary aGk=\n", 'f.yaml:1: x: YAML tags are not allowed, got "!!binary"'),
+        (
+            "x: !!python/name:os.system\n",
+            'f.yaml:1: x: YAML tags are not allowed, got "!!python/name:os.system"',
+        ),
+        ("rate: .inf\n", "f.yaml:1: rate: expected a finite number, got .inf"),
+        ("rate: -.Inf\n", "f.yaml:1: rate: expected a finite number, got -.Inf"),
+        ("list: [1, .NaN]\n", "f.yaml:1: list[1]: expected a finite number, got .NaN"),
+        (
+            "n: " + "9" * 5000 + "\n",
+            "f.yaml:1: n: expected an integer of at most 100 characters, got one of 5000",
+        ),
+    ],
+)
+def test_values_plain_yaml_cannot_carry_are_refused_at_their_line(text: str, expected: str) -> None:
+    """An explicit non-standard tag, a non-finite number or an integer too long to parse is a
+    SpecError at its line."""
+    assert error(text) == expected
+
+
+def test_standard_tags_and_a_long_but_sane_integer_still_read() -> None:
+    """``!!str``, ``!!int`` and ``!!float`` are plain YAML and read as before."""
+    assert read("a: !!str 12\nb: !!int '7'\nc: !!float 1\nd: " + "9" * 100 + "\n")[1] == {
+        "a": "12",
+        "b": 7,
+        "c": 1.0,
+        "d": int("9" * 100),
+    }
+
+
+def test_a_non_finite_number_from_the_environment_is_not_quoted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rate: ${X}`` with X=.inf is refused by the variable's name, not its value."""
+    monkeypatch.setenv("YM_INF", ".inf")
+    assert error("rate: ${YM_INF}\n") == (
+        "f.yaml:1: rate: expected a finite number, got the value of ${YM_INF}"
+    )
