@@ -12,8 +12,7 @@ started with ``python -m synap_bulk sandbox``; traffic only to 127.0.0.1):
   alone) and on (header pacing).
 * ``cpu``: unthrottled sandbox, 20,000 GETs: client CPU ms per request for a bare aiohttp loop,
   ``client.request`` and ``client.get`` (typed decode); target <= 2x the bare loop.
-* ``pacer``: CPU per throttled acquire of aiolimiter (bucket of one) and of the clock pacer, no
-  HTTP (asyncio event loop).
+* ``pacer``: CPU per throttled acquire of the GCRA pacer, no HTTP (asyncio event loop).
 
 ``--quick`` shortens every duration for a smoke run. Prints a table and, with ``--json``, the raw
 figures.
@@ -229,15 +228,9 @@ async def run_cpu(url: str, mode: str, total: int) -> dict[str, Any]:
 async def run_pacer(kind: str, rate: float, seconds: float) -> dict[str, Any]:
     """CPU per throttled acquire: 16 tasks pulling from a pacer at ``rate``, no HTTP."""
     from synap_bulk.clock import SystemClock
-    from synap_bulk.ratecontrol import AiolimiterPacer, ClockPacer, Pacer
+    from synap_bulk.ratecontrol import ClockPacer
 
-    pacer: Pacer
-    if kind == "aiolimiter-1":
-        pacer = AiolimiterPacer(rate, burst_s=0.0)  # a bucket of exactly one
-    elif kind == "aiolimiter":
-        pacer = AiolimiterPacer(rate)
-    else:
-        pacer = ClockPacer(SystemClock(), rate)
+    pacer = ClockPacer(SystemClock(), rate)
     acquires = int(rate * seconds)
     left = acquires
 
@@ -345,7 +338,7 @@ def cpu_scenario(total: int, repeats: int) -> list[dict[str, Any]]:
 def pacer_scenario(seconds: float, repeats: int) -> list[dict[str, Any]]:
     out = []
     for rate in (100, 1000, 5000):
-        for kind in ("aiolimiter-1", "aiolimiter", "clock"):
+        for kind in ("clock",):
             runs = [
                 child(["--kind", "pacer", "--mode", kind, "--rate", str(rate),
                        "--duration", str(seconds)])
@@ -353,9 +346,7 @@ def pacer_scenario(seconds: float, repeats: int) -> list[dict[str, Any]]:
             ]  # fmt: skip
             out.append(
                 {
-                    "pacer": {"aiolimiter-1": "aiolimiter, bucket of 1",
-                              "aiolimiter": "aiolimiter, 20 ms bucket (default)",
-                              "clock": "clock pacer (GCRA)"}[kind],
+                    "pacer": "GCRA pacer (ClockPacer), 20 ms burst",
                     "target_per_s": rate,
                     "achieved_per_s": round(
                         statistics.median(r["achieved_per_s"] for r in runs)

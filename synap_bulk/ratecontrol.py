@@ -1,7 +1,7 @@
 """One feedback loop shared by every request of a run: ceiling, concurrency, pause, recovery.
 
-* A **ceiling** paces sends at most ``rate`` per second with no initial burst (aiolimiter with a
-  bucket of one, so the first second cannot fire ``rate`` requests at once).
+* A **ceiling** paces sends at most ``rate`` per second with no initial burst (one GCRA limiter on
+  the injected clock, :class:`ClockPacer`, that stays exact while the rate changes).
 * A **concurrency cap** bounds requests in flight.
 * On **429** every request waits behind one shared pause until Retry-After (seconds or an HTTP
   date; missing, zero, negative or garbage means a computed backoff, never a tight loop), and the
@@ -21,17 +21,16 @@ import asyncio
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
 
-from aiolimiter import AsyncLimiter
 from msgspec import Struct
 
 from .clock import Clock, SystemClock
 
 __all__ = [
-    "AiolimiterPacer",
     "ClockPacer",
     "Pacer",
     "RateController",
@@ -41,6 +40,8 @@ __all__ = [
 ]
 
 Algorithm = Literal["cubic", "aimd"]
+#: Slack of the pace comparisons (a nanosecond): float sums of 1/rate must not cost a sleep.
+_EPSILON = 1e-9
 
 
 class RateSettings(Struct, frozen=True, kw_only=True):
@@ -65,9 +66,6 @@ class RateSettings(Struct, frozen=True, kw_only=True):
     max_pause: float = 300.0
     #: How often the rate is recomputed while recovering (seconds).
     update_interval: float = 0.1
-    #: Who spaces the sends: aiolimiter (on the system clock) or the clock pacer (GCRA on the
-    #: injected clock). "auto": aiolimiter for real runs, the clock pacer under a fake clock.
-    pacer: Literal["auto", "aiolimiter", "clock"] = "auto"
     #: With ``X-RateLimit-Remaining`` at or below this, sends are spread over the reset window.
     #: None means the concurrency (what may already be on its way).
     low_water: int | None = None
@@ -114,53 +112,123 @@ class Pacer(Protocol):
     async def wait(self) -> None: ...
 
 
-class AiolimiterPacer:
-    """aiolimiter's leaky bucket holding ``burst_s`` seconds of sends (at least one).
+class ClockPacer:
+    """One GCRA limiter on the injected clock whose rate can change under its waiters.
 
-    A bucket of ``rate`` per second would let a fresh client fire a whole second of requests at
-    once (the initial-burst surprise); a bucket of exactly one cannot keep up above ~800/s here
-    (each send waits on a loop timer), so the default 20 ms is both. It reads the event loop's
-    clock, which is the system clock: with an injected clock use :class:`ClockPacer`.
+    GCRA (generic cell rate algorithm): a theoretical arrival time ``tat`` advances by
+    ``1/rate`` per admission; a send may go when ``now >= tat - tolerance``, the tolerance being
+    ``burst_s`` seconds of sends beyond the first (``max(1, rate x burst_s)`` at once: at 100/s
+    that is 2, so a fresh client cannot fire a second's worth; at 5,000/s it is 100, so a send
+    does not need a loop timer of its own). Waiters queue in FIFO order and only the head may
+    leave; each sleeps on the clock until its own slot. A rate change rescales the debt still
+    ahead (``tat - now``) to the new spacing and wakes every waiter to re-time, so after a cut
+    nobody leaves before the new schedule and after a raise nobody sleeps on the old one.
+    There is one limiter for the life of the pacer, so the rate it admits is the rate it was set
+    to (rebuilding a limiter per change let the waiters of several old ones through at once).
     """
 
-    def __init__(self, rate: float | None = None, *, burst_s: float = 0.02) -> None:
-        self._limiter: AsyncLimiter | None = None
-        self._burst_s = burst_s
-        self.set_rate(rate)
-
-    def set_rate(self, rate: float | None) -> None:
-        # A new bucket per change: waiters on the old one finish at the old spacing (one slot).
-        if rate is None:
-            self._limiter = None
-            return
-        capacity = max(1.0, rate * self._burst_s)
-        self._limiter = AsyncLimiter(capacity, capacity / rate)
-
-    async def wait(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
-
-
-class ClockPacer:
-    """Generic cell rate algorithm on the injected clock: each send reserves the next slot."""
-
-    def __init__(self, clock: Clock, rate: float | None = None) -> None:
+    def __init__(self, clock: Clock, rate: float | None = None, *, burst_s: float = 0.02) -> None:
         self._clock = clock
+        self._burst_s = burst_s
         self._interval = 0.0
-        self._next = -math.inf
+        self._tolerance = 0.0
+        self._tat = -math.inf
+        self._queue: deque[_Turn] = deque()
+        self.rate: float | None = None
         self.set_rate(rate)
 
+    @property
+    def waiting(self) -> int:
+        """Sends queued behind the pace."""
+        return len(self._queue)
+
     def set_rate(self, rate: float | None) -> None:
-        self._interval = 0.0 if rate is None else 1.0 / rate
+        now = self._clock.now()
+        old = self._interval
+        new = 0.0 if rate is None else 1.0 / rate
+        if not new:
+            self._tat = -math.inf  # unpaced: no debt carried into a later rate
+        elif old and self._tat > now:
+            self._tat = now + (self._tat - now) * (new / old)
+        self._interval = new
+        self._tolerance = 0.0 if rate is None else (max(1.0, rate * self._burst_s) - 1.0) * new
+        self.rate = rate
+        self._wake_all()
 
     async def wait(self) -> None:
-        if not self._interval:
-            return
-        now = self._clock.now()
-        slot = self._next if self._next > now else now
-        self._next = slot + self._interval
-        if slot > now:
-            await self._clock.sleep(slot - now)
+        clock = self._clock
+        queue = self._queue
+        if not queue:
+            if not self._interval:
+                return
+            now = clock.now()
+            if now >= self._tat - self._tolerance - _EPSILON:
+                self._tat = max(self._tat, now) + self._interval
+                return
+        loop = asyncio.get_running_loop()
+        turn = _Turn()
+        queue.append(turn)
+        try:
+            while True:
+                # Every waiter sleeps on the clock until its own slot (a discrete-event clock
+                # sees everyone asleep); a rate change or a departure wakes them to re-time.
+                pos = 0 if queue[0] is turn else queue.index(turn)
+                until: float | None = None
+                if self._interval:
+                    now = clock.now()
+                    due = self._tat - self._tolerance + pos * self._interval
+                    if now < due - _EPSILON:
+                        until = due
+                    elif not pos:
+                        self._tat = max(self._tat, now) + self._interval
+                        break
+                elif not pos:
+                    break
+                wake = turn.wake = loop.create_future()
+                turn.until = until
+                if until is None:
+                    await wake  # our time has come: the ones ahead go first, then hand over
+                    continue
+                sleeper = asyncio.ensure_future(clock.sleep(until - now))
+                try:
+                    await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not sleeper.done():
+                        sleeper.cancel()
+                        await asyncio.wait((sleeper,))
+        finally:
+            turn.wake = None
+            head = queue[0] is turn
+            if head:
+                queue.popleft()
+            else:
+                queue.remove(turn)
+            if queue:
+                if not head:
+                    self._wake_all()  # everyone behind moved up one slot
+                else:
+                    nxt = queue[0]
+                    due = self._tat - self._tolerance
+                    if nxt.until is None or nxt.until > due + _EPSILON:
+                        nxt.kick()
+
+    def _wake_all(self) -> None:
+        for turn in self._queue:
+            turn.kick()
+
+
+class _Turn:
+    """One queued waiter: what it sleeps until (None: a hand-over) and how to wake it early."""
+
+    __slots__ = ("until", "wake")
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+        self.wake: asyncio.Future[None] | None = None
+
+    def kick(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
 
 
 class RateController:
@@ -195,13 +263,7 @@ class RateController:
             raise ValueError(f"rate must be a positive number, None or 'auto', got {rate!r}")
         self.ceiling: float | None = None if rate is None or self.auto else float(rate)
         self.concurrency = concurrency
-        if pacer is None:
-            real = type(self.clock) is SystemClock
-            if s.pacer == "aiolimiter" or (s.pacer == "auto" and real):
-                pacer = AiolimiterPacer()
-            else:
-                pacer = ClockPacer(self.clock)
-        self._pacer = pacer
+        self._pacer: Pacer = pacer if pacer is not None else ClockPacer(self.clock)
         self._rng = rng or random.Random()
         self._wall = wall
         self._remaining_header = remaining_header

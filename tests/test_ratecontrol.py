@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import math
 import random
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -12,7 +14,6 @@ import pytest
 
 from synap_bulk.clock import FakeClock
 from synap_bulk.ratecontrol import (
-    AiolimiterPacer,
     ClockPacer,
     RateController,
     RateSettings,
@@ -274,30 +275,186 @@ async def test_plenty_remaining_does_not_slow_anything() -> None:
 
 
 async def test_clock_pacer_rate_change_takes_effect() -> None:
-    """Lowering the pacer's rate widens the spacing of the following sends."""
+    """Lowering the rate stretches the slot already reserved too: 10/s then 2/s is 0.5 s apart."""
     clock = FakeClock()
     pacer = ClockPacer(clock, 10.0)
     await pacer.wait()
     await pacer.wait()
     assert clock.now() == pytest.approx(0.1)
-    pacer.set_rate(2.0)
+    pacer.set_rate(2.0)  # the 0.1 s owed at 10/s becomes 0.5 s at 2/s
     await pacer.wait()
+    assert clock.now() == pytest.approx(0.6)
     await pacer.wait()
-    assert clock.now() == pytest.approx(0.7)
+    assert clock.now() == pytest.approx(1.1)
 
 
-async def test_aiolimiter_pacer_has_no_initial_burst() -> None:
-    """The aiolimiter bucket holds 20 ms of sends (at least one), never a second's worth."""
-    pacer = AiolimiterPacer(1000.0)
+async def test_pacer_burst_is_20_ms_of_sends_never_a_second() -> None:
+    """At 1,000/s 20 sends go at once and the 21st waits; at 10/s only the first goes at once."""
+    clock = FakeClock()
+    fast = ClockPacer(clock, 1000.0)
     for _ in range(20):
-        await pacer.wait()
-    limiter = pacer._limiter
-    assert limiter is not None and not limiter.has_capacity()
-    slow = AiolimiterPacer(10.0)
+        await fast.wait()
+    assert clock.now() == 0.0
+    await fast.wait()
+    assert clock.now() == pytest.approx(0.001)
+    slow = ClockPacer(FakeClock(), 10.0)
     await slow.wait()
-    assert slow._limiter is not None and not slow._limiter.has_capacity()
-    pacer.set_rate(None)
-    await pacer.wait()  # no pacing at all
+    await slow.wait()
+    assert slow._clock.now() == pytest.approx(0.1)
+    fast.set_rate(None)
+    before = clock.now()
+    for _ in range(50):
+        await fast.wait()  # no pacing at all
+    assert clock.now() == before
+
+
+class EventClock:
+    """A discrete-event clock: time jumps to the earliest deadline when the driver says so."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self.sleepers: list[tuple[float, anyio.Event]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        entry = (self._now + max(0.0, seconds), anyio.Event())
+        self.sleepers.append(entry)
+        try:
+            await entry[1].wait()
+        finally:
+            if entry in self.sleepers:
+                self.sleepers.remove(entry)
+
+    def jump(self, to: float) -> None:
+        """Move time to ``to`` and wake every sleeper due by then."""
+        self._now = max(self._now, to)
+        for entry in [e for e in self.sleepers if e[0] <= self._now]:
+            self.sleepers.remove(entry)
+            entry[1].set()
+
+    def next_deadline(self) -> float:
+        return min((d for d, _ in self.sleepers), default=math.inf)
+
+
+async def settle(clock: EventClock, sleepers: int) -> None:
+    """Run the loop until ``sleepers`` waiters are asleep on the clock and nothing else moves."""
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if len(clock.sleepers) == sleepers:
+            for _ in range(5):  # and nothing else was about to move
+                await asyncio.sleep(0)
+            if len(clock.sleepers) == sleepers:
+                return
+    raise AssertionError("the waiters never settled")
+
+
+async def run_waiters(
+    clock: EventClock,
+    pacer: ClockPacer,
+    n: int,
+    changes: list[tuple[float, float | None]],
+    until: float,
+) -> list[tuple[float, int]]:
+    """``n`` tasks loop on ``pacer.wait()``; apply the (time, rate) changes; return admissions."""
+    admitted: list[tuple[float, int]] = []
+
+    async def waiter(i: int) -> None:
+        while True:
+            await pacer.wait()
+            admitted.append((clock.now(), i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(waiter, i)
+            await asyncio.sleep(0)  # each one queues in turn: FIFO order is start order
+        pending = list(changes)
+        while True:
+            await settle(clock, n)
+            nxt = min(clock.next_deadline(), pending[0][0] if pending else math.inf)
+            if nxt >= until:
+                break
+            clock.jump(nxt)
+            while pending and pending[0][0] <= clock.now():
+                pacer.set_rate(pending.pop(0)[1])
+        tg.cancel_scope.cancel()
+    return admitted
+
+
+async def test_pacer_admits_the_rate_it_is_set_to_while_the_rate_changes_every_100_ms() -> None:
+    """50 waiters, the rate changed every 0.1 s for 20 s: each second admits its rate integral."""
+    values = [20.0, 80.0, 35.0, 120.0, 50.0, 200.0, 10.0, 90.0, 150.0, 25.0, 60.0]
+    schedule = [(k / 10, values[(k * 7) % len(values)]) for k in range(200)]
+    clock = EventClock()
+    pacer = ClockPacer(clock, schedule[0][1])
+    admitted = await run_waiters(clock, pacer, 50, schedule[1:], until=20.0)
+    times = [t for t, _ in admitted]
+    for second in range(20):
+        expected = sum(r * 0.1 for t, r in schedule if second <= t < second + 1)
+        got = sum(1 for t in times if second <= t < second + 1)
+        assert abs(got - expected) <= 0.03 * expected + 5, (second, got, expected)
+    # Never ahead of the rate in force: per 0.1 s step, at most rate x 0.1 + the burst + 1.
+    for t0, r in schedule:
+        got = sum(1 for t in times if t0 <= t < t0 + 0.1 - 1e-9)
+        assert got <= r * 0.1 + max(1.0, r * 0.02) + 1, (t0, r, got)
+    # Strict FIFO: the 50 waiters take turns in their queueing order, round after round.
+    order = [i for _, i in admitted]
+    assert order[1:101] == [k % 50 for k in range(100)]  # waiter 0 went first, then queued
+
+
+async def test_a_rate_cut_holds_back_every_queued_waiter() -> None:
+    """After a cut from 100/s to 10/s no queued waiter leaves before the new spacing."""
+    clock = EventClock()
+    pacer = ClockPacer(clock, 100.0)
+    admitted = await run_waiters(clock, pacer, 20, [(1.005, 10.0)], until=3.0)
+    times = [t for t, _ in admitted]
+    before = [t for t in times if t < 1.005]
+    after = [t for t in times if t >= 1.005]
+    assert 99 <= len(before) <= 103
+    # The debt left at the cut (under one old slot) is stretched tenfold, then 0.1 s apart.
+    assert after[0] - before[-1] >= 0.01 - 1e-9
+    gaps = [b - a for a, b in itertools.pairwise(after)]
+    assert gaps and min(gaps) >= 0.1 - 1e-9
+    assert len(after) == pytest.approx(20, abs=1)
+
+
+async def test_a_rate_raise_re_times_the_sleeping_head_at_once() -> None:
+    """Raised from 1/s to 100/s mid-sleep, the head is not left sleeping on the old slot."""
+    clock = EventClock()
+    pacer = ClockPacer(clock, 1.0)
+    admitted = await run_waiters(clock, pacer, 5, [(0.5, 100.0)], until=1.0)
+    times = [t for t, _ in admitted]
+    assert times[0] == 0.0
+    # The 0.5 s still owed at the raise shrinks to 5 ms, inside the new burst: it goes at 0.5.
+    assert times[1] == pytest.approx(0.5)
+    assert 50 <= len(times) <= 53  # then 100/s
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_without_blocking_the_rest() -> None:
+    """Cancelling a queued waiter (the head or not) hands its turn on; the others still go."""
+    clock = EventClock()
+    pacer = ClockPacer(clock, 10.0)
+    await pacer.wait()  # uses the one free slot
+    done: list[int] = []
+
+    async def one(i: int) -> None:
+        await pacer.wait()
+        done.append(i)
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(4)]
+    await settle(clock, 4)
+    assert pacer.waiting == 4
+    tasks[0].cancel()  # the head, asleep on the clock
+    tasks[2].cancel()
+    await settle(clock, 2)
+    assert pacer.waiting == 2
+    for left in (1, 0):
+        clock.jump(clock.next_deadline())
+        await settle(clock, left)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert done == [1, 3]
+    assert clock.now() == pytest.approx(0.2)
 
 
 def test_rejects_a_nonsense_rate() -> None:
