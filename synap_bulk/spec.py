@@ -282,7 +282,8 @@ def load_job(path: str | Path) -> JobFile:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text (byte offset {exc.start})", file=file) from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"not UTF-8 text (byte offset {exc.start})", file=file, line=line) from None
     root = compose(text, file)
     if root is None:
         raise SpecError("the job file is empty", file=file, line=1)
