@@ -247,6 +247,8 @@ class JobFile:
     def input_file(self, at: str, written: str) -> Path:
         """The input file named at dotted path ``at``; a SpecError at that line if it is absent."""
         path = self.resolve(written)
+        if path.is_dir():
+            raise self.error(at, f"expected a file, got a directory: {path}")
         if not path.is_file():
             raise self.error(at, f"no such file: {path}")
         return path
