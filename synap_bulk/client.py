@@ -60,7 +60,14 @@ from .ratecontrol import RateController, RateSettings, parse_retry_after
 from .redact import redact, redact_value
 from .resources import Portal, User
 from .retry import RetryBudget, RetryPolicy, backoff, is_retryable
-from .transport import AiohttpTransport, RawResponse, Timeouts, Transport
+from .transport import (
+    DEFAULT_MAX_BODY_BYTES,
+    AiohttpTransport,
+    RawResponse,
+    ResponseTooLarge,
+    Timeouts,
+    Transport,
+)
 from .urls import check_base_url
 
 __all__ = [
@@ -372,6 +379,7 @@ class SynapClient:
         *,
         rate_settings: RateSettings | None = None,
         rng: random.Random | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.base_url = check_base_url(base_url)
         parts = urlsplit(self.base_url)
@@ -383,6 +391,8 @@ class SynapClient:
         self.timeouts = timeouts or Timeouts()
         self.clock: Clock = clock or SystemClock()
         self.concurrency = concurrency
+        #: The largest answer (and, of a streamed file, the longest line) read into memory.
+        self.max_body_bytes = max_body_bytes
         self._rng = rng or random.Random()
         self._transport: Transport | None = transport
         self._own_transport = transport is None
@@ -425,7 +435,9 @@ class SynapClient:
 
     async def __aenter__(self) -> SynapClient:
         if self._transport is None:
-            self._transport = AiohttpTransport(limit=max(self.concurrency, 1) + 4)
+            self._transport = AiohttpTransport(
+                limit=max(self.concurrency, 1) + 4, max_body_bytes=self.max_body_bytes
+            )
         return self
 
     async def __aexit__(
@@ -903,6 +915,10 @@ class SynapClient:
                 async for chunk in resp.chunks:
                     rest += chunk
                     if b"\n" not in chunk:
+                        if len(rest) > self.max_body_bytes:  # one endless line
+                            raise ResponseTooLarge(
+                                self.max_body_bytes, method="GET", path=where, status=resp.status
+                            )
                         continue
                     *lines, rest = rest.split(b"\n")
                     for line in lines:

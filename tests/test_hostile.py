@@ -14,7 +14,7 @@ from synap_bulk.client import PaginationLoop
 from synap_bulk.errors import BadRequest
 from synap_bulk.redact import REDACTED, redact
 from synap_bulk.resources import User
-from synap_bulk.transport import RawResponse
+from synap_bulk.transport import RawResponse, ResponseTooLarge
 
 from .test_client import BASE, TOKEN, Handler, fail, make, ok, script, user
 
@@ -200,3 +200,14 @@ async def test_a_server_page_size_below_the_asked_one_is_not_a_loop() -> None:
     async with client:
         ids = [u.id async for u in client.paginate("users", None, User, page_size=10)]
     assert ids == [str(i) for i in range(23)]
+
+
+async def test_a_streamed_file_with_an_endless_line_stops_at_the_cap() -> None:
+    """stream_lines refuses one line longer than max_body_bytes instead of buffering it all."""
+    client, _, _ = make(script(RawResponse(200, {}, b"ok\n" + b"x" * 500)), max_body_bytes=100)
+    got: list[bytes] = []
+    async with client:
+        with pytest.raises(ResponseTooLarge):
+            async for line in client.stream_lines(f"{BASE}/files/x.ndjson"):
+                got.append(line)
+    assert got == [b"ok"]

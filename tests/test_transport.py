@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 import pytest
 
+from synap_bulk.client import SynapClient
 from synap_bulk.errors import ConnectError, ConnectionDropped, RequestTimeout, TransportError
 from synap_bulk.transport import (
     AiohttpTransport,
     HandlerTransport,
     RawResponse,
+    ResponseTooLarge,
     Timeouts,
     translate,
 )
@@ -190,3 +193,87 @@ async def test_redirects_are_never_followed(
     finally:
         await transport.aclose()
     assert status == 302 and hits == []
+
+
+def _chunked(total: int, piece: int = 512) -> bytes:
+    """A chunked-encoding body of ``total`` bytes of JSON-ish filler."""
+    out = b""
+    for i in range(0, total, piece):
+        n = min(piece, total - i)
+        out += f"{n:x}\r\n".encode() + b"x" * n + b"\r\n"
+    return out + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(5000),
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(gzip.compress(b"x" * 50_000)), gzip.compress(b"x" * 50_000)),
+    ],
+    ids=["content-length", "chunked", "gzip-bomb"],
+)
+async def test_an_answer_past_the_size_cap_is_refused(
+    raw_server: Callable[[Serve], Awaitable[str]], answer: bytes
+) -> None:
+    """A body over max_body_bytes (declared, chunked or decompressed) is ResponseTooLarge."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    url = await raw_server(serve)
+    transport = AiohttpTransport(max_body_bytes=1000)
+    try:
+        with pytest.raises(ResponseTooLarge) as info:
+            await transport.send("GET", url, {}, None, Timeouts())
+    finally:
+        await transport.aclose()
+    assert info.value.cap == 1000 and "1000 bytes" in str(info.value)
+    assert info.value.path == "/v3/users" and "secret" not in str(info.value)
+
+
+async def test_an_answer_at_the_cap_is_read_whole(
+    raw_server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    """A chunked body exactly at the cap still comes back complete."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(1000))
+        await writer.drain()
+        writer.close()
+
+    url = await raw_server(serve)
+    transport = AiohttpTransport(max_body_bytes=1000)
+    try:
+        raw = await transport.send("GET", url, {}, None, Timeouts())
+    finally:
+        await transport.aclose()
+    assert raw.body == b"x" * 1000
+
+
+async def test_the_client_does_not_retry_an_oversized_answer(
+    raw_server: Callable[[Serve], Awaitable[str]],
+) -> None:
+    """SynapClient(max_body_bytes=...) sends an oversized GET once and raises ResponseTooLarge."""
+    hits = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hits
+        hits += 1
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"x" * 4096)
+        await writer.drain()
+        writer.close()
+
+    url = await raw_server(serve)
+    base = url.split("/users")[0]
+    async with SynapClient(base, token="t0ken-t0ken", max_body_bytes=1024) as client:
+        with pytest.raises(ResponseTooLarge):
+            await client.request("GET", "users")
+        assert client.statistics().in_flight == 0
+    assert hits == 1
