@@ -86,6 +86,8 @@ __all__ = [
 T = TypeVar("T")
 
 _EXCERPT = 160
+#: Added to a wait for the retry budget so that the bucket has surely left the window.
+_BUDGET_SLACK = 0.001
 
 
 class UnexpectedRedirect(ApiError):
@@ -611,8 +613,12 @@ class SynapClient:
                 faults += 1
                 if faults >= policy.max_attempts:
                     raise error
-                if not self._budget.try_retry():
-                    raise RetryBudgetExhausted(error) from error
+                # An exhausted budget spaces retries out: wait until the window allows one.
+                while not self._budget.try_retry():
+                    at = self._budget.retry_at()
+                    if at - started > policy.deadline:
+                        raise RetryBudgetExhausted(error) from error
+                    await clock.sleep(max(0.0, at - clock.now()) + _BUDGET_SLACK)
                 wait = backoff(faults, policy, self._rng)
                 if isinstance(error, ApiError) and error.retry_after:
                     wait = max(wait, error.retry_after)

@@ -3,7 +3,8 @@
 The policy is data (a frozen Struct) and the wait is a pure function of (attempt, policy, random
 source), so both are tested without sleeping. The retry budget keeps retries a small share of
 recent traffic (the Google SRE "retry budget"), so a sick server is not hammered by every
-concurrent task retrying at once.
+concurrent task retrying at once: a retry the budget refuses now waits until the window allows
+it (:meth:`RetryBudget.retry_at`); it fails only when that is past the request's deadline.
 """
 
 from __future__ import annotations
@@ -119,6 +120,23 @@ class RetryBudget:
         bucket[2] += 1
         self._retries += 1
         return True
+
+    def retry_at(self) -> float:
+        """The earliest time at which :meth:`try_retry` can say yes (now if it would already),
+        as old buckets leave the window; ``inf`` when waiting can never help."""
+        bucket = self._bucket()
+        requests, retries = self._requests, self._retries
+        if retries + 1 <= max(float(self._min), self._ratio * requests):
+            return self._clock.now()
+        for old in self._buckets:
+            if old is bucket:
+                break
+            requests -= old[1]
+            retries -= old[2]
+            if retries + 1 <= max(float(self._min), self._ratio * requests):
+                return float(old[0] + self._window)
+        # Only the current second is left; once it leaves too, the window is empty.
+        return float(bucket[0] + self._window) if self._min >= 1 else float("inf")
 
     @property
     def window_counts(self) -> tuple[int, int]:

@@ -338,14 +338,55 @@ async def test_too_many_429s_raise_rate_limited_with_retry_after() -> None:
 
 
 async def test_budget_refusal_wraps_the_last_error() -> None:
-    """When retries exceed the budget, RetryBudgetExhausted carries the last error."""
-    policy = RetryPolicy(budget_min_retries=1, budget_ratio=0.0, max_attempts=10)
+    """When the budget cannot allow a retry within the deadline, RetryBudgetExhausted carries
+    the last error."""
+    policy = RetryPolicy(budget_min_retries=1, budget_ratio=0.0, max_attempts=10, deadline=5.0)
     client, transport, _ = make(script(fail(500)), retry=policy)
     async with client:
         with pytest.raises(RetryBudgetExhausted) as info:
             await client.request("GET", "users")
     assert isinstance(info.value.last, ServerError)
     assert len(transport.requests) == 2  # the first try and the one retry allowed
+
+
+async def test_an_exhausted_budget_waits_for_the_window_instead_of_failing() -> None:
+    """A refused retry waits until the window allows it; only max_attempts ends the request."""
+    policy = RetryPolicy(budget_min_retries=1, budget_ratio=0.0, max_attempts=4)
+    client, transport, clock = make(script(fail(503)), retry=policy)
+    async with client:
+        with pytest.raises(ServerError):
+            await client.request("GET", "users")
+    assert len(transport.requests) == 4
+    assert clock.now() >= 20.0  # two retries had to wait for a bucket to leave the window
+
+
+async def test_a_listing_with_every_other_attempt_failing_completes_with_waits() -> None:
+    """50 pages where every other attempt is a 503 all arrive, spaced out by the budget."""
+    policy = RetryPolicy()
+    attempts = 0
+    worst = 0.0
+
+    async def handler(
+        method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> RawResponse:
+        nonlocal attempts, worst
+        attempts += 1
+        requests, retries = client._budget.window_counts  # the budget's own sliding window
+        worst = max(worst, retries - max(policy.budget_min_retries, policy.budget_ratio * requests))
+        if attempts % 2:
+            return fail(503)
+        number = int(parse_qs(urlsplit(url).query)["page[number]"][0])
+        nxt = f"{BASE}/users?page[number]={number + 1}&page[size]=2" if number < 50 else None
+        rows = [user(f"{number}-0"), user(f"{number}-1")]
+        return ok({"data": rows, "meta": {"total": 100}, "links": {"next": nxt}})
+
+    client, transport, clock = make(handler, retry=policy)
+    async with client:
+        ids = [u.id async for u in client.paginate("users", None, User, page_size=2)]
+    assert len(ids) == 100 and len(transport.requests) == 100
+    assert client.statistics().retries == 50
+    assert worst <= 0  # retries never exceeded the budget's share of the window
+    assert max(clock.slept) > 1.0  # some retries waited for the window, beyond any backoff
 
 
 async def test_deadline_stops_retrying() -> None:

@@ -107,3 +107,24 @@ def test_budget_window_slides() -> None:
     clock.advance(5.0)
     assert budget.window_counts == (0, 0)
     assert budget.try_retry()
+
+
+def test_budget_says_when_a_refused_retry_will_be_allowed() -> None:
+    """retry_at is now while retries remain, else the moment enough old buckets leave."""
+    clock = FakeClock(start=100.0)
+    budget = RetryBudget(RetryPolicy(budget_min_retries=2, budget_ratio=0.0), clock)
+    assert budget.retry_at() == 100.0
+    assert budget.try_retry()
+    clock.advance(3.0)
+    assert budget.try_retry() and not budget.try_retry()
+    assert budget.retry_at() == 110.0  # the retry of second 100 leaves the 10 s window
+    clock.advance(7.0)
+    assert budget.retry_at() == 110.0 and budget.try_retry()
+
+
+def test_budget_with_no_minimum_and_no_traffic_can_never_retry() -> None:
+    """With a zero minimum and nothing sent, waiting cannot help: retry_at is infinite."""
+    clock = FakeClock()
+    budget = RetryBudget(RetryPolicy(budget_min_retries=0, budget_ratio=0.1), clock)
+    assert not budget.try_retry()
+    assert budget.retry_at() == float("inf")
