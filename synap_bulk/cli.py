@@ -157,10 +157,10 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return 2
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path, *, offline: bool = False) -> Any:
     from .spec import load_job
 
-    return load_job(path)
+    return load_job(path, offline=offline)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -192,7 +192,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .runner import status_job
 
     async def go() -> int:
-        return await status_job(_load(args.job), as_json=args.json)
+        return await status_job(_load(args.job, offline=True), as_json=args.json)
 
     return _run_async(go)
 
@@ -204,7 +204,7 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         return await settle_job(
-            _load(args.job),
+            _load(args.job, offline=True),
             applied=args.applied,
             not_applied=args.not_applied,
             csv_path=args.csv,
@@ -218,7 +218,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .tasks import build_task
 
     async def go() -> int:
-        job = _load(args.job)
+        job = _load(args.job, offline=True)
         build_task(job, job.profile)  # every task's own checks, at their job-file line
         print(f"{args.job}: ok ({job.spec.task.kind})")
         return 0

@@ -268,8 +268,16 @@ class JobFile:
 MAX_JOB_BYTES = 1 << 20
 
 
-def load_job(path: str | Path) -> JobFile:
-    """Read, expand and validate a job file; every problem is a SpecError naming its line."""
+#: Values only a command that contacts the server needs.
+_SECRETS = ("api.token", "api.token_file")
+
+
+def load_job(path: str | Path, *, offline: bool = False) -> JobFile:
+    """Read, expand and validate a job file; every problem is a SpecError naming its line.
+
+    ``offline`` is for commands that contact no server (validate, status, settle): an unset
+    ``${VAR}`` in the token settings is then no error.
+    """
     path = Path(path)
     file = str(path)
     try:
@@ -289,7 +297,12 @@ def load_job(path: str | Path) -> JobFile:
     root = compose(text, file)
     if root is None:
         raise SpecError("the job file is empty", file=file, line=1)
-    reader = Reader(file, mi.type_info(Job), describe_overrides=_DESCRIBE_OVERRIDES)
+    reader = Reader(
+        file,
+        mi.type_info(Job),
+        describe_overrides=_DESCRIBE_OVERRIDES,
+        unset_ok=_SECRETS if offline else (),
+    )
     data = reader.build(root)
     if not isinstance(data, dict):
         raise SpecError(
@@ -297,14 +310,14 @@ def load_job(path: str | Path) -> JobFile:
         )
     spec = reader.convert(data, Job)
     job = JobFile(spec, path, reader.lines)
-    _check(job, data, reader)
+    _check(job, data, reader, offline)
     return job
 
 
 # --- checks msgspec cannot express -----------------------------------------------------------
 
 
-def _check(job: JobFile, data: dict[str, Any], reader: Reader) -> None:
+def _check(job: JobFile, data: dict[str, Any], reader: Reader, offline: bool = False) -> None:
     spec = job.spec
     api = spec.api
 
@@ -326,7 +339,7 @@ def _check(job: JobFile, data: dict[str, Any], reader: Reader) -> None:
             raise err("sandbox", 'a sandbox section is only allowed when api.base_url is "sandbox"')
     if api.token is not None and api.token_file is not None:
         raise err("api.token_file", "give api.token or api.token_file, not both")
-    if api.token_file is not None and not job.resolve(api.token_file).is_file():
+    if api.token_file and not offline and not job.resolve(api.token_file).is_file():
         # Not the path: like everything under a token key, it is never quoted back.
         raise err("api.token_file", "no such file (a relative path is taken from the job's folder)")
     for at, written in (("run.ledger", spec.run.ledger), ("run.out_dir", spec.run.out_dir)):

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -165,8 +165,12 @@ class Reader:
         root_type: mi.Type | None = None,
         *,
         describe_overrides: Mapping[str, str] | None = None,
+        unset_ok: Collection[str] = (),
     ) -> None:
         self.file = file
+        #: Dotted paths where an unset ``${NAME}`` expands to "" instead of an error (a command
+        #: that never uses the value, e.g. the token for ``validate``).
+        self.unset_ok = frozenset(unset_ok)
         self.root_type = root_type
         self.describe_overrides: Mapping[str, str] = describe_overrides or {}
         #: The line of every dotted path written in the file ("" is the document itself).
@@ -282,6 +286,8 @@ class Reader:
             if found is None or (found == "" and default is not None):
                 if default is not None:
                     return default
+                if path in self.unset_ok:
+                    return ""
                 raise SpecError(
                     f"environment variable {name} is not set",
                     file=self.file,

@@ -171,3 +171,18 @@ def test_version_and_the_command_as_invoked(capsys: pytest.CaptureFixture[str]) 
     if script.exists():  # installed with pip install -e (as .ci/run does)
         out = subprocess.run([str(script), "--version"], capture_output=True, text=True)
         assert out.stdout.strip() == f"synap_bulk {__version__}"
+
+
+def test_validate_and_status_need_no_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate and status touch no server, so a job whose token comes from an unset
+    ${SYNAP_TOKEN} (or a token file not written yet) still validates and shows its status."""
+    write_candidates(tmp_path / "candidates.csv", 3, cohorts=["Cohort 01"])
+    path = _job(tmp_path, "https://api.synap.example/v3")
+    assert main(["validate", str(path)]) == 0
+    assert main(["status", str(path)]) == 0
+    assert "not started" in capsys.readouterr().out
+    text = path.read_text().replace("token: ${SYNAP_TOKEN}", "token_file: secrets/token")
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0

@@ -436,3 +436,16 @@ def test_an_out_dir_that_cannot_be_created_is_an_error_at_its_line(tmp_path: Pat
     assert (
         len(errors) == 1 and f"{path}:7: run.out_dir: cannot create the output folder" in errors[0]
     )
+
+
+def test_run_with_a_missing_token_file_is_an_error_at_its_line(tmp_path: Path) -> None:
+    """validate accepts a token file not written yet (it contacts no server), but run refuses
+    it at its job-file line before anything else."""
+    path = import_job(tmp_path, "https://api.synap.example/v3")
+    assert _cli("validate", str(path), cwd=tmp_path).returncode == 0
+    run = _cli("run", str(path), cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"error: {path}:5: api.token_file: no such file (a relative path is taken from the "
+        "job's folder)"
+    ]
