@@ -247,6 +247,8 @@ async def run_job(
     started = time.monotonic()
     out = out_dir(job)
     state = _RunState()
+    for warning in job.secret_warnings():
+        console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     try:
         task = build_task(job, job.profile, source=source)
         _make_dir(job, out)

@@ -232,6 +232,30 @@ class JobFile:
         self._lines = lines
         #: The API profile: the defaults with ``api.profile`` applied, resolved once at load.
         self.profile = profile
+        #: Dotted paths whose value came from ``${VAR}`` (not written in the file).
+        self.from_env: frozenset[str] = frozenset()
+
+    def secret_warnings(self) -> list[str]:
+        """Warnings about how the job keeps its token (never the token itself)."""
+        api = self.spec.api
+        out: list[str] = []
+        if api.token and "api.token" not in self.from_env:
+            out.append(
+                f"{self.path}:{self.line_of('api.token')}: api.token is written in the job file; "
+                "anyone who can read the file can use it: prefer token_file or ${SYNAP_TOKEN}"
+            )
+        if api.token_file:
+            path = self.resolve(api.token_file)
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                return out
+            if mode & 0o077:
+                out.append(
+                    f"{path}: the token file can be read by other users; "
+                    f"restrict it with: chmod 600 {path}"
+                )
+        return out
 
     def __repr__(self) -> str:
         return f"JobFile({str(self.path)!r}, name={self.spec.name!r}, kind={self.spec.task.kind!r})"
@@ -310,6 +334,7 @@ def load_job(path: str | Path, *, offline: bool = False) -> JobFile:
         )
     spec = reader.convert(data, Job)
     job = JobFile(spec, path, reader.lines)
+    job.from_env = frozenset(reader.from_env)
     _check(job, data, reader, offline)
     return job
 

@@ -397,3 +397,36 @@ def test_an_existing_token_file_and_a_fresh_ledger_path_load(tmp_path: Path) -> 
     job = load_job(path)
     assert job.spec.api.token_file == "t.token"
     assert job.spec.run.ledger == "state/ledger.db"
+
+
+def test_a_token_kept_carelessly_is_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token written in the job file, or a token file others can read, gets a warning that
+    names the place and never shows the token; ${SYNAP_TOKEN} and a private file do not."""
+    monkeypatch.setenv("SYNAP_TOKEN", "p:from-env")
+    assert (
+        load_job(
+            write(tmp_path, BASE.replace("${SYNAP_TOKEN:-p:sandbox}", "${SYNAP_TOKEN}"))
+        ).secret_warnings()
+        == []
+    )
+    literal = load_job(
+        write(tmp_path, BASE.replace("${SYNAP_TOKEN:-p:sandbox}", "p:literal-secret"))
+    )
+    [warning] = literal.secret_warnings()
+    assert warning.endswith(
+        ":5: api.token is written in the job file; anyone who can read the file can use it: "
+        "prefer token_file or ${SYNAP_TOKEN}"
+    )
+    assert "p:literal-secret" not in warning
+    token = tmp_path / "jobs" / "token"
+    token.write_text("p:in-a-file")
+    text = BASE.replace("  token: ${SYNAP_TOKEN:-p:sandbox}\n", "  token_file: token\n")
+    token.chmod(0o644)
+    [warning] = load_job(write(tmp_path, text)).secret_warnings()
+    assert warning == (
+        f"{token}: the token file can be read by other users; restrict it with: chmod 600 {token}"
+    )
+    token.chmod(0o600)
+    assert load_job(write(tmp_path, text)).secret_warnings() == []
