@@ -44,6 +44,11 @@ _KEEP_ROW = frozenset({"failed", "invalid", "in_doubt"})
 
 _T = TypeVar("_T")
 
+
+class CorruptLedger(CheckpointError):
+    """The ledger file exists but is not a usable SQLite ledger (``--restart`` sets it aside)."""
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     k TEXT PRIMARY KEY,
@@ -176,6 +181,8 @@ class Ledger:
         self._records_written = 0
         #: The run in progress (set by begin_run); every record carries it.
         self.run_id = 0
+        #: Where ``open(restart=True)`` moved an unusable ledger file it found, else None.
+        self.set_aside: Path | None = None
         self._thread = threading.Thread(
             target=self._writer, name=f"ledger:{path.name}", daemon=True
         )
@@ -198,19 +205,29 @@ class Ledger:
         ``check_input=False`` accepts another input (a file of fixed rows fed back): items are
         matched by key, and the ledger keeps the hash of the job's own input.
         """
-        ledger = cls(Path(path), asyncio.get_running_loop())
-        ledger._lock_fd = _lock(ledger.path)
-        ledger._thread.start()
-        try:
-            await ledger._call(
-                lambda db: _init_meta(
-                    db, ledger.path, job_name, task_hash, input_hash, restart, check_input
+        path = Path(path)
+        set_aside: Path | None = None
+        while True:
+            ledger = cls(path, asyncio.get_running_loop())
+            ledger._lock_fd = _lock(ledger.path)
+            ledger._thread.start()
+            try:
+                await ledger._call(
+                    lambda db: _init_meta(
+                        db, path, job_name, task_hash, input_hash, restart, check_input
+                    )
                 )
-            )
-        except BaseException:
-            await ledger.close()
-            raise
-        return ledger
+            except CorruptLedger:
+                await ledger.close()
+                if not restart or set_aside is not None:
+                    raise
+                set_aside = _set_aside(path)  # --restart: keep the bad file, start afresh
+                continue
+            except BaseException:
+                await ledger.close()
+                raise
+            ledger.set_aside = set_aside
+            return ledger
 
     @classmethod
     async def open_readonly(cls, path: str | Path) -> Ledger:
@@ -540,6 +557,8 @@ class Ledger:
     # -- the writer thread -----------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if isinstance(self._failure, CorruptLedger):
+            raise self._failure
         if self._failure is not None:
             raise CheckpointError(f"{self.path}: the ledger failed: {self._failure}")
         if self._closing or self._closed:
@@ -709,8 +728,22 @@ def _connect(path: Path) -> sqlite3.Connection:
             if column not in columns:
                 db.execute(alter)
     except sqlite3.Error as exc:
-        raise CheckpointError(f"{path}: not a usable ledger: {exc}") from None
+        raise CorruptLedger(
+            f"{path}: not a usable ledger: {exc}; run with --restart to set it aside (it is "
+            "kept beside, as .corrupt-<time>) and start the job afresh"
+        ) from None
     return db
+
+
+def _set_aside(path: Path) -> Path:
+    """Move an unusable ledger (and its WAL files) to ``<name>.corrupt-<time>``; keep it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            os.replace(part, target.with_name(target.name + suffix))
+    return target
 
 
 def _untouched(db: sqlite3.Connection) -> bool:

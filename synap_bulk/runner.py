@@ -276,6 +276,13 @@ async def run_job(
                 restart=restart,
                 check_input=source is None,
             ) as ledger:
+                if ledger.set_aside is not None:
+                    console.print(
+                        f"note: the ledger was not usable; kept as {ledger.set_aside}, and the "
+                        "job starts afresh",
+                        markup=False,
+                        soft_wrap=True,
+                    )
                 await _bind_portal(job, ledger, ident.portal_id, restart)
                 run_id = await ledger.begin_run()
                 state.run_dir = out / "runs" / str(run_id)

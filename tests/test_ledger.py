@@ -173,6 +173,25 @@ async def test_unusable_file_is_a_checkpoint_error(tmp_path: Path) -> None:
         await Ledger.open_readonly(tmp_path / "missing.sqlite")
 
 
+async def test_restart_sets_a_corrupt_ledger_aside(tmp_path: Path) -> None:
+    """A corrupt ledger says how to go on; --restart keeps it as .corrupt-<time> beside the new
+    one and starts afresh, and the bad bytes are still there to look at."""
+    path = tmp_path / "l.sqlite"
+    junk = b"this is not a database, just text" * 100
+    path.write_bytes(junk)
+    with pytest.raises(CheckpointError, match="run with --restart to set it aside"):
+        await open_ledger(path)
+    ledger = await Ledger.open(path, job_name="job", task_hash="t1", input_hash="i1", restart=True)
+    async with ledger:
+        assert ledger.set_aside is not None and ledger.set_aside.name.startswith(
+            "l.sqlite.corrupt-"
+        )
+        assert ledger.set_aside.read_bytes() == junk
+        assert await ledger.counts() == {}
+    async with await open_ledger(path) as again:
+        assert again.set_aside is None
+
+
 async def test_a_second_run_of_the_same_job_is_refused(tmp_path: Path) -> None:
     """While one run holds the ledger, another open is refused; reading (status) still works."""
     path = tmp_path / "l.sqlite"
