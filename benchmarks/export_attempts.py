@@ -1,9 +1,16 @@
 """Benchmark: export attempts from a standalone sandbox to NDJSON and CSV at flat memory.
 
 Starts ``python -m synap_bulk sandbox`` in its own process (seeded, no rate limit, loopback
-only), then runs each export variant in a fresh child process and reads the child's own
-``resource.getrusage``: wall time, CPU time (user + system) and peak RSS. Every variant exports
-the same attempts; each is repeated and the median reported.
+only), then runs each variant in a fresh child process and reads the child's own
+``resource.getrusage``: wall time, CPU time (user + system) and peak RSS; and the sandbox
+process's CPU during that child (from ``/proc/<pid>/stat``). Every variant exports the same
+attempts; each is repeated and the median reported. The variants, for each format:
+
+- ``bare``: a bare aiohttp loop, ``--parallel`` pages in flight, written in order to the file
+  (NDJSON: the resources' bytes; CSV: the default columns through ``csv.writer``), no
+  durability at all: the floor;
+- ``per-page``: our export committing (fsync + ledger cursor) after every page (the old way);
+- ``windowed``: our export as it ships, committing every ``--commit-ms`` / ``--commit-pages``.
 
     python benchmarks/export_attempts.py                 # 200,000 attempts; then 1,000,000
     python benchmarks/export_attempts.py --quick         # 200,000 only, one repeat
@@ -31,6 +38,7 @@ import common  # noqa: E402
 
 TOKEN = "p:bench-export"
 RSS_TARGET_MB = 150.0
+VARIANTS = ("bare", "per-page", "windowed")
 
 
 def start_sandbox(exams: int, per_exam: int, users: int) -> tuple[subprocess.Popen[str], str]:
@@ -42,10 +50,120 @@ def start_sandbox(exams: int, per_exam: int, users: int) -> tuple[subprocess.Pop
     )  # fmt: skip
 
 
+def bare_child(args: argparse.Namespace) -> dict[str, Any]:
+    """The floor: aiohttp, ``parallel`` pages in flight, written in order, nothing durable."""
+    import asyncio
+    import csv
+    import io
+    from collections import deque
+
+    import aiohttp
+    import msgspec
+    import orjson
+
+    from synap_bulk.sinks import DEFAULT_COLUMNS
+
+    # defstruct: this module's annotations are strings, and msgspec is imported here only.
+    Page = msgspec.defstruct("Page", [("data", list[msgspec.Raw])])
+
+    base = args.url.rstrip("/")
+    out = Path(args.out)
+    size = args.page_size
+    cols = [c.split(".") for c in DEFAULT_COLUMNS]
+
+    def cell(row: dict[str, Any], path: list[str]) -> Any:
+        v: Any = row
+        if path[0] == "relationships":  # relationships.<name>.id: the linked id
+            v = (row.get("relationships") or {}).get(path[1]) or {}
+            return (v.get("data") or {}).get("id")
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        return v
+
+    async def go() -> dict[str, Any]:
+        rows = pages = 0
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        conn = aiohttp.TCPConnector(limit=args.parallel)
+        async with aiohttp.ClientSession(headers=headers, connector=conn) as http:
+
+            async def get(path: str, params: dict[str, str]) -> bytes:
+                async with http.get(f"{base}/{path}", params=params) as resp:
+                    resp.raise_for_status()
+                    return await resp.read()
+
+            listing = msgspec.json.decode(
+                await get("exam-v-2s", {"page[size]": "500", "page[number]": "1"}), type=Page
+            )
+            exams = [msgspec.json.decode(r)["id"] for r in listing.data]
+            with out.open("wb") as f:  # noqa: ASYNC230 (written inline, as our sinks do)
+                buf = io.StringIO()
+                writer = csv.writer(buf, lineterminator="\r\n")
+                if args.format == "csv":
+                    writer.writerow(DEFAULT_COLUMNS)
+
+                def write(body: bytes) -> int:
+                    if args.format == "ndjson":
+                        page = msgspec.json.decode(body, type=Page)
+                        f.write(b"\n".join(page.data) + b"\n")
+                        return len(page.data)
+                    data = orjson.loads(body)["data"]
+                    writer.writerows([[cell(r, c) for c in cols] for r in data])
+                    f.write(buf.getvalue().encode())
+                    buf.seek(0)
+                    buf.truncate()
+                    return len(data)
+
+                for exam in exams:
+                    params = {"sort": "id", "page[size]": str(size), "filter[examV2]": exam}
+                    first = await get("attempts", {**params, "page[number]": "1"})
+                    total = orjson.loads(first)["meta"]["total"]
+                    rows += write(first)
+                    pages += 1
+                    todo = iter(range(2, -(-total // size) + 1))
+                    flight: deque[asyncio.Task[bytes]] = deque()
+                    for n in todo:
+                        flight.append(
+                            asyncio.ensure_future(
+                                get("attempts", {**params, "page[number]": str(n)})
+                            )
+                        )
+                        if len(flight) >= args.parallel:
+                            break
+                    while flight:
+                        body = await flight.popleft()
+                        n = next(todo, None)
+                        if n is not None:
+                            flight.append(
+                                asyncio.ensure_future(
+                                    get("attempts", {**params, "page[number]": str(n)})
+                                )
+                            )
+                        rows += write(body)
+                        pages += 1
+                size_out = f.tell()
+        return {"rows": rows, "bytes": size_out, "requests": pages + 1, "commits": 0}
+
+    return asyncio.run(go())
+
+
 def child(args: argparse.Namespace) -> None:
     """One export in this process; prints its figures as JSON."""
     import resource
 
+    t0 = time.perf_counter()
+    figures = bare_child(args) if args.variant == "bare" else our_child(args)
+    wall = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    figures.update(
+        wall_s=wall,
+        cpu_s=ru.ru_utime + ru.ru_stime,
+        peak_rss_mb=ru.ru_maxrss / 1024,
+    )
+    print(json.dumps(figures))
+
+
+def our_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Our export (``run_export``), per-page or windowed commits."""
     import anyio
 
     from synap_bulk.client import SynapClient
@@ -79,24 +197,40 @@ def child(args: argparse.Namespace) -> None:
                 mode="pages",
                 page_size=args.page_size,
                 parallel=args.parallel,
+                commit_pages=1 if args.variant == "per-page" else args.commit_pages,
+                commit_interval_ms=0 if args.variant == "per-page" else args.commit_ms,
             )
+            set_calls = 0
+            real_set = ledger.set_cursor
+
+            async def counted(name: str, value: str) -> None:
+                nonlocal set_calls
+                set_calls += 1
+                await real_set(name, value)
+
+            ledger.set_cursor = counted  # type: ignore[method-assign]
             result = await run_export(settings, None, client, ledger)
             requests = client.statistics().requests
-        return {"rows": result.rows, "bytes": result.bytes, "requests": requests}
+        return {
+            "rows": result.rows,
+            "bytes": result.bytes,
+            "requests": requests,
+            "commits": set_calls,
+        }
 
-    t0 = time.perf_counter()
-    figures = anyio.run(go)
-    wall = time.perf_counter() - t0
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    figures.update(
-        wall_s=wall,
-        cpu_s=ru.ru_utime + ru.ru_stime,
-        peak_rss_mb=ru.ru_maxrss / 1024,
-    )
-    print(json.dumps(figures))
+    figures: dict[str, Any] = anyio.run(go)
+    return figures
 
 
-def run_variant(url: str, fmt: str, attempts: int, args: argparse.Namespace) -> dict[str, Any]:
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_variant(
+    url: str, fmt: str, variant: str, attempts: int, server_pid: int, args: argparse.Namespace
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"attempts.{fmt}"
         cmd = [
@@ -113,14 +247,23 @@ def run_variant(url: str, fmt: str, attempts: int, args: argparse.Namespace) -> 
             str(args.page_size),
             "--parallel",
             str(args.parallel),
+            "--variant",
+            variant,
+            "--commit-ms",
+            str(args.commit_ms),
+            "--commit-pages",
+            str(args.commit_pages),
         ]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        server_cpu = _proc_cpu_s(server_pid)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        server_cpu = _proc_cpu_s(server_pid) - server_cpu
         if done.returncode != 0:
             raise SystemExit(f"export child failed:\n{done.stderr[-3000:]}")
         figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     if figures["rows"] != attempts:
-        raise SystemExit(f"{fmt}: exported {figures['rows']} rows, expected {attempts}")
+        raise SystemExit(f"{fmt}/{variant}: exported {figures['rows']} rows, expected {attempts}")
+    figures["server_cpu_s"] = server_cpu
     return figures
 
 
@@ -131,20 +274,25 @@ def bench(attempts: int, exams: int, args: argparse.Namespace) -> list[dict[str,
     proc, url = start_sandbox(exams, per_exam, users=min(per_exam, 50_000))
     print(f"  ready in {time.perf_counter() - t0:.1f} s", flush=True)
     rows: list[dict[str, Any]] = []
+    keys = ("wall_s", "cpu_s", "peak_rss_mb", "bytes", "requests", "commits", "server_cpu_s")
     try:
+        # One unmeasured pass first: the sandbox's first listing of each exam costs it more.
+        run_variant(url, "ndjson", "bare", exams * per_exam, proc.pid, args)
         for fmt in args.formats.split(","):
-            runs = [run_variant(url, fmt, exams * per_exam, args) for _ in range(args.repeats)]
-            med = {
-                k: statistics.median(r[k] for r in runs)
-                for k in ("wall_s", "cpu_s", "peak_rss_mb", "bytes", "requests")
-            }
-            med.update(format=fmt, attempts=exams * per_exam)
-            rows.append(med)
-            print(
-                f"  {fmt}: {med['wall_s']:.1f} s wall, {med['cpu_s']:.1f} s CPU, "
-                f"{med['peak_rss_mb']:.0f} MB peak RSS",
-                flush=True,
-            )
+            for variant in args.variants.split(","):
+                runs = [
+                    run_variant(url, fmt, variant, exams * per_exam, proc.pid, args)
+                    for _ in range(args.repeats)
+                ]
+                med = {k: statistics.median(r[k] for r in runs) for k in keys}
+                med.update(format=fmt, variant=variant, attempts=exams * per_exam)
+                rows.append(med)
+                print(
+                    f"  {fmt} {variant}: {med['wall_s']:.2f} s wall, {med['cpu_s']:.2f} s CPU, "
+                    f"{med['peak_rss_mb']:.0f} MB peak RSS, server {med['server_cpu_s']:.2f} s "
+                    f"CPU, {med['commits']:.0f} ledger writes",
+                    flush=True,
+                )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -152,17 +300,25 @@ def bench(attempts: int, exams: int, args: argparse.Namespace) -> list[dict[str,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """Each variant beside the bare loop of its format and size: wall, CPU and RSS ratios."""
     head = (
-        "| attempts | format | wall s | attempts/s | CPU s | CPU µs/attempt | peak RSS MB "
-        "| file MB | requests |"
+        "| attempts | format | variant | wall s | x bare | CPU s | x bare | peak RSS MB | x bare "
+        "| server CPU s | ledger writes | file MB | requests |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 13]
+    bare = {(r["attempts"], r["format"]): r for r in rows if r["variant"] == "bare"}
     for r in rows:
         n = r["attempts"]
+        b = bare.get((n, r["format"]))
+
+        def x(key: str, r: dict[str, Any] = r, b: dict[str, Any] | None = b) -> str:
+            return f"{r[key] / b[key]:.2f}" if b else "-"
+
         lines.append(
-            f"| {n:,} | {r['format']} | {r['wall_s']:.1f} | {n / r['wall_s']:,.0f} "
-            f"| {r['cpu_s']:.1f} | {r['cpu_s'] / n * 1e6:.0f} | {r['peak_rss_mb']:.0f} "
-            f"| {r['bytes'] / 1e6:.0f} | {r['requests']:.0f} |"
+            f"| {n:,} | {r['format']} | {r['variant']} | {r['wall_s']:.2f} | {x('wall_s')} "
+            f"| {r['cpu_s']:.2f} | {x('cpu_s')} | {r['peak_rss_mb']:.0f} | {x('peak_rss_mb')} "
+            f"| {r['server_cpu_s']:.2f} | {r['commits']:.0f} | {r['bytes'] / 1e6:.0f} "
+            f"| {r['requests']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -178,7 +334,11 @@ def main() -> None:
     parser.add_argument("--formats", default="ndjson,csv")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--page-size", type=int, default=500)
-    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=4, help="pages in flight")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="bare,per-page,windowed")
+    parser.add_argument("--commit-ms", type=int, default=500, help="windowed: commit interval")
+    parser.add_argument("--commit-pages", type=int, default=50, help="windowed: pages/commit")
+    parser.add_argument("--variant", default="windowed", help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=1800, help="per child, seconds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

@@ -1,10 +1,13 @@
 """Export writers (NDJSON, CSV, Parquet) that can be cut back to a checkpointed length.
 
-An export is a stream of pages. After each page the exporter calls :meth:`Sink.commit`, which
-makes everything written so far durable (flush + fsync) and returns the *committed length*; the
-ledger stores that number next to the page cursor. After a crash the exporter reopens the sink
-with ``resume_offset`` set to it: whatever was written after the last commit is cut off and the
-export continues from the next page, so no row is lost and none is written twice.
+An export is a stream of pages. :meth:`Sink.write_page` writes a page through the file's small
+buffer to the OS (not fsynced: no page is held in memory). Every durability window (some pages
+or some hundred milliseconds, see the exporter) it calls :meth:`Sink.commit`, which makes
+everything written so far durable (flush + fsync) and returns the *committed length*; the
+ledger stores that number next to the page cursor of the same moment. After a crash the
+exporter reopens the sink with ``resume_offset`` set to it: whatever was written after the last
+commit (the pages of an unfinished window) is cut off and the export continues from the
+committed cursor, so no row is lost and none is written twice.
 
 Rows are JSON:API resource objects, decoded straight from the response into the sink's
 :attr:`Sink.row_type` (``msgspec.Raw`` for whole resources, or a Struct generated for just the
@@ -113,6 +116,10 @@ class Sink(Protocol):
 
     def write_page(self, rows: Sequence[Any]) -> None:
         """Append one page of resources of :attr:`row_type` (durable at :meth:`commit`)."""
+        ...
+
+    def position(self) -> int:
+        """The length written so far (not necessarily durable: see :meth:`commit`)."""
         ...
 
     def commit(self) -> int:
@@ -379,6 +386,9 @@ class _FileSink:
         if self._file is None:
             raise RuntimeError("sink is not open")
         return self._file
+
+    def position(self) -> int:
+        return self._out().tell()
 
     def commit(self) -> int:
         f = self._out()

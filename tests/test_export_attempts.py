@@ -229,7 +229,7 @@ async def test_export_writes_every_attempt_once_in_order(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 @pytest.mark.parametrize(
-    ("crash_on", "refetched"), [(3, 6), (4, 5), (5, 4), (6, 3), (8, 2), (9, 1)]
+    ("crash_on", "refetched"), [(2, 6), (3, 5), (4, 4), (5, 3), (6, 2), (7, 1)]
 )
 async def test_killed_between_file_commit_and_ledger_and_resumed(
     tmp_path: Path, fmt: str, crash_on: int, refetched: int
@@ -283,13 +283,13 @@ class TickingClient(FakeClient):
 
 @pytest.mark.parametrize(
     ("tick", "commit_pages", "commits"),
-    [(0.2, 50, [0, 3, 6, 9, 10]), (0.0, 4, [0, 4, 8, 10]), (0.0, 50, [0, 10])],
+    [(0.2, 50, [3, 6, 9, 10]), (0.0, 4, [4, 8, 10]), (0.0, 50, [10])],
 )
 async def test_commits_come_by_time_or_pages_and_at_the_last_page(
     tmp_path: Path, tick: float, commit_pages: int, commits: list[int]
 ) -> None:
     """The cursor is recorded once 500 ms (clock time) or ``commit_pages`` pages have passed since
-    the last commit, and always with a stream's last page."""
+    the last commit (an exam's end joins the next one), and always with the export's last page."""
     clock = FakeClock(auto_advance=False)
     ledger = Recording()
     s = settings(tmp_path, page_size=2, commit_interval_ms=500, commit_pages=commit_pages)
@@ -323,6 +323,26 @@ async def test_crash_between_two_commits_of_the_window_resumes_exactly_once(
     assert again.page_requests[0] == ("e1", 5) and len(again.page_requests) == 6 + 10
 
 
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+@pytest.mark.parametrize("crash_on", range(2, 9))
+async def test_a_crash_at_any_record_of_a_windowed_export_resumes_exactly_once(
+    tmp_path: Path, fmt: str, crash_on: int
+) -> None:
+    """With a window of 4 pages spanning two exams (e1's end recorded with e2's first pages), a
+    crash at any ledger record, even between e1's and e2's of one commit, resumes exactly once."""
+    attempts = make_attempts(40)
+    out = tmp_path / f"attempts.{fmt}"
+    s = settings(tmp_path, format=fmt, output=out, page_size=2, commit_pages=4)
+    ledger, clock = FakeLedger(), FakeClock(auto_advance=False)
+    ledger.crash_on = crash_on
+    with pytest.raises(Crash):
+        await run_export(s, None, FakeClient(attempts), ledger, clock=clock)  # type: ignore[arg-type]
+    ledger.crash_on = None
+    result = await run_export(s, None, FakeClient(attempts), ledger, clock=clock)  # type: ignore[arg-type]
+    assert result.status == "completed" and result.rows == 40
+    assert ids_in(out, fmt) == expected_ids(attempts, ("e1", "e2"))
+
+
 async def test_a_stop_request_commits_at_once(tmp_path: Path) -> None:
     """A stop set mid-window commits the next page at once: the ledger covers every page
     written, and the resume fetches only the rest."""
@@ -340,7 +360,7 @@ async def test_a_stop_request_commits_at_once(tmp_path: Path) -> None:
     stopped = await run_export(
         s, None, first, ledger, clock=clock, stop=stop, progress_cb=on_progress
     )  # type: ignore[arg-type]
-    assert stopped.status == "stopped" and stopped.rows == 8 and ledger.e1_pages == [0, 4]
+    assert stopped.status == "stopped" and stopped.rows == 8 and ledger.e1_pages == [4]
     assert json.loads(ledger.cursors["export:e1"])["offset"] == s.output.stat().st_size
     second = FakeClient(attempts)
     done = await run_export(s, None, second, ledger, clock=clock)  # type: ignore[arg-type]

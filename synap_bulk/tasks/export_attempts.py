@@ -1,14 +1,15 @@
 """``kind: export-attempts``: every attempt of some exams, streamed to NDJSON, CSV or Parquet.
 
 An export is a stream, not a set of items: :class:`ExportAttemptsTask` is a stream task, which
-the runner drives instead of the engine. The file is written page by page (each page handed to
-the OS at once, so memory stays flat: a few pages at most, whatever the size). Durability goes
-by time, not by page: at most every ``commit_interval_ms`` or ``commit_pages`` pages, whichever
-comes first, the sink is committed (flush + fsync) and the ledger records, durably and in the
-same step, the next page's cursor and the file's committed length. The last page of a stream
-and a stop commit at once. A kill loses at most that window: a resumed export cuts the file
-back to the committed length (the pages written since, in the OS but covered by no cursor, go)
-and continues from the committed cursor, so every attempt of the server appears exactly once.
+the runner drives instead of the engine. The file is written page by page, through the file's
+small buffer to the OS (memory stays flat: a few pages at most, whatever the size). Durability
+goes by time, not by page: at most every ``commit_interval_ms`` or ``commit_pages`` pages,
+whichever comes first, the sink is committed (flush + fsync) and the ledger records, durably
+and in the same step, the next page's cursor and the file's committed length. The last page of
+a stream and a stop commit at once. A kill loses at most that window: a resumed export cuts the
+file back to the committed length (the pages written since, in the OS but covered by no
+cursor, go) and continues from the committed cursor, so every attempt of the server appears
+exactly once.
 
 Two modes:
 
@@ -43,6 +44,7 @@ reads one attempt with its filters.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import string
 import time
@@ -326,14 +328,25 @@ async def resolve_exams(
     ids: list[str] = []
     index: dict[str, int] = {}
     listing: list[Exam] | None = None
+
+    async def by_id(ref: str) -> str | None:
+        if not ref or any(c.isspace() for c in ref):
+            return None
+        try:
+            return (await client.get(profile.exams_path, ref, Exam)).id
+        except (NotFound, BadRequest):
+            return None
+
+    # The id reads at once (an export of hundreds of exams waited on each in turn); the first
+    # other failure, in the order written, is raised as it is.
+    got = await asyncio.gather(*(by_id(r.strip()) for r in refs), return_exceptions=True)
+    for result in got:
+        if isinstance(result, BaseException):
+            raise result
     for i, raw in enumerate(refs):
         ref = raw.strip()
-        found: str | None = None
-        if ref and not any(c.isspace() for c in ref):
-            try:
-                found = (await client.get(profile.exams_path, ref, Exam)).id
-            except (NotFound, BadRequest):
-                found = None
+        found = got[i]
+        assert not isinstance(found, BaseException)
         if found is None:
             if listing is None:
                 pages = client.paginate(
@@ -473,6 +486,8 @@ class _Exporter:
         self.stop_event: anyio.Event | None = None
         #: Pages written since the last durable commit, and when that commit was (clock time).
         self.uncommitted = 0
+        #: The streams changed since the last durable commit, in export order.
+        self.dirty: dict[str, _Stream] = {}
         self.committed_at = clock.now()
         #: Durable commits made by this call (for tests and benchmarks).
         self.commits = 0
@@ -562,8 +577,11 @@ class _Exporter:
             for name in names:
                 st = streams[name]
                 if st is None:
-                    st = _Stream(gen=gen, offset=self.offset, start_offset=self.offset)
-                    await self._save(name, st)
+                    at = self.sink.position()
+                    st = _Stream(gen=gen, offset=at, start_offset=at)
+                    if self.s.mode == "server":
+                        await self._save(name, st)
+                    # Pages: recorded with its first commit; until then a resume starts it anew.
                 if st.done:
                     continue
                 if self.s.mode == "server":
@@ -571,6 +589,8 @@ class _Exporter:
                 else:
                     await self._page_stream(name, st, meta.since)
             if names:
+                if self.dirty:  # the export's last page commits at once
+                    await self._durable()
                 self._report("finishing")
                 self.sink.finish()
         except _Stop:
@@ -655,34 +675,49 @@ class _Exporter:
         except BadRequest as exc:
             raise _refused(exc, self.job, p, self._exam_at(name)) from None
 
-    async def _commit(self, name: str, st: _Stream, rows: int, *, last: bool = False) -> None:
-        """After a page (written, ``st.cursor`` the next one's): count it, and commit if the
-        durability window is full, it is the stream's ``last`` page, or the export stops."""
+    async def _commit(self, name: str, st: _Stream, rows: int, *, now: bool = False) -> None:
+        """After a page (written, ``st.cursor`` the next one's, ``st.done`` if it was the
+        stream's last): count it, and commit if the durability window is full, ``now``, or the
+        export stops. A stream that ends records where it ended, for the next commit."""
         st.rows += rows
         st.pages += 1
         self.rows += rows
         self.pages += 1
         self.pages_this_call += 1
         self.uncommitted += 1
+        self.dirty[name] = st
+        if st.done:
+            st.offset = self.sink.position()
         stopping = (self.max_pages is not None and self.pages_this_call >= self.max_pages) or (
             self.stop_event is not None and self.stop_event.is_set()
         )
         if (
-            last
+            now
             or stopping
             or self.uncommitted >= self.s.commit_pages
             or (self.clock.now() - self.committed_at) * 1000 >= self.s.commit_interval_ms
         ):
-            await self._durable(name, st)
+            await self._durable()
         if stopping:
             raise _Stop
 
-    async def _durable(self, name: str, st: _Stream) -> None:
-        """Make the file durable, then record where the next page starts and the file's length:
-        until this record, the pages written since the previous one are not part of the export."""
-        self.offset = self.sink.commit()
-        st.offset = self.offset
-        await self._save(name, st)
+    async def _durable(self, name: str | None = None, st: _Stream | None = None) -> None:
+        """Make the file durable, then record, stream by stream in export order, where each
+        one's next page starts and the file's length: until then, the pages written since the
+        previous commit are not part of the export (a resume cuts them off).
+
+        The order makes a kill between two records safe: a finished stream records the length
+        at its own end, the stream in progress the whole file's, and a resume cuts the file back
+        to the greatest recorded length, so it never keeps a page a cursor does not cover."""
+        if name is not None and st is not None:
+            self.dirty[name] = st
+        length = self.sink.commit()
+        for n, stream in self.dirty.items():
+            if not stream.done:
+                stream.offset = length
+            await self._save(n, stream)
+        self.dirty.clear()
+        self.offset = length
         self.uncommitted = 0
         self.committed_at = self.clock.now()
         self.commits += 1
@@ -703,9 +738,10 @@ class _Exporter:
             await self._page_loop(name, st, pages)
         except BadRequest as exc:
             raise _refused(exc, self.job, p, self._exam_at(name)) from None
-        if not st.done:  # an empty listing
+        if not st.done:  # an empty listing: recorded with the next commit
             st.done = True
-            await self._durable(name, st)
+            st.offset = self.sink.position()
+            self.dirty[name] = st
 
     async def _page_loop(
         self,
@@ -727,7 +763,7 @@ class _Exporter:
                 st.cursor = _cursor_out(cursor)
                 # The last page says so in the same durable record, or a resume starts over.
                 st.done = cursor is None
-                await self._commit(name, st, len(rows), last=st.done)
+                await self._commit(name, st, len(rows))
                 self._report("paging", name)
 
     # -- mode server ------------------------------------------------------------------------
@@ -821,12 +857,12 @@ class _Exporter:
                 batch.append(decode_row(line))
                 if len(batch) >= DOWNLOAD_CHUNK:
                     self.sink.write_page(batch)
-                    await self._commit(name, st, len(batch))
+                    await self._commit(name, st, len(batch), now=True)
                     self._report("downloading", name)
                     batch = []
         if batch:
             self.sink.write_page(batch)
-            await self._commit(name, st, len(batch))
+            await self._commit(name, st, len(batch), now=True)
             self._report("downloading", name)
 
 
