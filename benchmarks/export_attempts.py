@@ -172,6 +172,10 @@ def our_child(args: argparse.Namespace) -> dict[str, Any]:
     from synap_bulk.tasks.export_attempts import ExportSettings, run_export
 
     out = Path(args.out)
+    window: dict[str, int] = {}
+    if "commit_pages" in ExportSettings.__struct_fields__:  # else an older tree: per page
+        window["commit_pages"] = 1 if args.variant == "per-page" else args.commit_pages
+        window["commit_interval_ms"] = 0 if args.variant == "per-page" else args.commit_ms
 
     async def go() -> dict[str, Any]:
         async with (
@@ -197,8 +201,7 @@ def our_child(args: argparse.Namespace) -> dict[str, Any]:
                 mode="pages",
                 page_size=args.page_size,
                 parallel=args.parallel,
-                commit_pages=1 if args.variant == "per-page" else args.commit_pages,
-                commit_interval_ms=0 if args.variant == "per-page" else args.commit_ms,
+                **window,
             )
             set_calls = 0
             real_set = ledger.set_cursor
