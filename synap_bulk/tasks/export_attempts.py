@@ -5,11 +5,11 @@ the runner drives instead of the engine. The file is written page by page, throu
 small buffer to the OS (memory stays flat: a few pages at most, whatever the size). Durability
 goes by time, not by page: at most every ``commit_interval_ms`` or ``commit_pages`` pages,
 whichever comes first, the sink is committed (flush + fsync) and the ledger records, durably
-and in the same step, the next page's cursor and the file's committed length. The last page of
-a stream and a stop commit at once. A kill loses at most that window: a resumed export cuts the
-file back to the committed length (the pages written since, in the OS but covered by no
-cursor, go) and continues from the committed cursor, so every attempt of the server appears
-exactly once.
+and in the same step, the next page's cursor and the file's committed length. The export's
+last page and a stop commit at once; an exam's last page is recorded with the next commit. A
+kill loses at most that window: a resumed export cuts the file back to the committed length
+(the pages written since, in the OS but covered by no cursor, go) and continues from the
+committed cursor, so every attempt of the server appears exactly once.
 
 Two modes:
 
