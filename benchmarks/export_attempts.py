@@ -91,10 +91,15 @@ def bare_child(args: argparse.Namespace) -> dict[str, Any]:
                     resp.raise_for_status()
                     return await resp.read()
 
-            listing = msgspec.json.decode(
-                await get("exam-v-2s", {"page[size]": "500", "page[number]": "1"}), type=Page
-            )
-            exams = [msgspec.json.decode(r)["id"] for r in listing.data]
+            exams: list[str] = []
+            number = 1
+            while True:  # every exam, 500 a page
+                q = {"page[size]": "500", "page[number]": str(number)}
+                listing = msgspec.json.decode(await get("exam-v-2s", q), type=Page)
+                exams += [msgspec.json.decode(r)["id"] for r in listing.data]
+                if len(listing.data) < 500:
+                    break
+                number += 1
             with out.open("wb") as f:  # noqa: ASYNC230 (written inline, as our sinks do)
                 buf = io.StringIO()
                 writer = csv.writer(buf, lineterminator="\r\n")
