@@ -163,6 +163,10 @@ class ExportAttemptsSpec(
     mode: Literal["pages", "server"] = "pages"
     page_size: Annotated[int, Meta(ge=1)] | None = None
     parallel: Annotated[int, Meta(ge=1)] = 4
+    #: Durability window: the file and its cursor are committed together at most this often
+    #: (a kill loses at most the window; a resume still gives every row exactly once).
+    commit_interval_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
+    commit_pages: Annotated[int, Meta(ge=1, le=10_000)] = 50
 
 
 class LookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):

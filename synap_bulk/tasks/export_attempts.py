@@ -244,9 +244,8 @@ def settings_from_spec(spec: ExportAttemptsSpec, job: JobFile | None) -> ExportS
         parallel=max(1, spec.parallel),
         template_parts=template_parts,
         templated=templated,
-        # Not job-file settings yet (ExportAttemptsSpec.commit_interval_ms / .commit_pages).
-        commit_interval_ms=max(0, int(getattr(spec, "commit_interval_ms", COMMIT_INTERVAL_MS))),
-        commit_pages=max(1, int(getattr(spec, "commit_pages", COMMIT_PAGES))),
+        commit_interval_ms=spec.commit_interval_ms,
+        commit_pages=spec.commit_pages,
     )
 
 
