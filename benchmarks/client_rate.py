@@ -10,6 +10,10 @@ started with ``python -m synap_bulk sandbox``; traffic only to 127.0.0.1):
 * ``auto``: client ``rate="auto"`` against sandbox ``--rate 100`` (target >= 90 %, <= 3 % 429s),
   for CUBIC and AIMD, with the sandbox's X-RateLimit-* headers off (the recovery algorithm
   alone) and on (header pacing).
+* ``learn``: a fixed number of GETs against sandbox ``--rate 100 --burst 10`` (Retry-After in
+  seconds), headers off and on: client ``rate=100`` (told the limit: the ideal of the same run)
+  against ``rate="auto"`` (from no knowledge); wall time as a multiple of the told run, the
+  429 share and the sandbox process's CPU share (from /proc: it must not be the bottleneck).
 * ``cpu``: unthrottled sandbox, 20,000 GETs: client CPU ms per request for a bare aiohttp loop,
   ``client.request`` and ``client.get`` (typed decode); target <= 2x the bare loop.
 * ``pacer``: CPU per throttled acquire of the GCRA pacer, no HTTP (asyncio event loop).
@@ -103,8 +107,10 @@ async def user_ids(url: str) -> list[str]:
     return [r.id for r in page.data]
 
 
-async def run_rate(url: str, rate: str, duration: float, algorithm: str) -> dict[str, Any]:
-    """Hammer GET users/{id} with CONCURRENCY workers for ``duration`` seconds."""
+async def run_rate(
+    url: str, rate: str, duration: float, algorithm: str, total: int | None = None
+) -> dict[str, Any]:
+    """GET users/{id} with CONCURRENCY workers for ``duration`` seconds (or ``total`` GETs)."""
     from synap_bulk.client import SynapClient
     from synap_bulk.errors import SynapBulkError
     from synap_bulk.ratecontrol import RateSettings
@@ -123,11 +129,14 @@ async def run_rate(url: str, rate: str, duration: float, algorithm: str) -> dict
     ) as client:
         start = time.monotonic()
         end = start + duration
+        todo = iter(range(total)) if total is not None else None
 
         async def worker(i: int) -> None:
             nonlocal ok, failed
             n = i
             while time.monotonic() < end:
+                if todo is not None and next(todo, None) is None:
+                    return
                 n += CONCURRENCY
                 try:
                     await client.request("GET", f"users/{ids[n % len(ids)]}")
@@ -138,9 +147,11 @@ async def run_rate(url: str, rate: str, duration: float, algorithm: str) -> dict
         async def sampler() -> None:
             while time.monotonic() < end:
                 await asyncio.sleep(1.0)
-                samples.append((time.monotonic() - start, client.rate.rate or 0.0))
+                samples.append((round(time.monotonic() - start, 1), client.rate.rate or 0.0))
 
-        await asyncio.gather(sampler(), *(worker(i) for i in range(CONCURRENCY)))
+        sampling = asyncio.ensure_future(sampler())
+        await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
+        sampling.cancel()
         wall = time.monotonic() - start
         s = client.statistics()
     return {
@@ -251,7 +262,7 @@ async def run_pacer(kind: str, rate: float, seconds: float) -> dict[str, Any]:
 
 def child_main(ns: argparse.Namespace) -> None:
     if ns.kind == "rate":
-        result = asyncio.run(run_rate(ns.url, ns.rate, ns.duration, ns.algorithm))
+        result = asyncio.run(run_rate(ns.url, ns.rate, ns.duration, ns.algorithm, ns.total))
     elif ns.kind == "cpu":
         result = asyncio.run(run_cpu(ns.url, ns.mode, ns.total))
     else:
@@ -295,6 +306,61 @@ def rate_scenario(
         "failed": got["failed"],
         "rate_samples": got["rate_samples"],
     }
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def learn_scenario(total: int, headers: bool) -> list[dict[str, Any]]:
+    """``total`` GETs against a 100/s bucket of 10 (Retry-After seconds): told, then auto.
+
+    Each variant gets a fresh sandbox; the ideal is the told run of the same scenario, and
+    ``total / 100`` s is the floor (plus the bucket's 10 free requests).
+    """
+    flags = ["--rate", "100", "--burst", "10", "--retry-after", "seconds"]
+    if not headers:
+        flags.append("--no-ratelimit-headers")
+    rows = []
+    for rate in ("100", "auto"):
+        proc, url = common.start_sandbox("--seed", "1", "--users", "200", *flags, token=TOKEN)
+        try:
+            before = _stats(control(url, "GET", "stats"))
+            cpu0 = proc_cpu_s(proc.pid)
+            got = child(
+                ["--kind", "rate", "--url", url, "--rate", rate, "--duration", "3600",
+                 "--total", str(total)]
+            )  # fmt: skip
+            server_cpu = proc_cpu_s(proc.pid) - cpu0
+            after = _stats(control(url, "GET", "stats"))
+        finally:
+            common.stop_sandbox(proc)
+        requests = after["requests"] - before["requests"]
+        throttled = after["throttled"] - before["throttled"]
+        rows.append(
+            {
+                "client_rate": rate,
+                "headers": headers,
+                "gets": got["ok"],
+                "wall_s": round(got["wall_s"], 2),
+                "floor_s": round((total - 10) / 100.0, 2),
+                "server_requests": requests,
+                "throttled": throttled,
+                "share_429": round(throttled / requests, 4) if requests else 0.0,
+                "inside_retry_after": after["inside"] - before["inside"],
+                "pauses": got["pauses"],
+                "failed": got["failed"],
+                "sandbox_cpu_s": round(server_cpu, 2),
+                "sandbox_cpu_share": round(server_cpu / got["wall_s"], 3),
+                "rate_samples": got["rate_samples"],
+            }
+        )
+    told = rows[0]["wall_s"]
+    for row in rows:
+        row["x_ideal"] = round(row["wall_s"] / told, 3)
+    return rows
 
 
 def _stats(doc: Any) -> dict[str, int]:
@@ -372,8 +438,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     parser.add_argument(
         "--only",
-        default="ceiling,overshoot,auto,cpu,pacer",
-        help="comma-separated scenarios: ceiling, overshoot, auto, cpu, pacer",
+        default="ceiling,overshoot,auto,learn,cpu,pacer",
+        help="comma-separated scenarios: ceiling, overshoot, auto, learn, cpu, pacer",
+    )
+    parser.add_argument(
+        "--learn-gets", type=int, default=6000, help="GETs per run of the learn scenario"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -420,6 +489,16 @@ def main() -> None:
         ]
         figures["auto"] = rows
         print_table(f"rate=auto, {auto_s:.0f} s", rows, keys)
+    if "learn" in only:
+        total = 1500 if ns.quick else ns.learn_gets
+        rows = [r for headers in (False, True) for r in learn_scenario(total, headers)]
+        figures["learn"] = rows
+        print_table(
+            f"Told 100/s against auto, bucket 100/s burst 10, {total} GETs",
+            rows,
+            ["client_rate", "headers", "gets", "wall_s", "floor_s", "x_ideal", "share_429",
+             "throttled", "inside_retry_after", "pauses", "failed", "sandbox_cpu_share"],
+        )  # fmt: skip
     if "cpu" in only:
         rows = cpu_scenario(gets, repeats)
         figures["cpu"] = rows

@@ -18,6 +18,7 @@ Everything reads time through the injected :class:`~synap_bulk.clock.Clock`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import random
 import time
@@ -58,7 +59,18 @@ class RateSettings(Struct, frozen=True, kw_only=True):
     min_rate: float = 0.5
     #: ``rate="auto"``: the first rate, and its growth factor per second until the first 429.
     auto_start: float = 10.0
-    auto_growth: float = 2.0
+    auto_growth: float = 4.0
+    #: ``rate="auto"`` once it knows the limit L (the accepted rate in the second before a 429,
+    #: or the refill rate read off X-RateLimit-Remaining): hold ``auto_hold`` x L, and every
+    #: ``auto_probe_every`` s (doubling after each probe that fails, up to ``auto_probe_max``)
+    #: probe at ``(1 + auto_probe)`` x L for ``auto_probe_for`` s. A probe that lasts makes its
+    #: rate the new L (and the next probe follows at once); one that fails (a 429, or Remaining
+    #: falling to half the bucket) goes back to the hold.
+    auto_hold: float = 0.97
+    auto_probe: float = 0.05
+    auto_probe_every: float = 10.0
+    auto_probe_max: float = 160.0
+    auto_probe_for: float = 5.0
     #: Computed pause when a 429 gives no usable Retry-After: base x 2^n, capped (seconds).
     pause_base: float = 0.5
     pause_cap: float = 30.0
@@ -290,6 +302,16 @@ class RateController:
         self._tx_bucket = math.floor(now * 2) / 2
         self._tx_count = 0
         self.measured = 0.0
+        # rate="auto": what the server accepted (send times, and send times answered 429).
+        self._sends: deque[float] = deque()
+        self._refused: deque[float] = deque()
+        self._pause_end = -math.inf
+        self.learned: float | None = None
+        self._probe_every = s.auto_probe_every
+        self._probe_at = math.inf
+        self._probing_since: float | None = None
+        # X-RateLimit-Remaining samples of the current unsaturated run: (sent_at, remaining).
+        self._hdr_samples: deque[tuple[float, int]] = deque()
         # Header pacing: while ``now < _hdr_until`` sends are spaced ``_hdr_gap`` apart.
         self._hdr_until = -math.inf
         self._hdr_gap = 0.0
@@ -337,7 +359,11 @@ class RateController:
         remaining = headers.get(self._remaining_header)
         if remaining is not None:
             self._pace_to_headers(
-                remaining, headers.get(self._reset_header), headers.get(self._limit_header), now
+                sent_at,
+                remaining,
+                headers.get(self._reset_header),
+                headers.get(self._limit_header),
+                now,
             )
         self._consecutive = 0
         elapsed = now - self._last_update
@@ -349,6 +375,11 @@ class RateController:
     # -- internals ---------------------------------------------------------------------------
 
     def _count_send(self, now: float) -> None:
+        if self.auto:
+            sends = self._sends
+            sends.append(now)
+            while sends[0] < now - 3.0:
+                sends.popleft()
         self._tx_count += 1
         bucket = math.floor(now * 2) / 2
         if bucket > self._tx_bucket:
@@ -378,6 +409,12 @@ class RateController:
             # Jitter in [half, full] of the computed wait: never zero, never a tight loop.
             wait = min(s.pause_cap, exp) * self._rng.uniform(0.5, 1.0)
         wait = min(wait, s.max_pause)
+        if self.auto:
+            self._refused.append(sent_at)
+            while self._refused[0] < now - 3.0:
+                self._refused.popleft()
+            if self.paused_until <= now:
+                self._pause_end = max(self._pause_end, self.paused_until)
         until = now + wait
         if until > self.paused_until:
             if self.paused_until <= now:
@@ -385,8 +422,84 @@ class RateController:
             self.paused_until = until
         # Cut once per round: answers to requests sent before the last cut say nothing new.
         if sent_at > self._last_cut:
-            self._cut(now)
+            if self.auto:
+                self._learn_from_throttle(sent_at, now)
+            else:
+                self._cut(now)
         return wait
+
+    def _accepted(self, start: float, end: float) -> int:
+        """Sends in ``(start, end]`` that were not answered 429 (so far)."""
+        sends = self._sends
+        refused = self._refused
+        n = bisect.bisect_right(sends, end) - bisect.bisect_right(sends, start)
+        n -= bisect.bisect_right(refused, end) - bisect.bisect_right(refused, start)
+        return n
+
+    def _learn_from_throttle(self, sent_at: float, now: float) -> None:
+        """The accepted rate over the second before this 429 estimates the bucket's refill."""
+        s = self.settings
+        first = self._sends[0] if self._sends else sent_at
+        start = max(sent_at - 1.0, self._pause_end, first)
+        span = sent_at - start
+        # The 429'd send itself is not accepted: count strictly before it.
+        accepted = self._accepted(start, sent_at - _EPSILON)
+        if span >= 1.0 - _EPSILON and accepted > 0:
+            estimate = accepted / span
+        elif span >= 0.1 and accepted > 0:
+            # Throttled within a second of a full bucket (after a pause, or at the start): the
+            # accepted rate is inflated by the bucket (B / span), but the rate sent was too much.
+            estimate = 0.9 * min(accepted / span, self.rate or math.inf)
+        else:  # too little to go on: cut as CUBIC would
+            estimate = s.cubic_beta * (self.learned or self.rate or self.measured or 1.0)
+        self._throttled_once = True
+        self._last_cut = now
+        self._last_update = max(now, self.paused_until)
+        resume = max(now, self.paused_until)
+        if self._probing_since is not None and self.learned is not None:
+            # The probe found the limit between the hold (which went unthrottled) and the probe:
+            # back to the hold, and probe less often.
+            self._probe_every = min(s.auto_probe_max, self._probe_every * 2.0)
+            self._settle_on(self.learned, resume)
+            return
+        self._settle_on(estimate, resume)
+
+    def _settle_on(self, limit: float, now: float) -> None:
+        s = self.settings
+        self.learned = limit
+        self._probing_since = None
+        self._probe_at = now + self._probe_every
+        self._set_rate(limit * s.auto_hold)
+
+    def _learn_from_remaining(self, sent_at: float, left: int, cap: int | None) -> None:
+        """Refill = (accepted sends + rise of Remaining) / time, while the bucket is not full."""
+        samples = self._hdr_samples
+        if self._probing_since is not None and cap is not None and left <= cap // 2:
+            # The probe drains the bucket: the limit is below it. Back to the hold, no 429.
+            assert self.learned is not None
+            s = self.settings
+            self._probe_every = min(s.auto_probe_max, self._probe_every * 2.0)
+            self._settle_on(self.learned, self.clock.now())
+            samples.clear()
+            return
+        if cap is None or left >= cap - 1:  # full: it says only that the refill keeps up
+            samples.clear()
+            return
+        samples.append((sent_at, left))
+        while samples[0][0] < sent_at - 2.0:
+            samples.popleft()
+        t0, left0 = samples[0]
+        span = sent_at - t0
+        # Remaining is whole tokens: +-1 over the span. 0.2 s for a first estimate, then 1 s.
+        if span < (0.2 if self.learned is None else 1.0):
+            return
+        refill = (self._accepted(t0, sent_at) + left - left0) / span
+        if refill <= 0:
+            return
+        if self.learned is None or abs(refill - self.learned) > 0.02 * self.learned:
+            self._throttled_once = True
+            self._settle_on(refill, self.clock.now())
+            samples.clear()
 
     def _cut(self, now: float) -> None:
         s = self.settings
@@ -404,8 +517,13 @@ class RateController:
     def _recover(self, now: float, elapsed: float) -> None:
         s = self.settings
         rate = self.rate
+        if self.auto and self.learned is not None:
+            self._hold_or_probe(now)
+            return
         if not self._throttled_once:
             if self.auto and rate is not None:
+                if self._hdr_samples:  # Remaining is falling: hold while it shows the refill
+                    return
                 grown = rate * s.auto_growth**s.update_interval
                 if self.measured:
                     grown = min(grown, max(rate, 2.0 * self.measured))
@@ -422,14 +540,34 @@ class RateController:
         if rate is None or new > rate or s.algorithm == "cubic":
             self._set_rate(new)
 
+    def _hold_or_probe(self, now: float) -> None:
+        """Hold just under the learned limit; now and then probe gently above it."""
+        s = self.settings
+        learned = self.learned
+        assert learned is not None
+        if self._probing_since is None:
+            if now >= self._probe_at:
+                self._probing_since = now
+                self._set_rate(learned * (1.0 + s.auto_probe))
+            return
+        if now - self._probing_since >= s.auto_probe_for:
+            # No 429 for a whole probe: the limit is at least the probe's rate.
+            self._probe_every = s.auto_probe_every
+            self._settle_on(learned * (1.0 + s.auto_probe), now)
+            self._probe_at = now + s.auto_probe_for
+
     def _pace_to_headers(
-        self, remaining: str, reset: str | None, limit: str | None, now: float
+        self, sent_at: float, remaining: str, reset: str | None, limit: str | None, now: float
     ) -> None:
         """Near the end of the allowance, space sends at the rate the server gives it back.
 
         With a limit L, remaining R and reset S, ``(L - R) / S`` is the refill rate of a token
         bucket (the usual limiter; S rounded up makes it an underestimate, on the safe side).
-        Without L, the R requests left are spread over the S seconds (a fixed window).
+        Without L, the R requests left are spread over the S seconds (a fixed window). "Near
+        the end" is R at most the low water mark and, with L known, at most L/4 (a bucket of 10
+        that the client keeps at 9 is not running out). ``rate="auto"`` also learns the refill
+        rate from how Remaining moves instead (that bound is 10x too low for a bucket of 10 whose
+        Reset is rounded up to 1 s).
         """
         try:
             left = int(float(remaining))
@@ -437,7 +575,12 @@ class RateController:
             cap = int(float(limit)) if limit else None
         except ValueError:
             return
-        if left > self._low_water or not math.isfinite(window):
+        if self.auto:
+            self._learn_from_remaining(sent_at, left, cap)
+            if cap is not None:  # the learned refill paces better than (L - R) / S
+                return
+        low = self._low_water if cap is None else min(self._low_water, cap // 4)
+        if left > low or not math.isfinite(window):
             return
         if window > 1e9:  # an epoch timestamp rather than seconds from now
             window -= self._wall()

@@ -471,3 +471,94 @@ async def test_deadline_free_growth_is_capped_by_twice_the_measured_rate() -> No
         await rc.clock.sleep(0.5)  # 2 requests per second
         await send(rc)
     assert rc.rate is not None and rc.rate <= 2 * max(rc.measured, 5.0) + 1
+
+
+class TokenBucket:
+    """The sandbox's limiter in miniature: ``rate`` tokens/s, ``size`` at most, 1 s Retry-After."""
+
+    def __init__(self, rate: float, size: float, headers: bool) -> None:
+        self.rate, self.size, self.headers = rate, size, headers
+        self.tokens, self.last = size, 0.0
+        self.accepted = self.refused = 0
+
+    def answer(self, now: float) -> tuple[int, dict[str, str]]:
+        self.tokens = min(self.size, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        ok = self.tokens >= 1.0
+        if ok:
+            self.tokens -= 1.0
+            self.accepted += 1
+        else:
+            self.refused += 1
+        headers = {} if ok else {"Retry-After": "1"}
+        if self.headers:
+            headers |= {
+                "X-RateLimit-Limit": str(int(self.size)),
+                "X-RateLimit-Remaining": str(int(self.tokens)),
+                "X-RateLimit-Reset": str(math.ceil((self.size - self.tokens) / self.rate)),
+            }
+        return (200 if ok else 429), headers
+
+
+async def run_against(rc: RateController, bucket: TokenBucket, seconds: float) -> None:
+    """Send one request after another against ``bucket`` for ``seconds`` of fake time."""
+    while rc.clock.now() < seconds:
+        sent = await rc.acquire()
+        rc.release()
+        status, headers = bucket.answer(sent)
+        rc.observe(sent, status, headers)
+
+
+@pytest.mark.parametrize("headers", [False, True])
+async def test_auto_learns_a_token_bucket_and_holds_just_under_it(headers: bool) -> None:
+    """From no knowledge, auto finds 100/s burst 10 within seconds and keeps 9x % with few 429s."""
+    rc = controller("auto")
+    bucket = TokenBucket(100.0, 10.0, headers)
+    await run_against(rc, bucket, 60.0)
+    assert rc.learned is not None and 88.0 <= rc.learned <= 106.0
+    assert bucket.accepted >= 0.90 * 6000
+    assert bucket.refused <= 0.01 * (bucket.accepted + bucket.refused)
+    if headers:
+        assert bucket.refused <= 1  # Remaining shows the drain before the bucket is empty
+
+
+async def test_auto_estimate_is_the_accepted_rate_in_the_second_before_the_429() -> None:
+    """At 103/s against a 100/s bucket, a 429 after seconds teaches ~100; the hold is 0.97x."""
+    rc = controller("auto", settings=RateSettings(auto_start=103.0, auto_growth=1.0))
+    bucket = TokenBucket(100.0, 10.0, False)
+    while not bucket.refused:
+        sent = await rc.acquire()
+        rc.release()
+        rc.observe(sent, *bucket.answer(sent))
+    assert sent > 2.0  # the bucket of 10 drained at 3/s
+    assert rc.learned == pytest.approx(100.0, rel=0.03)
+    assert rc.rate == pytest.approx(0.97 * rc.learned)
+    assert rc.paused_until == pytest.approx(rc.clock.now() + 1.0)
+
+
+async def test_auto_probes_rarely_and_backs_off_after_a_failed_probe() -> None:
+    """Probes at +5 % start 10 s after learning; a 429 ending one doubles the wait for the next."""
+    rc = controller("auto", settings=RateSettings(auto_start=120.0, auto_growth=1.0))
+    bucket = TokenBucket(100.0, 10.0, False)
+    starts: list[float] = []
+    fails: list[float] = []
+    prev = rc.rate or 0.0
+    while rc.clock.now() < 120.0:
+        sent = await rc.acquire()
+        rc.release()
+        status, headers = bucket.answer(sent)
+        rc.observe(sent, status, headers)
+        rate = rc.rate or 0.0
+        if rate > prev * 1.03 and rc.learned is not None:
+            starts.append(sent)
+        if status == 429 and starts:
+            fails.append(sent)
+        prev = rate
+    assert rc.learned is not None and 95.0 <= rc.learned <= 106.0
+    assert starts and starts[0] >= 10.0
+    assert 2 <= len(starts) <= 6
+    assert bucket.refused <= 3 + len(starts)  # learning from a start at 120/s takes 2 or 3
+    # After each failed probe the next one waits twice as long: 10, 20, 40, 80 s.
+    after_fail = [next(t for t in starts if t > f) - f for f in fails if any(t > f for t in starts)]
+    assert after_fail == sorted(after_fail)
+    assert all(g >= 19.0 for g in after_fail)
