@@ -288,29 +288,12 @@ async def run_job(
                 state.run_dir = out / "runs" / str(run_id)
                 try:
                     _make_dir(job, state.run_dir)
+                    common = (job, client, ledger, state.run_dir, started, console)
                     if task.shape == "stream":
-                        ended = await _run_stream(
-                            job,
-                            task,
-                            client,
-                            ledger,
-                            state.run_dir,
-                            started,
-                            console,
-                            handle_signals,
-                        )
+                        ended = await _run_stream(task, *common, handle_signals)
                     else:
-                        ended = await _run_items(
-                            job,
-                            task,
-                            client,
-                            ledger,
-                            state.run_dir,
-                            started,
-                            console,
-                            handle_signals,
-                            retry_failed or source is not None,
-                        )
+                        retry = retry_failed or source is not None
+                        ended = await _run_items(task, *common, handle_signals, retry)
                 except (SynapBulkError, OSError) as exc:
                     ended = _aborted(job, client, started, _typed(exc))
                 ended.summary = _with_run(ended.summary, state, run_id)
@@ -482,8 +465,8 @@ def _stopped_lines(job: JobFile) -> list[str]:
 
 
 async def _run_items(
-    job: JobFile,
     task: ItemTask,
+    job: JobFile,
     client: SynapClient,
     ledger: Ledger,
     out: Path,
@@ -615,8 +598,8 @@ def _counted(counts: dict[str, int]) -> dict[str, int]:
 
 
 async def _run_stream(
-    job: JobFile,
     task: StreamTask,
+    job: JobFile,
     client: SynapClient,
     ledger: Ledger,
     out: Path,

@@ -96,6 +96,17 @@ def dead_pid() -> int:
     return int(done.stdout)
 
 
+def extra_time_job(tmp: Path, sb: Sandbox) -> Path:
+    """The demo's unsafe timer-reset job (and its CSV), pointed at ``sb`` as a real server."""
+    text = (ROOT / "jobs" / "demo" / "extra-time.yaml").read_text()
+    job = text.replace("base_url: sandbox", f'base_url: "{sb.url}"\n  token_file: token.txt')
+    (tmp / "job.yaml").write_text(re.sub(r"(?m)^sandbox: .*\n", "", job))
+    (tmp / "token.txt").write_text(sb.token)
+    src = (ROOT / "jobs" / "demo" / "access-arrangements.csv").read_text()
+    (tmp / "access-arrangements.csv").write_text(src)
+    return tmp / "job.yaml"
+
+
 def sandbox(**config: Any) -> Sandbox:
     base: dict[str, Any] = {"users": 0, "groups": 1, "seed": 1}
     return Sandbox(SandboxConfig(**(base | config)))
@@ -269,14 +280,8 @@ task:
 async def test_plan_after_a_completed_unsafe_job_sends_nothing(tmp_path: Path) -> None:
     """plan reads the ledger: after the unsafe timer-reset job completed, every row it sent is
     'done before' and nothing would be posted again."""
-    text = (ROOT / "jobs" / "demo" / "extra-time.yaml").read_text()
     async with sandbox(users=200, exams=2, attempts_per_exam=60) as sb:
-        job = text.replace("base_url: sandbox", f'base_url: "{sb.url}"\n  token_file: token.txt')
-        job = re.sub(r"(?m)^sandbox: .*\n", "", job)
-        (tmp_path / "job.yaml").write_text(job)
-        (tmp_path / "token.txt").write_text(sb.token)
-        src = (ROOT / "jobs" / "demo" / "access-arrangements.csv").read_text()
-        (tmp_path / "access-arrangements.csv").write_text(src)
+        extra_time_job(tmp_path, sb)
         assert await run_job(load_job(tmp_path / "job.yaml"), console=quiet()) == EXIT_FAILED
         console = quiet()
         before = sb.statistics().requests
@@ -290,14 +295,8 @@ async def test_plan_after_a_completed_unsafe_job_sends_nothing(tmp_path: Path) -
 
 async def test_restart_of_an_unsafe_job_with_done_items_needs_force(tmp_path: Path) -> None:
     """--restart would re-send the done rows of an unsafe job: refused without --force."""
-    text = (ROOT / "jobs" / "demo" / "extra-time.yaml").read_text()
     async with sandbox(users=200, exams=2, attempts_per_exam=60) as sb:
-        job = text.replace("base_url: sandbox", f'base_url: "{sb.url}"\n  token_file: token.txt')
-        job = re.sub(r"(?m)^sandbox: .*\n", "", job)
-        (tmp_path / "job.yaml").write_text(job)
-        (tmp_path / "token.txt").write_text(sb.token)
-        src = (ROOT / "jobs" / "demo" / "access-arrangements.csv").read_text()
-        (tmp_path / "access-arrangements.csv").write_text(src)
+        extra_time_job(tmp_path, sb)
         assert await run_job(load_job(tmp_path / "job.yaml"), console=quiet()) == EXIT_FAILED
         console = quiet()
         refused = await run_job(load_job(tmp_path / "job.yaml"), restart=True, console=console)
