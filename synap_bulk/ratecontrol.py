@@ -62,12 +62,14 @@ class RateSettings(Struct, frozen=True, kw_only=True):
     auto_growth: float = 4.0
     #: ``rate="auto"`` once it knows the limit L (the accepted rate in the second before a 429,
     #: or the refill rate read off X-RateLimit-Remaining): hold ``auto_hold`` x L, and every
-    #: ``auto_probe_every`` s (doubling after each probe that fails, up to ``auto_probe_max``)
+    #: ``auto_probe_every`` s (the first one ``auto_probe_for`` s after L is first known, as a
+    #: first estimate made while ramping up is low; doubling after each probe that fails, up to
+    #: ``auto_probe_max``)
     #: probe at ``(1 + auto_probe)`` x L for ``auto_probe_for`` s. A probe that lasts makes its
     #: rate the new L (and the next probe follows at once); one that fails (a 429, or Remaining
     #: falling to half the bucket) goes back to the hold.
     auto_hold: float = 0.97
-    auto_probe: float = 0.05
+    auto_probe: float = 0.03
     auto_probe_every: float = 10.0
     auto_probe_max: float = 160.0
     auto_probe_for: float = 5.0
@@ -466,9 +468,10 @@ class RateController:
 
     def _settle_on(self, limit: float, now: float) -> None:
         s = self.settings
+        first = self.learned is None
         self.learned = limit
         self._probing_since = None
-        self._probe_at = now + self._probe_every
+        self._probe_at = now + (s.auto_probe_for if first else self._probe_every)
         self._set_rate(limit * s.auto_hold)
 
     def _learn_from_remaining(self, sent_at: float, left: int, cap: int | None) -> None:
