@@ -35,7 +35,9 @@ __all__ = [
     "RunSpec",
     "TaskSpec",
     "UserImportSpec",
+    "field_paths",
     "job_schema",
+    "job_sections",
     "load_job",
 ]
 
@@ -214,10 +216,376 @@ _MAPPING_COLUMN_KEYS = ("attempt", "candidate", "exam", "marker")
 _EXCLUSION_COLUMN_KEYS = ("marker", "candidate")
 
 
+#: The JSON Schema dialect of :func:`job_schema`.
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+#: The identity of :func:`job_schema` (a URN: the schema is generated, not published anywhere).
+SCHEMA_ID = "urn:synap-bulk:job-file:1"
+
+#: The task kinds and their Structs, in the order the reference lists them.
+TASK_KINDS: dict[str, type[Struct]] = {
+    "user-import": UserImportSpec,
+    "assign-markers": AssignMarkersSpec,
+    "export-attempts": ExportAttemptsSpec,
+    "request": RequestSpec,
+}
+
+_KIND_OF = {struct: kind for kind, struct in TASK_KINDS.items()}
+
+#: The description of every key of a job file, by dotted path (``task[KIND].key`` for the keys
+#: of one task kind). The one place keys are described: :func:`job_schema` and the reference
+#: (``docs/job-files.md``, :mod:`synap_bulk.reference`) are built from it, and
+#: tests/test_reference.py fails when a field has no entry here or an entry names no field.
+FIELD_DOCS: dict[str, str] = {
+    # --- the top level ---
+    "version": "The job file format's version; always 1.",
+    "name": (
+        "The job's name: letters, digits, '.', '_' and '-'. It names the output folder "
+        "(out/<name>/) and the job in summaries."
+    ),
+    "api": "The server: its base URL (or the embedded sandbox), the token and the client's limits.",
+    "sandbox": (
+        'The embedded sandbox\'s settings; only allowed with api.base_url "sandbox". '
+        "Omitted: a default seeded sandbox that forgets its data when the run ends."
+    ),
+    "run": "Where the ledger and the result files go, and how patient the engine is.",
+    "task": "What the job does: one of the task kinds, chosen by its kind key.",
+    # --- api ---
+    "api.base_url": (
+        "The API's base URL, e.g. https://api.synap.ac/v3 (https://; http:// only for "
+        'localhost), or "sandbox" to start a seeded sandbox in-process.'
+    ),
+    "api.token": (
+        "The personal access token; write ${SYNAP_TOKEN} rather than the token itself. "
+        "Give token or token_file, not both; against the sandbox, omitted: the sandbox's token."
+    ),
+    "api.token_file": (
+        "A file holding the token (relative to the job file's folder); keep it chmod 600. "
+        "Give token or token_file, not both."
+    ),
+    "api.rate": (
+        "Requests per second at most. Omitted: no ceiling; the client slows down only when "
+        'the server throttles (429). "auto": find the server\'s limit and keep just under it.'
+    ),
+    "api.concurrency": "Requests in flight at most (1 to 1000).",
+    "api.subject_user": (
+        "A user id to act as: sent in the profile's subject-user header with every request. "
+        "Omitted: act as the token's own user."
+    ),
+    "api.timeout": (
+        "Seconds a request may take in all before it counts as failed (connecting: at most 10)."
+    ),
+    "api.profile": (
+        "Overrides of the API profile (header names, page sizes, paths the public docs leave "
+        "open); omitted keys keep the built-in defaults."
+    ),
+    # --- run ---
+    "run.ledger": (
+        "The ledger (SQLite) that makes the job resumable, relative to the job file's folder. "
+        "Omitted: <job file name>.ledger.sqlite beside the job file."
+    ),
+    "run.out_dir": (
+        "The folder of the result files (summary, failures, success, plans), relative to the "
+        "job file's folder. Omitted: out/<name>/ beside the job file."
+    ),
+    "run.grace_seconds": (
+        "On a stop (Ctrl-C, SIGTERM, the breaker), seconds the rows in flight get to finish "
+        "before they are cancelled."
+    ),
+    "run.max_item_attempts": (
+        "Times the engine tries one row in all (a retryable failure is tried again after a "
+        "growing pause) before recording it as failed."
+    ),
+    "run.breaker": "The circuit breaker: stop the run when too many recent requests failed.",
+    "run.breaker.window": "How many of the most recent requests the breaker looks at.",
+    "run.breaker.min_requests": "Requests the window must hold before the breaker may trip.",
+    "run.breaker.threshold": (
+        "The share of server-side failures (5xx, dropped connections) in the window that stops "
+        "the run (0 to 1)."
+    ),
+    # --- task: user-import ---
+    "task[user-import].kind": "user-import: register or update users from a CSV.",
+    "task[user-import].source": "The CSV of users, relative to the job file's folder.",
+    "task[user-import].match": (
+        "The attribute that finds an existing user: externalId, or emailAddress (trimmed, "
+        "compared case-insensitively)."
+    ),
+    "task[user-import].mode": (
+        "create: only register new users; update: only change existing ones; upsert: both."
+    ),
+    "task[user-import].fields": (
+        'User attributes and their templates, e.g. {name: "{first_name} {last_name}", '
+        'emailAddress: "{email}"}; {column} is replaced by the row\'s value.'
+    ),
+    "task[user-import].groups": (
+        "User groups (by name or id, templates allowed) each user is put in."
+    ),
+    "task[user-import].password": (
+        "A password template for newly registered users. Omitted: none is sent (the server's "
+        "own sign-in flow applies)."
+    ),
+    "task[user-import].welcome_email": (
+        "Whether the server sends new users its welcome email. Default false: it is disabled."
+    ),
+    "task[user-import].lookup": (
+        "How existing users are found: listing (one paginated listing of the directory), "
+        "per-row (one lookup per row), or auto (listing above listing_threshold rows)."
+    ),
+    "task[user-import].listing_threshold": (
+        "With lookup auto: above this many rows, one listing instead of a lookup per row."
+    ),
+    "task[user-import].delimiter": "The CSV's field separator (one character).",
+    # --- task: assign-markers ---
+    "task[assign-markers].kind": "assign-markers: give attempts their markers for a role.",
+    "task[assign-markers].role": "The marking role the markers are assigned for.",
+    "task[assign-markers].action": (
+        "assign: add markers; unassign: remove them (the mapping's pairs or, without one, "
+        "every marker of the role)."
+    ),
+    "task[assign-markers].exams": (
+        "The exams whose attempts are in scope: ids or exact names. Empty: every exam."
+    ),
+    "task[assign-markers].statuses": "The attempt statuses (examStatus) in scope.",
+    "task[assign-markers].mapping": (
+        "A CSV of (attempt or candidate + exam, marker) pairs to apply, instead of a strategy; "
+        "relative to the job file's folder."
+    ),
+    "task[assign-markers].mapping_columns": (
+        "Renames of the mapping's columns: keys attempt, candidate, exam, marker; values the "
+        "CSV's own header names."
+    ),
+    "task[assign-markers].strategy": (
+        "How markers are chosen without a mapping: balanced (fewest assignments first), "
+        "round-robin or random (seeded)."
+    ),
+    "task[assign-markers].seed": (
+        "The seed of the strategy: same seed and server state, same allocation."
+    ),
+    "task[assign-markers].per_attempt": "Different markers each attempt gets (2: double marking).",
+    "task[assign-markers].max_per_marker": (
+        "Attempts one marker may have at most, counting those already on the server. "
+        "Omitted: no limit."
+    ),
+    "task[assign-markers].exclusions": (
+        "A CSV of marker,candidate pairs (email or id) that must never be assigned; relative "
+        "to the job file's folder."
+    ),
+    "task[assign-markers].exclusion_columns": (
+        "Renames of the exclusions' columns: keys marker, candidate; values the CSV's own "
+        "header names."
+    ),
+    "task[assign-markers].markers": (
+        "A CSV of the pool members that may be chosen (relative to the job file's folder). "
+        "Omitted: every member of the exam's pool for the role."
+    ),
+    # --- task: export-attempts ---
+    "task[export-attempts].kind": "export-attempts: stream attempts to a file, resumably.",
+    "task[export-attempts].exams": "Exam ids whose attempts are exported. Empty: every attempt.",
+    "task[export-attempts].statuses": (
+        "Attempt statuses (examStatus) exported, e.g. [submitted, expired]. Empty: any."
+    ),
+    "task[export-attempts].format": "The output format (parquet needs the parquet extra).",
+    "task[export-attempts].output": (
+        "The output file, relative to the job file's folder; a completed export is never "
+        "replaced (the next one is name.2.ext, name.3.ext, ...)."
+    ),
+    "task[export-attempts].columns": (
+        "Dotted paths of the attempt resource to export, e.g. attributes.score. Omitted: the "
+        "default columns (NDJSON: the resources as the server sent them)."
+    ),
+    "task[export-attempts].since": (
+        "Only attempts updated at or after this: last-run (the start of the previous complete "
+        "export) or an RFC 3339 time. Omitted: every attempt."
+    ),
+    "task[export-attempts].mode": (
+        "pages: page through the attempts; server: the API's export-enriched-attempts "
+        "background job."
+    ),
+    "task[export-attempts].page_size": "Attempts per page. Omitted: the profile's max_page_size.",
+    "task[export-attempts].parallel": "Pages fetched at once (written in order).",
+    "task[export-attempts].commit_interval_ms": (
+        "Durability window: the file and its cursor are committed together at least this often "
+        "(milliseconds); a kill loses at most the window, a resume still gives every row once."
+    ),
+    "task[export-attempts].commit_pages": (
+        "Durability window: commit after at most this many pages, whatever the time."
+    ),
+    # --- task: request ---
+    "task[request].kind": "request: one templated API request per CSV row.",
+    "task[request].source": "The CSV, one request per row; relative to the job file's folder.",
+    "task[request].method": "The HTTP method.",
+    "task[request].path": (
+        "The path under the base URL, a template: each {column} value is one percent-encoded "
+        "path segment."
+    ),
+    "task[request].body": (
+        "The JSON body: any YAML value whose strings may hold {column}; a string that is just "
+        "{column:int}, {column:float}, {column:bool} or {column:json} sends a typed value. "
+        "Omitted: no body."
+    ),
+    "task[request].key": (
+        "The row's key in the ledger, a template (rows with one key are duplicates). "
+        "Omitted: the method, path and body."
+    ),
+    "task[request].safety": (
+        "How a request may be repeated: idempotent (retried, re-sent on resume), reconcilable "
+        "(looked up first; needs lookup) or unsafe (sent at most once). Omitted: idempotent "
+        "for GET, PUT, PATCH, DELETE; unsafe for POST."
+    ),
+    "task[request].lookup": (
+        "A GET whose non-empty result means the row's request already took effect "
+        "(required with safety reconcilable)."
+    ),
+    "task[request].lookup.path": "The GET's path, a template like task.path.",
+    "task[request].lookup.params": "The GET's query parameters; the values are templates.",
+    "task[request].delimiter": "The CSV's field separator (one character).",
+    # --- sandbox (synap_bulk.sandbox.SandboxConfig) ---
+    "sandbox.seed": "The seed of the generated portal: same seed, same data.",
+    "sandbox.users": "Candidate (student) users; the admin and the markers come on top.",
+    "sandbox.groups": "Candidate cohort groups (besides the default and marker-pool groups).",
+    "sandbox.exams": "Exams; the last one is a draft when there are two or more.",
+    "sandbox.attempts_per_exam": "Attempts of each exam.",
+    "sandbox.markers": "Marker users, spread over the five marker-pool groups.",
+    "sandbox.rate": "The rate limit per token (requests per second); 0: unlimited.",
+    "sandbox.burst": "The rate limit's bucket size. Omitted: max(1, rate).",
+    "sandbox.retry_after": "The form of a 429's Retry-After header.",
+    "sandbox.ratelimit_headers": (
+        "Whether every /v3 answer carries X-RateLimit-Limit, -Remaining and -Reset."
+    ),
+    "sandbox.retry_after_grace_ms": (
+        "A request arriving this soon after a 429 is not counted as inside the Retry-After "
+        "window (it was already on the wire)."
+    ),
+    "sandbox.latency_ms": "Delay of every answer (milliseconds).",
+    "sandbox.jitter_ms": "Uniform extra delay in [0, jitter_ms), seeded per request.",
+    "sandbox.route_latency_ms": "Delay by route name (e.g. users.list), replacing latency_ms.",
+    "sandbox.group_join_latency_ms": "Extra delay of a group join. Omitted: 4 * latency_ms.",
+    "sandbox.fault_rate": "Probability (0 to 1) that a /v3 request fails with an injected fault.",
+    "sandbox.faults": (
+        "Relative weights of the fault kinds (500, 502, 503, 504, html502, drop, truncate, "
+        "commit-then-500, commit-then-drop)."
+    ),
+    "sandbox.token": "The sandbox's valid token.",
+    "sandbox.extra_tokens": "More valid tokens of the same portal, each with its own rate limit.",
+    "sandbox.bad_token_status": "The status of a present but wrong token.",
+    "sandbox.subject_user_header": "The header naming the user to act as.",
+    "sandbox.default_page_size": "Page size when a request gives none.",
+    "sandbox.max_page_size": "The largest page size accepted.",
+    "sandbox.export_job_steps": "Polls of an export's background job until it is completed.",
+    "sandbox.host": "The address the sandbox listens on.",
+    "sandbox.port": "The port the sandbox listens on; 0: a free one.",
+    "sandbox.state": (
+        "A state file (relative to the job file's folder) that keeps the sandbox's data "
+        "across runs, as a real portal would; when it exists its data wins over the settings "
+        "above. Omitted: the data lasts as long as the run."
+    ),
+}
+
+
+def _sandbox_config() -> type[Struct]:
+    from .sandbox.config import SandboxConfig
+
+    return SandboxConfig
+
+
+def job_sections() -> list[tuple[str, type[Struct]]]:
+    """Every section of a job file as (dotted path, Struct), the top level first."""
+    sections: list[tuple[str, type[Struct]]] = [
+        ("", Job),
+        ("api", ApiSpec),
+        ("run", RunSpec),
+        ("run.breaker", BreakerSpec),
+        ("sandbox", _sandbox_config()),
+    ]
+    for kind, struct in TASK_KINDS.items():
+        sections.append((f"task[{kind}]", struct))
+        if struct is RequestSpec:
+            sections.append((f"task[{kind}].lookup", LookupSpec))
+    return sections
+
+
+def field_paths() -> list[str]:
+    """The dotted path of every key of a job file (the task kinds' ``kind`` included)."""
+    out: list[str] = []
+    for prefix, struct in job_sections():
+        names = [f.encode_name for f in _struct_fields(struct)]
+        if struct in TASK_KINDS.values():
+            names.insert(0, "kind")
+        out.extend(f"{prefix}.{n}" if prefix else n for n in names)
+    return out
+
+
+def _struct_fields(struct: type[Struct]) -> tuple[mi.Field, ...]:
+    info = mi.type_info(struct)
+    assert isinstance(info, mi.StructType)
+    return info.fields
+
+
+def field_default(field: mi.Field) -> tuple[bool, Any]:
+    """(whether the field has a default, that default as JSON data)."""
+    if field.default is not msgspec.NODEFAULT:
+        return True, msgspec.to_builtins(field.default)
+    if field.default_factory is not msgspec.NODEFAULT:
+        return True, msgspec.to_builtins(field.default_factory())
+    return False, None
+
+
 def job_schema() -> dict[str, Any]:
-    """The JSON Schema of job files, for editors (``python -m synap_bulk schema``)."""
-    schema: dict[str, Any] = msgspec.json.schema(Job)
-    schema["title"] = "synap_bulk job file"
+    """The JSON Schema of job files, for editors (``python -m synap_bulk schema``).
+
+    Draft 2020-12; every property has a description (from :data:`FIELD_DOCS`) and, unless it is
+    required, its default. The task is chosen by ``kind`` with ``if``/``then``, so a validator
+    reports an error inside the chosen kind (``task.match``), not "valid under none of".
+    """
+    sandbox = _sandbox_config()
+    structs: list[type[Struct]] = [Job, sandbox]
+    _, defs = msgspec.json.schema_components(structs, ref_template="#/$defs/{name}")
+    root: dict[str, Any] = defs.pop("Job")
+    for prefix, struct in job_sections():
+        node = root if struct is Job else defs[struct.__name__]
+        props: dict[str, Any] = node["properties"]
+        for field in _struct_fields(struct):
+            path = f"{prefix}.{field.encode_name}" if prefix else field.encode_name
+            prop = props[field.encode_name]
+            prop["description"] = FIELD_DOCS[path]
+            has_default, default = field_default(field)
+            if has_default:
+                prop["default"] = default
+        kind = _KIND_OF.get(struct)
+        if kind is not None:
+            props["kind"] = {"const": kind, "description": FIELD_DOCS[f"{prefix}.kind"]}
+    props = root["properties"]
+    props["sandbox"] = {
+        "description": FIELD_DOCS["sandbox"],
+        "default": None,
+        "type": ["object", "null"],
+        "if": {"type": "object"},
+        "then": {"$ref": f"#/$defs/{sandbox.__name__}"},
+    }
+    props["task"] = {
+        "description": FIELD_DOCS["task"],
+        "type": "object",
+        "required": ["kind"],
+        "properties": {
+            "kind": {"enum": list(TASK_KINDS), "description": "The task kind."},
+        },
+        "allOf": [
+            {
+                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"$ref": f"#/$defs/{struct.__name__}"},
+            }
+            for kind, struct in TASK_KINDS.items()
+        ],
+    }
+    schema: dict[str, Any] = {
+        "$schema": SCHEMA_DIALECT,
+        "$id": SCHEMA_ID,
+        "title": "synap_bulk job file",
+        "description": (
+            "A job file of synap_bulk (YAML); every key is described in docs/job-files.md."
+        ),
+        **{k: v for k, v in root.items() if k not in ("title", "description")},
+        "$defs": defs,
+    }
     return schema
 
 

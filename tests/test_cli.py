@@ -84,10 +84,14 @@ def test_missing_input_file_is_named_at_its_job_line(
 
 
 def test_schema_is_json_schema_of_job_files(capsys: pytest.CaptureFixture[str]) -> None:
-    """`schema` prints a JSON Schema that knows the four task kinds."""
+    """`schema` prints job_schema() as JSON: draft 2020-12, knowing the four task kinds."""
+    from synap_bulk.spec import job_schema
+
     assert main(["schema"]) == 0
     text = capsys.readouterr().out
     schema = json.loads(text)
+    assert schema == json.loads(json.dumps(job_schema()))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert "$defs" in schema
     for kind in ("user-import", "assign-markers", "export-attempts", "request"):
         assert f'"{kind}"' in text

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from rich.pretty import pretty_repr
 
 from synap_bulk.errors import InsecureURL, SpecError
@@ -312,13 +314,110 @@ def test_task_hash_tracks_the_task_section_only(tmp_path: Path) -> None:
 
 
 def test_schema_describes_every_task_kind() -> None:
-    """The JSON Schema names each task kind and forbids unknown keys."""
+    """The JSON Schema names each task kind by a const kind and forbids unknown keys."""
     schema = job_schema()
     defs = schema["$defs"]
     for name in ("UserImportSpec", "AssignMarkersSpec", "ExportAttemptsSpec", "RequestSpec"):
         assert defs[name]["additionalProperties"] is False
-    assert defs["UserImportSpec"]["properties"]["kind"] == {"enum": ["user-import"]}
-    assert defs["Job"]["required"] == ["version", "name", "api", "task"]
+    assert defs["UserImportSpec"]["properties"]["kind"]["const"] == "user-import"
+    assert schema["required"] == ["version", "name", "api", "task"]
+    assert schema["additionalProperties"] is False
+
+
+def _validator() -> Any:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = job_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _errors(data: Any) -> list[tuple[str, str]]:
+    return [
+        (".".join(str(p) for p in e.absolute_path), e.message)
+        for e in _validator().iter_errors(data)
+    ]
+
+
+DEMO_JOBS = sorted((Path(__file__).resolve().parent.parent / "jobs" / "demo").glob("*.yaml"))
+
+
+def test_schema_is_draft_2020_12_with_an_id() -> None:
+    """The schema declares its dialect (draft 2020-12) and its $id, and is itself valid."""
+    schema = job_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"]
+    _validator()
+
+
+def test_schema_gives_every_property_a_description_and_its_default() -> None:
+    """Every property of every section has a description, and every optional one its default."""
+    schema = job_schema()
+    sections = [("", schema)] + [(name, d) for name, d in schema["$defs"].items()]
+    checked = 0
+    for name, node in sections:
+        required = set(node.get("required", ()))
+        for key, prop in node.get("properties", {}).items():
+            checked += 1
+            assert prop.get("description"), f"{name}.{key} has no description"
+            if key not in required and key != "kind":
+                assert "default" in prop, f"{name}.{key} has no default"
+    assert checked > 90
+    rate = schema["$defs"]["ApiSpec"]["properties"]["rate"]
+    assert "no ceiling" in rate["description"]
+    assert rate["default"] is None
+
+
+@pytest.mark.parametrize("path", DEMO_JOBS, ids=[p.name for p in DEMO_JOBS])
+def test_every_demo_job_is_valid_under_the_schema(path: Path) -> None:
+    """Each job of jobs/demo, read with yaml.safe_load, passes the schema with no error."""
+    assert _errors(yaml.safe_load(path.read_text(encoding="utf-8"))) == []
+
+
+def _base() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(BASE)
+    data["task"]["groups"] = ["{cohort}"]  # the schema wants text where load_job turns 12 to "12"
+    return data
+
+
+def test_the_base_job_is_valid_under_the_schema() -> None:
+    """The job these tests start from is valid, ${VAR} strings and all."""
+    assert _errors(_base()) == []
+
+
+def test_a_wrong_enum_value_is_reported_inside_the_chosen_task_kind() -> None:
+    """`match: email` is one error at task.match naming the allowed values, not "none of"."""
+    data = _base()
+    data["task"]["match"] = "email"
+    assert _errors(data) == [("task.match", "'email' is not one of ['emailAddress', 'externalId']")]
+
+
+def test_an_unknown_task_kind_is_reported_at_task_kind() -> None:
+    """An unknown kind is one error at task.kind listing the kinds."""
+    data = _base()
+    data["task"]["kind"] = "user-export"
+    [(where, message)] = _errors(data)
+    assert where == "task.kind"
+    assert "'user-import', 'assign-markers', 'export-attempts', 'request'" in message
+
+
+def test_an_unknown_sandbox_key_is_refused_by_the_schema() -> None:
+    """`sandbox: {userz: 5}` is refused at sandbox; known keys are typed (users: an integer)."""
+    data = _base()
+    data["sandbox"] = {"userz": 5}
+    assert _errors(data) == [
+        ("sandbox", "Additional properties are not allowed ('userz' was unexpected)")
+    ]
+    data["sandbox"] = {"users": "many"}
+    assert [where for where, _ in _errors(data)] == ["sandbox.users"]
+    data["sandbox"] = None
+    assert _errors(data) == []
+
+
+def test_an_unknown_top_level_key_is_refused_by_the_schema() -> None:
+    """A key the job file does not have (`tasks:`) is refused at the top level."""
+    data = _base()
+    data["tasks"] = data["task"]
+    assert _errors(data) == [("", "Additional properties are not allowed ('tasks' was unexpected)")]
 
 
 def test_sandbox_section_is_checked_against_the_sandbox_config(tmp_path: Path) -> None:
