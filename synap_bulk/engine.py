@@ -46,7 +46,7 @@ from .retry import RetryPolicy, backoff
 if TYPE_CHECKING:
     from .client import SynapClient
     from .ledger import ItemState, Ledger
-    from .tasks.base import ItemTask
+    from .tasks.base import CursorStore, ItemTask
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "RunResult"]
 
@@ -119,6 +119,25 @@ class _NullLedger:
     async def load_states(self) -> dict[str, ItemState]:
         return {}
 
+    async def get_cursor(self, name: str) -> str | None:
+        return None
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        return None
+
+
+class _ReadOnlyMemory:
+    """A cursor store seen by ``plan``: stored values are read, writes are dropped."""
+
+    def __init__(self, inner: CursorStore) -> None:
+        self._inner = inner
+
+    async def get_cursor(self, name: str) -> str | None:
+        return await self._inner.get_cursor(name)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        return None
+
 
 class Engine:
     """Drives one task against one client, recording every item in the ledger."""
@@ -131,11 +150,16 @@ class Engine:
         *,
         config: EngineConfig | None = None,
         clock: Clock | None = None,
+        memory: CursorStore | None = None,
     ) -> None:
+        """``memory`` is where the task's ``prepare`` keeps and finds its decisions (the job's
+        ledger by default; nothing is remembered without one). ``plan`` only reads it, so a plan
+        given the job's ledger shows the decision a resumed run would finish."""
         self.task = task
         self.client = client
         self.config = config or EngineConfig()
         self._ledger: Ledger | _NullLedger = ledger if ledger is not None else _NullLedger()
+        self._memory: CursorStore = memory if memory is not None else self._ledger
         self._clock: Clock = clock or SystemClock()
         self._random = random.Random()
         self._states: dict[str, ItemState] = {}
@@ -184,7 +208,7 @@ class Engine:
         """Run (or resume) the task to the end, or until stopped or aborted."""
         self._states = await self._ledger.load_states()
         try:
-            await self.task.prepare(self.client)
+            await self.task.prepare(self.client, self._memory)
         except Unauthorized as exc:
             return RunResult(status="aborted", reason=str(exc), stats=self.statistics())
         self._stop_event = anyio.Event()
@@ -226,7 +250,7 @@ class Engine:
         plan shows for them; those are not looked at on the server.
         """
         skip = skip or {}
-        await self.task.prepare(self.client)
+        await self.task.prepare(self.client, _ReadOnlyMemory(self._memory))
         rows: list[PlanRow | None] = []
         send, recv = anyio.create_memory_object_stream[tuple[int, Item]](
             2 * self.config.concurrency

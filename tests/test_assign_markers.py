@@ -19,12 +19,15 @@ from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import SourceError, SpecError, SynapBulkError
 from synap_bulk.items import InvalidRow, Item, Safety
 from synap_bulk.jsonapi import ResourceIdentifier
+from synap_bulk.ledger import Ledger
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
 from synap_bulk.retry import RetryPolicy
 from synap_bulk.runner import plan_job, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
+from synap_bulk.sandbox.store import AttemptRec
 from synap_bulk.spec import AssignMarkersSpec, JobFile, load_job
+from synap_bulk.tasks import assign_markers
 from synap_bulk.tasks.assign_markers import (
     AssignMarkersTask,
     MarkerLoad,
@@ -48,6 +51,19 @@ def _spec(**settings: Any) -> AssignMarkersSpec:
     }
     base.update(settings)
     return AssignMarkersSpec(**base)
+
+
+class Memory:
+    """A cursor store in memory, as the ledger is to a task's prepare."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    async def get_cursor(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        self.values[name] = value
 
 
 class Job:
@@ -93,7 +109,7 @@ async def _published(client: SynapClient) -> Exam:
 
 async def _task(tmp_path: Path, client: SynapClient, **settings: Any) -> AssignMarkersTask:
     task = AssignMarkersTask(_spec(**settings), Job(tmp_path), DEFAULT_PROFILE)
-    await task.prepare(client)
+    await task.prepare(client, Memory())
     return task
 
 
@@ -458,7 +474,7 @@ async def test_faults_and_resume_leave_exactly_the_allocation(tmp_path: Path) ->
         exam_id = next(e.id for e in sb.store.exams.values() if e.status == "published")
         # First run: only part of the work goes through before it "stops".
         first = AssignMarkersTask(_spec(exams=[exam_id]), Job(tmp_path), DEFAULT_PROFILE)
-        await first.prepare(c)
+        await first.prepare(c, Memory())
         items, _ = await _collect(first)
         assert len(items) > 4
         for item in items[: len(items) // 2]:
@@ -511,3 +527,154 @@ async def test_balanced_counts_the_load_already_on_the_server(
     assert max(new.values()) - min(v for k, v in new.items() if k != busy) <= 1
     items, _ = await _collect(task)
     assert sum(1 for i in items if not i.payload["markers"]) == 4  # already marked
+
+
+#: A sandbox small enough to run many times, big enough for balanced to have choices.
+_RESUME_SANDBOX = SandboxConfig(seed=1, users=120, exams=3, attempts_per_exam=60, markers=6)
+
+
+class _KilledRun(AssignMarkersTask):
+    """A first run that dies after ``k`` items, working from the last attempt backwards as
+    concurrent workers may finish out of order (so what is done is not a prefix)."""
+
+    def __init__(self, k: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.k = k
+        self.executed = 0
+        self.engine: Engine | None = None
+
+    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        for entry in reversed(self._prepared):
+            yield entry
+
+    async def execute(self, item: Item, client: SynapClient) -> Any:
+        outcome = await super().execute(item, client)
+        self.executed += 1
+        if self.executed >= self.k and self.engine is not None:
+            self.engine.stop(graceful=False)
+        return outcome
+
+
+def _engine(task: AssignMarkersTask, client: SynapClient, ledger: Ledger | None) -> Engine:
+    return Engine(task, client, ledger, config=EngineConfig(concurrency=1), clock=FakeClock())
+
+
+async def _server_assignment(sb: Sandbox) -> dict[str, frozenset[str]]:
+    """Every attempt's provisional markers, straight from the sandbox's store."""
+    rel = MARKER_ROLES[ROLE].relationship
+    out: dict[str, frozenset[str]] = {}
+    async with SynapClient(sb.url, token=sb.token) as c:
+        for exam in sb.store.exams.values():
+            if exam.status == "draft":
+                continue
+            for a in await _attempts(c, exam.id):
+                out[a.id] = frozenset(a.rel_ids(rel))
+    return out
+
+
+async def _clean_run(tmp_path: Path, exam_ids: list[str]) -> dict[str, frozenset[str]]:
+    async with Sandbox(_RESUME_SANDBOX) as sb, SynapClient(sb.url, token=sb.token) as c:
+        task = AssignMarkersTask(_spec(exams=exam_ids), Job(tmp_path), DEFAULT_PROFILE)
+        async with await Ledger.open(
+            tmp_path / "clean.sqlite", job_name="j", task_hash="t", input_hash="i"
+        ) as ledger:
+            assert (await _engine(task, c, ledger).run()).status == "completed"
+        return await _server_assignment(sb)
+
+
+def _published_ids(sb: Sandbox) -> list[str]:
+    return sorted(e.id for e in sb.store.exams.values() if e.status == "published")
+
+
+@pytest.mark.parametrize("k", [1, 6, 23])
+async def test_a_resume_finishes_the_allocation_the_run_started_with(
+    tmp_path: Path, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after k items and resumed, a balanced run leaves exactly a clean run's markers,
+    from the stored allocation (allocate is not called again)."""
+    calls: list[int] = []
+    real_allocate = assign_markers.allocate
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real_allocate(*args, **kwargs)
+
+    monkeypatch.setattr(assign_markers, "allocate", counted)
+    path = tmp_path / "job.sqlite"
+    async with Sandbox(_RESUME_SANDBOX) as sb, SynapClient(sb.url, token=sb.token) as c:
+        exam_ids = _published_ids(sb)
+        spec = _spec(exams=exam_ids)
+        killed = _KilledRun(k, spec, Job(tmp_path), DEFAULT_PROFILE)
+        async with await Ledger.open(path, job_name="j", task_hash="t", input_hash="i") as ledger:
+            killed.engine = _engine(killed, c, ledger)
+            first = await killed.engine.run()
+        assert first.status == "stopped" and first.stats.done == k
+        assert calls == [1]
+        # Without the stored allocation a resume would choose otherwise: the bug this guards.
+        recomputed = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+        await recomputed.prepare(c, Memory())
+        assert recomputed.allocation is not None and killed.allocation is not None
+        assert recomputed.allocation.by_attempt() != {
+            a: m for a, m in killed.allocation.by_attempt().items() if len(m) == 2
+        }
+        calls.clear()
+        resumed = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+        async with await Ledger.open(path, job_name="j", task_hash="t", input_hash="i") as ledger:
+            second = await _engine(resumed, c, ledger).run()
+        assert second.status == "completed" and second.stats.skipped_done == k
+        assert calls == []  # read back, not recomputed
+        assert resumed.allocation == killed.allocation
+        assert resumed.summary()["allocation"] == "stored"
+        assert resumed.loads == killed.loads
+        after_resume = await _server_assignment(sb)
+    clean = await _clean_run(tmp_path, exam_ids)
+    assert after_resume == clean
+    assert all(len(m) == 2 for m in clean.values())
+
+
+async def test_plan_shows_the_stored_allocation_and_stores_nothing(tmp_path: Path) -> None:
+    """plan with the job's ledger as memory shows the stored allocation; without, none is kept."""
+    path = tmp_path / "job.sqlite"
+    async with Sandbox(_RESUME_SANDBOX) as sb, SynapClient(sb.url, token=sb.token) as c:
+        spec = _spec(exams=_published_ids(sb))
+        killed = _KilledRun(3, spec, Job(tmp_path), DEFAULT_PROFILE)
+        async with await Ledger.open(path, job_name="j", task_hash="t", input_hash="i") as ledger:
+            killed.engine = _engine(killed, c, ledger)
+            await killed.engine.run()
+            planned = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+            eng = Engine(planned, c, None, config=EngineConfig(concurrency=2), memory=ledger)
+            rows = await eng.plan()
+        assert planned.allocation == killed.allocation
+        by_attempt = killed.allocation.by_attempt() if killed.allocation else {}
+        assert {r.remote_id for r in rows if r.action == "assign"} == set(by_attempt)
+        fresh = Memory()
+        eng = Engine(AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE), c, None, memory=fresh)
+        await eng.plan()
+        assert fresh.values == {}
+
+
+async def test_attempts_added_before_a_resume_are_allocated_alone(tmp_path: Path) -> None:
+    """An attempt added on the server between runs gets markers; the stored ones are kept."""
+    memory = Memory()
+    async with Sandbox(_RESUME_SANDBOX) as sb, SynapClient(sb.url, token=sb.token) as c:
+        exam_id = _published_ids(sb)[0]
+        spec = _spec(exams=[exam_id])
+        first = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+        await first.prepare(c, memory)
+        assert first.allocation is not None
+        exam = sb.store.exams[exam_id]
+        some = next(iter(sb.store.attempts.values()))
+        added = AttemptRec(sb.store.new_id(), exam_id, some.user_id, exam.name, some.created_at)
+        added.exam_status = "submitted"
+        sb.store._insert_attempt(added)
+        resumed = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+        await resumed.prepare(c, memory)
+        assert resumed.allocation is not None
+        new = resumed.allocation.by_attempt()
+        assert {a: m for a, m in new.items() if a != added.id} == first.allocation.by_attempt()
+        assert len(new[added.id]) == 2
+        assert resumed.summary()["allocation"] == "stored+recomputed"
+        assert any("1 attempts added" in n for n in resumed.notes)
+        again = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+        await again.prepare(c, memory)
+        assert again.allocation == resumed.allocation and again.notes == []

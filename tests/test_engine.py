@@ -66,9 +66,12 @@ class FakeTask:
         self.started_enough = anyio.Event()
         self.wait_for = 0
         self.gone_action = ""
+        self.remembered: str | None = None
 
-    async def prepare(self, client: Any) -> None:
-        return None
+    async def prepare(self, client: Any, memory: Any) -> None:
+        # Remembers across runs how many times it was prepared: proves what memory it is given.
+        self.remembered = await memory.get_cursor("fake:prepared")
+        await memory.set_cursor("fake:prepared", str(int(self.remembered or 0) + 1))
 
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         for i in range(self.n):
@@ -655,3 +658,32 @@ async def test_client_retry_404_after_unknown_outcome_is_done(tmp_path: Path) ->
         r = await engine(task, ledger).run()
         states = await ledger.load_states()
     assert states["k0"].status == "done" and r.stats.reconciled == 1
+
+
+async def test_prepare_remembers_in_the_ledger_across_runs(tmp_path: Path) -> None:
+    """A run's prepare keeps its decisions in the job's ledger, and the next run reads them."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        first = FakeTask(2)
+        await engine(first, ledger).run()
+        assert first.remembered is None
+        second = FakeTask(2)
+        await engine(second, ledger).run()
+        assert second.remembered == "1"
+        assert await ledger.get_cursor("fake:prepared") == "2"
+
+
+async def test_plan_reads_the_memory_it_is_given_but_writes_nothing(tmp_path: Path) -> None:
+    """plan with memory=ledger sees what a run stored; its own writes are dropped."""
+    path = tmp_path / "l.sqlite"
+    async with await open_ledger(path) as ledger:
+        await engine(FakeTask(2), ledger).run()
+        task = FakeTask(2)
+        cfg = EngineConfig(concurrency=2)
+        eng = Engine(task, CLIENT, None, config=cfg, clock=FakeClock(), memory=ledger)
+        rows = await eng.plan()
+        assert len(rows) == 2 and task.remembered == "1"
+        assert await ledger.get_cursor("fake:prepared") == "1"
+        blank = FakeTask(2)
+        await engine(blank, None).plan()
+        assert blank.remembered is None  # no ledger, no memory: nothing remembered

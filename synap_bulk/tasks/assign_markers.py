@@ -6,7 +6,10 @@ Two inputs:
   in the given statuses: :meth:`AssignMarkersTask.prepare` reads the exams, their pool group for
   the role, the pool's members, the attempts with the markers already on them, the exclusions,
   and computes the allocation once (:func:`synap_bulk.allocation.allocate`), so ``plan`` shows
-  and ``run`` applies exactly the same allocation. One item per attempt.
+  and ``run`` applies exactly the same allocation. One item per attempt. The allocation is kept
+  in the job's ledger before any item runs, and a resume finishes that stored allocation rather
+  than computing a new one from the server's load, which by then counts the markers the
+  interrupted run already assigned (see :class:`_StoredAllocation`).
 - a **mapping** CSV (attempt id, or candidate email/externalId + exam, -> marker email or id):
   one item per row, checked against the pool, the exclusions and ``max_per_marker`` before any
   request, so the failures file lists the rows to fix with their line numbers.
@@ -26,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
 from msgspec import Struct
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -54,6 +59,7 @@ from .assign_scope import AttemptInfo, ExamScope, Pool, SideTable
 if TYPE_CHECKING:
     from ..client import SynapClient
     from ..spec import AssignMarkersSpec, JobFile
+    from .base import CursorStore
 
 __all__ = [
     "AssignMarkersTask",
@@ -67,6 +73,34 @@ _EXCLUSION_DEFAULTS = {"marker": "marker", "candidate": "candidate"}
 _MARKER_COLUMNS = ("marker", "email", "emailAddress", "id", "marker_id")
 #: Rows of the "cannot be satisfied" table printed by ``plan`` (all are in plan.csv).
 _MAX_SHORT_ROWS = 50
+#: The cursor (in the job's ledger) holding a strategy run's allocation, per role.
+ALLOCATION_CURSOR = "assign-markers:allocation:{role}"
+
+log = logging.getLogger(__name__)
+
+
+class _Fingerprint(Struct, frozen=True, kw_only=True):
+    """What an allocation was computed from: when any of it changes, the stored one is stale."""
+
+    strategy: str
+    seed: int
+    per_attempt: int
+    max_per_marker: int | None
+    exams: list[str]
+    statuses: list[str]
+    #: The markers that may be chosen, and the role's pool members of the exams, in id order.
+    candidates: list[str]
+    pool: list[str]
+    #: The attempts in scope, in id order.
+    attempts: list[str]
+
+
+class _StoredAllocation(Struct, frozen=True, kw_only=True):
+    """A strategy run's allocation as kept in the ledger: a resume finishes exactly this one."""
+
+    version: int = 1
+    fingerprint: _Fingerprint
+    allocation: Allocation
 
 
 class MarkerLoad(Struct, frozen=True, kw_only=True):
@@ -77,6 +111,17 @@ class MarkerLoad(Struct, frozen=True, kw_only=True):
     before: int
     after: int
     in_pool: bool = True
+
+
+def _load_stored(value: str | None) -> _StoredAllocation | None:
+    """The stored allocation, None when there is none (or it is unreadable: computed anew)."""
+    if not value:
+        return None
+    try:
+        return msgspec.json.decode(value, type=_StoredAllocation)
+    except msgspec.DecodeError:  # ValidationError is one too
+        log.warning("assign-markers: the stored allocation is unreadable; computing it anew")
+        return None
 
 
 def _columns(given: Mapping[str, str] | None, defaults: Mapping[str, str]) -> dict[str, str]:
@@ -223,6 +268,8 @@ class AssignMarkersTask:
         self._unsatisfied: list[tuple[str, int, str]] = []
         self._notes: list[str] = []
         self._allocation: Allocation | None = None
+        #: Where the allocation came from: computed, stored (a resume), or stored+recomputed.
+        self._allocation_source = ""
         self._applied: Counter[str] = Counter()
 
     # -- job-file plumbing ----------------------------------------------------------------
@@ -258,16 +305,20 @@ class AssignMarkersTask:
 
     # -- prepare ----------------------------------------------------------------------------
 
-    async def prepare(self, client: SynapClient) -> None:
-        """Read the exams, pools, attempts and inputs, and decide every item's change."""
+    async def prepare(self, client: SynapClient, memory: CursorStore) -> None:
+        """Read the exams, pools, attempts and inputs, and decide every item's change.
+
+        In strategy mode the allocation is kept in ``memory`` before any item is yielded, and
+        one found there (a resume) is used as it is; see :meth:`_decide`."""
         self._prepared = []
         self._notes = []
         self._unsatisfied = []
         self._loads = []
+        self._allocation_source = ""
         if self._mapping is not None:
             await self._prepare_mapping(client)
         else:
-            await self._prepare_scope(client)
+            await self._prepare_scope(client, memory)
 
     async def _scope_exams(self, client: SynapClient) -> list[tuple[Exam, Pool | None]]:
         out: list[tuple[Exam, Pool | None]] = []
@@ -283,7 +334,7 @@ class AssignMarkersTask:
             out.append((exam, pool))
         return out
 
-    async def _prepare_scope(self, client: SynapClient) -> None:
+    async def _prepare_scope(self, client: SynapClient, memory: CursorStore) -> None:
         exams = await self._scope_exams(client)
         attempts: list[AttemptInfo] = []
         for exam, _pool in exams:
@@ -292,13 +343,14 @@ class AssignMarkersTask:
         attempts.sort(key=lambda a: id_sort_key(a.id))
         only = await self.scope.allowed_markers(client, self._notes)
         if self.assign:
-            await self._allocate(client, exams, attempts, only)
+            await self._allocate(client, memory, exams, attempts, only)
         else:
             self._unassign_all(attempts, only)
 
     async def _allocate(
         self,
         client: SynapClient,
+        memory: CursorStore,
         exams: list[tuple[Exam, Pool | None]],
         attempts: list[AttemptInfo],
         only: dict[str, int] | None,
@@ -344,15 +396,18 @@ class AssignMarkersTask:
             for a in attempts
         ]
         assert self.spec.strategy is not None
-        result = allocate(
-            slots,
-            markers,
+        fingerprint = _Fingerprint(
             strategy=self.spec.strategy,
+            seed=self.spec.seed,
             per_attempt=self.spec.per_attempt,
             max_per_marker=self.spec.max_per_marker,
-            exclusions=exclusions,
-            seed=self.spec.seed,
+            exams=[str(e.id) for e, _ in exams],
+            statuses=list(self.spec.statuses),
+            candidates=sorted(candidates, key=id_sort_key),
+            pool=sorted(in_pool, key=id_sort_key),
+            attempts=[a.id for a in attempts],
         )
+        result = await self._decide(memory, fingerprint, attempts, slots, markers, exclusions)
         self._allocation = result
         new = result.by_attempt()
         short = {u.attempt_id: u for u in result.unsatisfied}
@@ -386,6 +441,109 @@ class AssignMarkersTask:
                 for m in markers
             ),
             key=lambda m: (m.label.lower(), m.marker_id),
+        )
+
+    async def _decide(
+        self,
+        memory: CursorStore,
+        fingerprint: _Fingerprint,
+        attempts: list[AttemptInfo],
+        slots: list[AttemptSlot],
+        markers: list[MarkerInfo],
+        exclusions: set[tuple[str, str]],
+    ) -> Allocation:
+        """The allocation this run applies: the stored one when the job's inputs are unchanged.
+
+        A first run computes it and keeps it in ``memory`` (durably, before any item runs). A
+        resume with the same fingerprint takes the stored allocation as it is: recomputing would
+        count the markers the interrupted run already assigned as existing load and, with
+        ``balanced``, choose differently. When the attempts in scope (or the pool) changed, the
+        attempts already in the stored allocation keep their markers and only the others are
+        allocated now, counting the stored assignments not yet on the server as load."""
+        cursor = ALLOCATION_CURSOR.format(role=self.role.name)
+        stored = _load_stored(await memory.get_cursor(cursor))
+        if stored is not None and stored.fingerprint == fingerprint:
+            self._allocation_source = "stored"
+            return stored.allocation
+        assert self.spec.strategy is not None
+        options: dict[str, Any] = {
+            "strategy": self.spec.strategy,
+            "per_attempt": self.spec.per_attempt,
+            "max_per_marker": self.spec.max_per_marker,
+            "exclusions": exclusions,
+            "seed": self.spec.seed,
+        }
+        if stored is None:
+            result = allocate(slots, markers, **options)
+            self._allocation_source = "computed"
+        else:
+            result = self._complete(stored, fingerprint, attempts, slots, markers, options)
+            self._allocation_source = "stored+recomputed"
+        value = msgspec.json.encode(_StoredAllocation(fingerprint=fingerprint, allocation=result))
+        await memory.set_cursor(cursor, value.decode())
+        return result
+
+    def _complete(
+        self,
+        stored: _StoredAllocation,
+        fingerprint: _Fingerprint,
+        attempts: list[AttemptInfo],
+        slots: list[AttemptSlot],
+        markers: list[MarkerInfo],
+        options: dict[str, Any],
+    ) -> Allocation:
+        """The stored allocation for the attempts it covers, a new one for the attempts added."""
+        old = stored.allocation
+        known = set(stored.fingerprint.attempts)
+        current = {a.id for a in attempts}
+        added = [s for s in slots if s.attempt_id not in known]
+        gone = known - current
+        # Load: what is on the server now, plus what the stored allocation still has to add.
+        on_server = {a.id: a.markers or set() for a in attempts}
+        pending: Counter[str] = Counter(
+            m for aid, m in old.assignments if aid in current and m not in on_server[aid]
+        )
+        fresh = allocate(
+            added,
+            [
+                MarkerInfo(
+                    marker_id=m.marker_id,
+                    label=m.label,
+                    current_load=m.current_load + pending[m.marker_id],
+                    pool=m.pool,
+                )
+                for m in markers
+            ],
+            **options,
+        )
+        assignments = [(a, m) for a, m in old.assignments if a in current] + fresh.assignments
+        unsatisfied = [u for u in old.unsatisfied if u.attempt_id in current] + fresh.unsatisfied
+        before = {m.marker_id: old.load_before.get(m.marker_id, m.current_load) for m in markers}
+        after = dict(before)
+        for _, mid in assignments:
+            after[mid] = after.get(mid, 0) + 1
+        was = stored.fingerprint
+        changed = [
+            what
+            for what, same in (
+                ("the pool", was.pool == fingerprint.pool),
+                ("the markers allowed", was.candidates == fingerprint.candidates),
+            )
+            if not same
+        ]
+        self._notes.append(
+            "the job's scope changed since its allocation was stored "
+            f"({len(added)} attempts added, {len(gone)} gone"
+            + (", " + ", ".join(changed) + " changed" if changed else "")
+            + f"): the {len(current & known)} attempts already allocated keep their markers; "
+            f"only the {len(added)} added were allocated now"
+        )
+        log.info("assign-markers: %s", self._notes[-1])
+        return Allocation(
+            assignments=assignments,
+            unsatisfied=unsatisfied,
+            load_before=before,
+            load_after=after,
         )
 
     def _strategy_row(self, a: AttemptInfo, markers: Sequence[str]) -> dict[str, str]:
@@ -538,6 +696,8 @@ class AssignMarkersTask:
             "unsatisfied": len(self._unsatisfied),
             "applied": applied,
         }
+        if self._allocation_source:
+            out["allocation"] = self._allocation_source
         if self._loads:
             before = [m.before for m in self._loads]
             after = [m.after for m in self._loads]

@@ -69,8 +69,13 @@ class ItemTask(Protocol):
         """Plan actions shown even when no item takes them (e.g. "0 conflict")."""
         ...
 
-    async def prepare(self, client: SynapClient) -> None:
-        """Read what the task needs from the server before items flow (read-only)."""
+    async def prepare(self, client: SynapClient, memory: CursorStore) -> None:
+        """Read what the task needs from the server before items flow (read-only on the server).
+
+        ``memory`` is the job's cursor store: what the task decided on a first run (e.g. an
+        allocation) is kept there, durably once ``set_cursor`` returns, so that a resume finishes
+        the same decision instead of making a new one. Under ``plan`` it reads the stored values
+        but keeps nothing written to it."""
         ...
 
     def items(self) -> AsyncIterator[Item | InvalidRow]:
@@ -108,7 +113,8 @@ class ItemTask(Protocol):
 
 
 class CursorStore(Protocol):
-    """Where a stream task keeps its named cursors (the job's ledger)."""
+    """Where a task keeps named values across runs of its job (the job's ledger): a stream
+    task's cursors, an item task's decisions (:meth:`ItemTask.prepare`)."""
 
     async def get_cursor(self, name: str) -> str | None: ...
 

@@ -34,6 +34,7 @@ from ..templates import Template, TemplateValueError, compile_template
 if TYPE_CHECKING:
     from ..client import SynapClient
     from ..spec import JobFile, RequestSpec
+    from .base import CursorStore
 
 __all__ = ["METHODS", "RequestTask", "default_safety"]
 
@@ -144,7 +145,7 @@ class RequestTask:
     def render_plan(self) -> None:
         return None
 
-    async def prepare(self, client: SynapClient) -> None:
+    async def prepare(self, client: SynapClient, memory: CursorStore) -> None:
         """Nothing to read beforehand (every row stands alone) but the number of rows, so the
         progress bar has a true total and ETA (the source is in memory already)."""
         self.total = sum(1 for _ in self._source)

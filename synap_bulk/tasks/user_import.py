@@ -41,6 +41,7 @@ from ..templates import render_template, template_fields
 if TYPE_CHECKING:
     from ..client import SynapClient
     from ..spec import JobFile, UserImportSpec
+    from .base import CursorStore
 
 __all__ = ["GroupBatcher", "UserImportTask"]
 
@@ -240,7 +241,8 @@ class UserImportTask:
         value = str(attrs.get(self.spec.match) or "").strip()
         return normalize_email(value) if self.spec.match == "emailAddress" else value
 
-    async def prepare(self, client: SynapClient) -> None:
+    async def prepare(self, client: SynapClient, memory: CursorStore) -> None:
+        """Read the groups and the users already there; nothing is kept in ``memory``."""
         p = self.profile
         async for group in client.paginate(p.user_groups_path, None, UserGroup):
             self._group_ids.add(group.id)
