@@ -742,7 +742,9 @@ async def _plan_items(
     retry_failed: bool,
     console: Console,
 ) -> None:
-    engine = Engine(task, client, None, config=EngineConfig(concurrency=job.spec.api.concurrency))
+    config = EngineConfig(concurrency=job.spec.api.concurrency)
+    # The ledger (read-only) is the task's memory too: plan shows what a resume would reuse.
+    engine = Engine(task, client, None, memory=ledger, config=config)
     rows = await engine.plan(await _skips(task, ledger, retry_failed))
     out = out_dir(job)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

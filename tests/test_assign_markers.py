@@ -674,7 +674,7 @@ async def test_attempts_added_before_a_resume_are_allocated_alone(tmp_path: Path
         assert {a: m for a, m in new.items() if a != added.id} == first.allocation.by_attempt()
         assert len(new[added.id]) == 2
         assert resumed.summary()["allocation"] == "stored+recomputed"
-        assert any("1 attempts added" in n for n in resumed.notes)
+        assert any("1 attempt(s) added" in n for n in resumed.notes)
         again = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
         await again.prepare(c, memory)
         assert again.allocation == resumed.allocation and again.notes == []

@@ -187,7 +187,6 @@ class AssignMarkersTask:
     safety = Safety.IDEMPOTENT
     plan_actions: tuple[str, ...] = ()
     #: Not announced up front: the progress bar counts the items as they come.
-    total: int | None = None
 
     def __init__(self, spec: AssignMarkersSpec, job: JobFile, profile: ApiProfile) -> None:
         self.spec = spec
@@ -533,7 +532,7 @@ class AssignMarkersTask:
         ]
         self._notes.append(
             "the job's scope changed since its allocation was stored "
-            f"({len(added)} attempts added, {len(gone)} gone"
+            f"({len(added)} attempt(s) added, {len(gone)} gone"
             + (", " + ", ".join(changed) + " changed" if changed else "")
             + f"): the {len(current & known)} attempts already allocated keep their markers; "
             f"only the {len(added)} added were allocated now"
@@ -619,6 +618,11 @@ class AssignMarkersTask:
         )
 
     # -- the Task protocol -------------------------------------------------------------------
+
+    @property
+    def total(self) -> int | None:
+        """The attempts (or mapping rows) in scope, known once prepare() has read them."""
+        return len(self._prepared) or None
 
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         for entry in self._prepared:
