@@ -180,7 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .runner import plan_job
+    from .planning import plan_job
 
     async def go() -> int:
         return await plan_job(_load(args.job), retry_failed=args.retry_failed, source=args.source)
@@ -189,7 +189,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .runner import status_job
+    from .status import status_job
 
     async def go() -> int:
         return await status_job(_load(args.job, offline=True), as_json=args.json)

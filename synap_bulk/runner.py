@@ -1,8 +1,9 @@
 """One door for every job: client, ledger, task, engine or stream, progress, signals, reports.
 
-The CLI is a thin shell over :func:`run_job`, :func:`plan_job` and :func:`status_job`; tests call
-them directly. A task is built through the registry (``tasks/__init__.py``) and driven by its
-shape: an item task through the engine, a stream task by itself. Everything around it (opening
+The CLI is a thin shell over :func:`run_job` here, ``planning.plan_job`` and
+``status.status_job``; tests call them directly. A task is built through the registry
+(``tasks/__init__.py``) and driven by its shape: an item task through the engine, a stream task
+by itself. Everything around it (opening
 the client and the ledger, the progress bar, Ctrl-C, ``summary.json``, the one-line error of a
 run that cannot go on, exit codes) exists once, here, for every kind. Nothing here knows HTTP or
 SQL: it only connects the pieces in the order of the data flow (README, "Design").
@@ -11,7 +12,6 @@ SQL: it only connects the pieces in the order of the data flow (README, "Design"
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import sys
@@ -28,11 +28,11 @@ from rich.console import Console
 from .client import ClientStatistics, Identity, SynapClient
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SynapBulkError
-from .items import SUPERSEDED, RunContext, Safety, StreamProgress, StreamResult
-from .ledger import Ledger, RunInfo
+from .items import RunContext, Safety, StreamProgress, StreamResult
+from .ledger import Ledger
 from .profile import ApiProfile
 from .progress import Progress, Snapshot
-from .report import FailuresWriter, PlanWriter, SuccessWriter, Summary
+from .report import FailuresWriter, SuccessWriter, Summary
 from .retry import RetryPolicy
 from .sources import ORIGIN_COLUMN
 from .spec import JobFile
@@ -44,12 +44,15 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INVALID",
     "EXIT_OK",
+    "as_error",
     "engine_workers",
+    "forgets_between_runs",
+    "invoked_as",
     "ledger_path",
+    "make_dir",
+    "open_client",
     "out_dir",
-    "plan_job",
     "run_job",
-    "status_job",
 ]
 
 EXIT_OK = 0
@@ -251,8 +254,8 @@ async def run_job(
         console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     try:
         task = build_task(job, job.profile, source=source)
-        _make_dir(job, out)
-        if _forgets(job):
+        make_dir(job, out)
+        if forgets_between_runs(job):
             # The embedded sandbox without a state file keeps its data only as long as this
             # process: a ledger from an earlier run describes a server that no longer exists.
             restart = True
@@ -287,7 +290,7 @@ async def run_job(
                 run_id = await ledger.begin_run()
                 state.run_dir = out / "runs" / str(run_id)
                 try:
-                    _make_dir(job, state.run_dir)
+                    make_dir(job, state.run_dir)
                     common = (job, client, ledger, state.run_dir, started, console)
                     if task.shape == "stream":
                         ended = await _run_stream(task, *common, handle_signals)
@@ -295,11 +298,11 @@ async def run_job(
                         retry = retry_failed or source is not None
                         ended = await _run_items(task, *common, handle_signals, retry)
                 except (SynapBulkError, OSError) as exc:
-                    ended = _aborted(job, client, started, _typed(exc))
+                    ended = _aborted(job, client, started, as_error(exc))
                 ended.summary = _with_run(ended.summary, state, run_id)
                 await ledger.end_run(run_id, ended.summary.status, ended.summary.to_builtins())
     except (SynapBulkError, OSError) as exc:
-        ended = _aborted(job, state.client, started, _typed(exc))
+        ended = _aborted(job, state.client, started, as_error(exc))
         if state.who is not None:
             ended.summary = _with_run(ended.summary, state, 0)
     _publish(ended, state.run_dir, out, input_files(job, source), console)
@@ -326,7 +329,7 @@ def _with_run(summary: Summary, state: _RunState, run_id: int) -> Summary:
     return msgspec.structs.replace(summary, **extra)
 
 
-def _typed(exc: SynapBulkError | OSError) -> SynapBulkError:
+def as_error(exc: SynapBulkError | OSError) -> SynapBulkError:
     """An OSError (disk full, folder not writable) as the one-line error it deserves."""
     if isinstance(exc, SynapBulkError):
         return exc
@@ -334,7 +337,7 @@ def _typed(exc: SynapBulkError | OSError) -> SynapBulkError:
     return SynapBulkError(f"{where}{exc.strerror or exc}")
 
 
-def _make_dir(job: JobFile, path: Path) -> None:
+def make_dir(job: JobFile, path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -344,7 +347,7 @@ def _make_dir(job: JobFile, path: Path) -> None:
         ) from None
 
 
-def _forgets(job: JobFile) -> bool:
+def forgets_between_runs(job: JobFile) -> bool:
     """Whether the job's server forgets between runs: the embedded sandbox without a state."""
     return _embedded(job) and not (job.spec.sandbox or {}).get("state")
 
@@ -456,7 +459,7 @@ def invoked_as() -> str:
 
 def _stopped_lines(job: JobFile) -> list[str]:
     resume_cmd = f"{invoked_as()} run {job.path}"
-    if _forgets(job):
+    if forgets_between_runs(job):
         return [
             f"Run again with: {resume_cmd} (it starts afresh: the embedded sandbox keeps "
             "its data only for one run unless it has a state file)"
@@ -653,212 +656,3 @@ async def _run_stream(
     if result.status != "completed":
         return _Ended(summary, EXIT_FAILED, lines + _stopped_lines(job))
     return _Ended(summary, EXIT_OK, lines)
-
-
-# --- planning and status ------------------------------------------------------------------
-
-
-async def plan_job(
-    job: JobFile,
-    *,
-    retry_failed: bool = False,
-    source: Path | None = None,
-    console: Console | None = None,
-) -> int:
-    """Read everything, write nothing to the server; print what ``run`` (with the same flags)
-    would do. The ledger decides as it would for the run: done items are skips, items in
-    doubt are not re-sent, failed ones only with ``retry_failed`` or a fed-back ``source``."""
-    console = console or Console(stderr=True)
-    try:
-        task = build_task(job, job.profile, source=source)
-        async with open_client(job, job.profile) as (client, token_from):
-            ident = await client.identity()
-            console.print(
-                f"Acting as {ident.describe()} (token from {token_from})",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-            path = ledger_path(job)
-            ledger = None
-            if path.exists() and not _forgets(job):
-                ledger = await Ledger.open_readonly(path)
-            try:
-                if ledger is not None:
-                    known = await ledger.get_meta("portal_id")
-                    if known and known != ident.portal_id:
-                        console.print(
-                            f"note: the ledger belongs to portal {known}; a run would refuse "
-                            "it without --restart",
-                            markup=False,
-                        )
-                if task.shape == "stream":
-                    for line in await task.plan(client, ledger):
-                        console.print(line, markup=False, highlight=False, soft_wrap=True)
-                else:
-                    await _plan_items(
-                        job, task, client, ledger, retry_failed or source is not None, console
-                    )
-            finally:
-                if ledger is not None:
-                    await ledger.close()
-    except (SynapBulkError, OSError) as exc:
-        console.print(f"error: {_typed(exc)}", markup=False, highlight=False, soft_wrap=True)
-        return EXIT_INVALID
-    return EXIT_OK
-
-
-#: How plan shows the items a run would not send.
-PLAN_DONE = "done before"
-PLAN_IN_DOUBT = "in doubt (not re-sent)"
-PLAN_FAILED = "failed before (re-sent with --retry-failed)"
-PLAN_SUPERSEDED = "replaced by a fixed row"
-
-
-async def _skips(task: ItemTask, ledger: Ledger | None, retry_failed: bool) -> dict[str, str]:
-    """The keys a run would not send, with the plan's label for each (as the engine decides)."""
-    if ledger is None:
-        return {}
-    out: dict[str, str] = {}
-    for key, state in (await ledger.load_states()).items():
-        if state.status == "done":
-            out[key] = PLAN_DONE
-        elif state.status == SUPERSEDED:
-            out[key] = PLAN_SUPERSEDED
-        elif state.status == "in_doubt" or (
-            state.status == "in_flight" and task.safety is Safety.UNSAFE
-        ):
-            out[key] = PLAN_IN_DOUBT
-        elif state.status in ("failed", "invalid") and not retry_failed:
-            out[key] = PLAN_FAILED
-    return out
-
-
-async def _plan_items(
-    job: JobFile,
-    task: ItemTask,
-    client: SynapClient,
-    ledger: Ledger | None,
-    retry_failed: bool,
-    console: Console,
-) -> None:
-    config = EngineConfig(concurrency=job.spec.api.concurrency)
-    # The ledger (read-only) is the task's memory too: plan shows what a resume would reuse.
-    engine = Engine(task, client, None, memory=ledger, config=config)
-    rows = await engine.plan(await _skips(task, ledger, retry_failed))
-    out = out_dir(job)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    plans = out / "plans"
-    _make_dir(job, plans)
-    plan_path = _free_name(plans / f"plan-{stamp}.csv")
-    counts = dict.fromkeys(task.plan_actions, 0)
-    with PlanWriter(plan_path) as pw:
-        for row in rows:
-            counts[row.action] = counts.get(row.action, 0) + 1
-            pw.write(row)
-    shutil.copyfile(plan_path, out / "plan.csv")
-    rendered = task.render_plan()
-    if rendered is not None:
-        console.print(rendered)
-    shown = ", ".join(f"{n:,} {a}" for a, n in counts.items())
-    console.print(f"Plan for {len(rows):,} rows: {shown}", markup=False, soft_wrap=True)
-    console.print(f"Plan file: {plan_path} (latest also in {out / 'plan.csv'})", markup=False)
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``stem-2.suffix``, ``stem-3.suffix``... whichever does not exist yet."""
-    n = 1
-    candidate = path
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
-async def status_job(job: JobFile, *, as_json: bool = False, console: Console | None = None) -> int:
-    """What the ledger says, for every kind: item counts, the portal, the last runs. A run
-    recorded as running whose process is gone shows as ``interrupted``. Touches no server."""
-    console = console or Console(soft_wrap=True)  # one line per run, whatever the width
-    path = ledger_path(job)
-    if not path.exists():
-        if as_json:
-            console.print_json(data={"job": str(job.path), "ledger": None, "runs": []})
-        else:
-            console.print(f"{job.path}: not started (no ledger at {path})", markup=False)
-        return EXIT_OK
-    async with await Ledger.open_readonly(path) as ledger:
-        counts = await ledger.counts()
-        actions = await ledger.action_counts()
-        runs = await ledger.runs()
-        portal = await ledger.get_meta("portal_id")
-    shown = [(run, _run_status(run)) for run in runs]
-    if as_json:
-        data = {
-            "job": str(job.path),
-            "ledger": str(path),
-            "portal_id": portal,
-            "items": counts,
-            "actions": actions,
-            "runs": [
-                {
-                    "id": run.id,
-                    "started_at": run.started_at,
-                    "ended_at": run.ended_at,
-                    "status": status,
-                    "summary": run.summary,
-                }
-                for run, status in shown
-            ],
-        }
-        console.print_json(data=data)
-        return EXIT_OK
-    console.print(
-        f"{job.path}: ledger {path}" + (f" (portal {portal})" if portal else ""), markup=False
-    )
-    if counts:
-        items = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
-        if actions:
-            items += " (" + ", ".join(f"{v:,} {k}" for k, v in actions.items()) + ")"
-        console.print("items: " + items, markup=False)
-    for run, status in shown[-5:]:
-        line = f"run {run.id}: {run.started_at} -> {run.ended_at or '…'} {status}"
-        figures = _run_figures(run.summary)
-        console.print(line + (f" ({figures})" if figures else ""), markup=False, highlight=False)
-    return EXIT_OK
-
-
-def _run_status(run: RunInfo) -> str:
-    """``running`` only while its process lives; a killed run is ``interrupted``."""
-    if run.status != "running":
-        return run.status
-    if run.pid is None or not _alive(run.pid):
-        return "interrupted"
-    return "running"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
-def _run_figures(summary: dict[str, Any] | None) -> str:
-    """What a run did, from its recorded summary, e.g. "6,000 exported"."""
-    if not summary:
-        return ""
-    counts = summary.get("this_run") or summary.get("counts")
-    if not isinstance(counts, dict):
-        return ""
-    shown = [
-        f"{v:,} {'already done' if k == 'skipped' else k.replace('_', ' ')}"
-        for k, v in counts.items()
-        if isinstance(v, int) and v
-    ]
-    reason = summary.get("reason")
-    if summary.get("status") == "aborted" and isinstance(reason, str) and reason:
-        shown.append(reason)
-    return ", ".join(shown)

@@ -20,10 +20,11 @@ from synap_bulk.errors import SourceError, SpecError, SynapBulkError
 from synap_bulk.items import InvalidRow, Item, Safety
 from synap_bulk.jsonapi import ResourceIdentifier
 from synap_bulk.ledger import Ledger
+from synap_bulk.planning import plan_job
 from synap_bulk.profile import DEFAULT_PROFILE
 from synap_bulk.resources import MARKER_ROLES, Attempt, Exam, User
 from synap_bulk.retry import RetryPolicy
-from synap_bulk.runner import plan_job, run_job
+from synap_bulk.runner import run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.sandbox.store import AttemptRec
 from synap_bulk.spec import AssignMarkersSpec, JobFile, load_job

@@ -746,7 +746,7 @@ async def test_plan_export_counts_without_writing(tmp_path: Path) -> None:
 
     from rich.console import Console
 
-    from synap_bulk.runner import plan_job
+    from synap_bulk.planning import plan_job
     from synap_bulk.spec import load_job
 
     shutil.copy(ROOT / "jobs" / "demo" / "export-attempts.yaml", tmp_path / "job.yaml")

@@ -24,7 +24,8 @@ from synap_bulk.errors import SpecError
 from synap_bulk.items import RunContext, StreamProgress, StreamResult
 from synap_bulk.jsonapi import AnyResource, NewResource, Relationship, ResourceIdentifier
 from synap_bulk.ledger import Ledger
-from synap_bulk.runner import EXIT_INVALID, EXIT_OK, ledger_path, plan_job, run_job
+from synap_bulk.planning import plan_job
+from synap_bulk.runner import EXIT_INVALID, EXIT_OK, ledger_path, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import JobFile, load_job
 from synap_bulk.tasks import build_task

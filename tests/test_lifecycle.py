@@ -18,9 +18,11 @@ import pytest
 from rich.console import Console
 
 from synap_bulk.ledger import Ledger
-from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, plan_job, run_job, status_job
+from synap_bulk.planning import plan_job
+from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
+from synap_bulk.status import status_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -111,6 +111,6 @@ def test_every_registered_kind_builds_from_its_spec() -> None:
 def test_runner_and_cli_never_branch_on_kind_or_probe_tasks() -> None:
     """The runner drives tasks by their declared shape; no kind checks, no getattr probes."""
     root = Path(__file__).resolve().parent.parent / "synap_bulk"
-    for name in ("runner.py", "cli.py"):
+    for name in ("runner.py", "planning.py", "status.py", "cli.py"):
         text = (root / name).read_text()
         assert "getattr(task" not in text and "kind ==" not in text, name

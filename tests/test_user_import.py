@@ -21,8 +21,9 @@ from rich.console import Console
 
 from synap_bulk.clock import FakeClock
 from synap_bulk.errors import ConnectError, SpecError
+from synap_bulk.planning import plan_job
 from synap_bulk.profile import DEFAULT_PROFILE
-from synap_bulk.runner import EXIT_FAILED, EXIT_OK, plan_job, run_job
+from synap_bulk.runner import EXIT_FAILED, EXIT_OK, run_job
 from synap_bulk.sampledata import CandidateFile, write_candidates
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
