@@ -10,24 +10,19 @@ still gives a readable error with a short excerpt.
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import math
 import os
 import random
 import re
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import msgspec
 from msgspec import Struct
 
+from . import pagination
 from ._version import __version__
 from .clock import Clock, SystemClock
 from .errors import (
@@ -41,6 +36,8 @@ from .errors import (
     TransportError,
     api_error_for,
 )
+from .identity import Identity, _read_token
+from .identity import TokenSource as TokenSource
 from .jsonapi import (
     MEDIA_TYPE,
     Document,
@@ -55,6 +52,9 @@ from .jsonapi import (
     decode_errors,
     encode,
 )
+from .latency import _Latency
+from .pagination import PageCursor, PaginationLoop
+from .pagination import _PageGuard as _PageGuard
 from .profile import DEFAULT_PROFILE, ApiProfile
 from .ratecontrol import RateController, RateSettings, parse_retry_after
 from .redact import redact, redact_value
@@ -120,84 +120,6 @@ class UnexpectedRedirect(ApiError):
         return head
 
 
-class PaginationLoop(MalformedResponse):
-    """A listing that would never end: ``links.next`` (or the page position) repeats a page
-    already fetched, the same page comes back twice, or there are more pages than
-    ``meta.total`` allows."""
-
-
-class _PageGuard:
-    """What one pagination has fetched, so that a server cannot keep it going forever."""
-
-    def __init__(self, client: SynapClient, path: str) -> None:
-        p = client.profile
-        self._client = client
-        self._path = path
-        by_number = p.pagination == "page-number"
-        self._pos_param = p.page_number_param if by_number else p.page_offset_param
-        self._urls: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        self._positions: set[int] = set()
-        self._fetched = 0
-        self._skipped = 0
-        self._largest = 0
-        self._last_ids: tuple[Any, ...] = ()
-
-    def _key(self, url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-        parts = urlsplit(self._client._target(url, None)[0])
-        return parts.path, tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
-
-    def _position(self, url: str) -> int | None:
-        for k, v in parse_qsl(urlsplit(url).query):
-            if k == self._pos_param:
-                try:
-                    return int(v)
-                except ValueError:
-                    return None
-        return None
-
-    def _show(self, url: str) -> str:
-        """The link for a message: its path and page parameters only (filters may be secret)."""
-        parts = urlsplit(url)
-        keep = [(k, v) for k, v in parse_qsl(parts.query) if k.startswith("page[")]
-        shown = parts.path + (f"?{urlencode(keep, safe='[]')}" if keep else "")
-        return redact(shown, self._client._token)
-
-    def _fail(self, message: str) -> PaginationLoop:
-        return PaginationLoop(message, method="GET", path=self._path, status=200)
-
-    def start(self, position: int | None, first: int, step: int) -> None:
-        """Where this pagination starts: pages before it count against ``meta.total`` too."""
-        if position is not None and step > 0:
-            self._skipped = max(0, (position - first) // step)
-
-    def fetched(self, url: str, doc: ListDocument[Any]) -> None:
-        """Record a page fetched from ``url``; raise when it repeats or exceeds the total."""
-        self._urls.add(self._key(url))
-        pos = self._position(url)
-        if pos is not None:
-            self._positions.add(pos)
-        self._fetched += 1
-        self._largest = max(self._largest, len(doc.data))
-        ids = tuple((getattr(r, "type", None), getattr(r, "id", None)) for r in doc.data)
-        if ids and ids == self._last_ids and any(i is not None for _, i in ids):
-            raise self._fail(f"the page at {self._show(url)} repeats the previous page")
-        self._last_ids = ids
-        total = doc.meta.get("total")
-        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-            bound = math.ceil(total / max(1, self._largest)) + 1
-            if self._skipped + self._fetched > bound:
-                raise self._fail(
-                    f"more pages than meta.total={total} allows ({bound} of "
-                    f"{max(1, self._largest)}); last link {self._show(url)}"
-                )
-
-    def check_next(self, url: str) -> None:
-        """Raise when ``url`` (links.next) leads back to a page already fetched."""
-        pos = self._position(url)
-        if self._key(url) in self._urls or (pos is not None and pos in self._positions):
-            raise self._fail(f"links.next repeats a page already fetched: {self._show(url)}")
-
-
 class Response(Struct):
     """A successful answer: status, headers, raw body, and which request it answers."""
 
@@ -206,19 +128,6 @@ class Response(Struct):
     body: bytes
     method: str
     path: str
-
-
-class PageCursor(Struct, frozen=True, omit_defaults=True):
-    """Where a listing continues: a page number (or offset) and/or the server's next URL.
-
-    Plain data so that an export can store it (``msgspec.to_builtins``) and resume from it.
-    """
-
-    number: int | None = None
-    offset: int | None = None
-    url: str | None = None
-    #: The page size in use, so that a resume cuts the listing at the same places.
-    size: int | None = None
 
 
 class ClientStatistics(Struct, frozen=True):
@@ -235,87 +144,6 @@ class ClientStatistics(Struct, frozen=True):
     latency_ms_p50: float
     latency_ms_p95: float
     latency_ms_p99: float
-
-
-class _Latency:
-    """A log-bucketed histogram (about 4% resolution): O(1) to record, bounded memory."""
-
-    _PER_OCTAVE = 16
-
-    def __init__(self) -> None:
-        self._counts: dict[int, int] = {}
-        self.total = 0
-
-    def record(self, ms: float) -> None:
-        i = int(math.log2(ms + 1.0) * self._PER_OCTAVE)
-        self._counts[i] = self._counts.get(i, 0) + 1
-        self.total += 1
-
-    def percentile(self, q: float) -> float:
-        if not self.total:
-            return 0.0
-        keys = sorted(self._counts)
-        cum: list[int] = []
-        acc = 0
-        for k in keys:
-            acc += self._counts[k]
-            cum.append(acc)
-        i = bisect.bisect_left(cum, q * self.total)
-        k = keys[min(i, len(keys) - 1)]
-        # The middle of the bucket, back in milliseconds.
-        return float(2.0 ** ((k + 0.5) / self._PER_OCTAVE) - 1.0)
-
-
-TokenSource = Literal["job token", "job token_file", "SYNAP_TOKEN"]
-
-
-def _read_token(
-    token: str | None, token_file: str | os.PathLike[str] | None
-) -> tuple[str, TokenSource]:
-    """The token and where it came from: ``token``, else ``token_file``, else ``SYNAP_TOKEN``.
-
-    What the job names explicitly wins over what the environment happens to hold, so a
-    staging job is never sent to production by a variable left over in a shell.
-    """
-    source: TokenSource
-    if token is not None:
-        value, source = token, "job token"
-    elif token_file is not None:
-        try:
-            value = Path(token_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MissingToken(f"cannot read the token file {token_file}: {exc.strerror}") from None
-        source = "job token_file"
-        if not value.strip():
-            raise MissingToken(f"the token file {token_file} is empty")
-    else:
-        value, source = os.environ.get("SYNAP_TOKEN", ""), "SYNAP_TOKEN"
-    value = value.strip()
-    if not value:
-        raise MissingToken("no token: pass token=, give a token file, or set SYNAP_TOKEN")
-    if any(c in value for c in "\r\n\0"):
-        raise MissingToken("the token contains a line break or NUL character")
-    return value, source
-
-
-class Identity(Struct, frozen=True, kw_only=True):
-    """Who a token acts as: its portal and (where the API says) its user. Never the token."""
-
-    portal_id: str
-    portal_name: str = ""
-    user_id: str = ""
-    user_name: str = ""
-    user_email: str = ""
-
-    def describe(self) -> str:
-        """``Ada Admin <ada@x.org> (id u1) on portal Sandbox (id p1)``."""
-        who = ""
-        if self.user_id:
-            name = self.user_name or self.user_email or self.user_id
-            mail = f" <{self.user_email}>" if self.user_email and self.user_name else ""
-            who = f"{name}{mail} (id {self.user_id}) on "
-        portal = self.portal_name or self.portal_id
-        return f"{who}portal {portal} (id {self.portal_id})"
 
 
 _TAG = re.compile(rb"<[^>]*>")
@@ -746,32 +574,9 @@ class SynapClient:
             return [doc.data]
         return list(doc.data)
 
-    # -- pagination ------------------------------------------------------------------------
+    # -- pagination (:mod:`.pagination`) ----------------------------------------------------
 
-    def _page_params(
-        self, params: Mapping[str, Any] | None, page_size: int | None, position: int
-    ) -> tuple[dict[str, Any], int]:
-        """Query parameters of the page at ``position`` (page number, or offset)."""
-        p = self.profile
-        out = dict(params or {})
-        if p.pagination == "page-number":
-            size = int(page_size or out.get(p.page_size_param) or p.page_size)
-            out[p.page_size_param] = str(size)
-            out[p.page_number_param] = str(position)
-        else:
-            size = int(page_size or out.get(p.page_limit_param) or p.page_size)
-            out[p.page_limit_param] = str(size)
-            out[p.page_offset_param] = str(position)
-        return out, size
-
-    def _cursor(self, position: int | None, url: str | None, size: int) -> PageCursor:
-        if position is None:
-            return PageCursor(url=url, size=size)
-        if self.profile.pagination == "page-number":
-            return PageCursor(number=position, url=url, size=size)
-        return PageCursor(offset=position, url=url, size=size)
-
-    async def pages(
+    def pages(
         self,
         path: str,
         params: Mapping[str, Any] | None,
@@ -785,94 +590,9 @@ class SynapClient:
         With ``parallel > 1`` and a ``meta.total`` on the first page, the remaining pages are
         fetched ``parallel`` at a time (by page number or offset) and still yielded in order.
         """
-        by_number = self.profile.pagination == "page-number"
-        first = 1 if by_number else 0
-        position: int | None = first
-        if start is not None:
-            position = start.number if by_number else start.offset
-            if position is None and not start.url:
-                position = first
-            page_size = page_size or start.size
-        qp, size = self._page_params(params, page_size, position or first)
-        step = 1 if by_number else size
-        guard = _PageGuard(self, path)
-        guard.start(position, first, step)
-        if position is None and start is not None and start.url:
-            url = start.url
-            doc = await self.get_page(url, None, tp)  # resume from a stored next URL
-        else:
-            url = self._target(path, qp)[0]
-            doc = await self.get_page(path, qp, tp)
-        guard.fetched(url, doc)
-        total = doc.meta.get("total")
-        if position is not None and parallel > 1 and isinstance(total, int) and size > 0:
-            last = first + max(0, math.ceil(total / size) - 1) * step
-            if position < last:
-                rest = self._ordered(
-                    path, params, page_size, tp, position + step, last, step, parallel
-                )
-                async with aclosing(rest):
-                    yield self._cursor(position + step, None, size), doc
-                    async for position, doc in rest:
-                        qp, _ = self._page_params(params, page_size, position)
-                        guard.fetched(self._target(path, qp)[0], doc)
-                        if position < last:
-                            yield self._cursor(position + step, None, size), doc
-        # Follow links.next (also after the last counted page, in case the listing grew).
-        while True:
-            has_links = "next" in doc.links
-            nxt = doc.links.get("next") if has_links else None
-            # No links at all: keep going by position until a short page.
-            by_position = not has_links and position is not None and len(doc.data) >= size > 0
-            if not nxt and not by_position:
-                yield None, doc
-                return
-            if nxt:
-                guard.check_next(nxt)  # before the cursor is handed out: resuming would loop too
-            position = None if position is None else position + step
-            yield self._cursor(position, nxt, size), doc
-            if nxt:
-                url = nxt
-                doc = await self.get_page(nxt, None, tp)
-            else:
-                assert position is not None
-                qp, _ = self._page_params(params, page_size, position)
-                url = self._target(path, qp)[0]
-                doc = await self.get_page(path, qp, tp)
-            guard.fetched(url, doc)
+        return pagination.pages(self, path, params, tp, start, parallel, page_size)
 
-    async def _ordered(
-        self,
-        path: str,
-        params: Mapping[str, Any] | None,
-        page_size: int | None,
-        tp: type[T],
-        begin: int,
-        last: int,
-        step: int,
-        parallel: int = 4,
-    ) -> AsyncGenerator[tuple[int, ListDocument[T]], None]:
-        """Fetch pages ``begin..last`` with ``parallel`` in flight; yield them in order."""
-        pending: deque[tuple[int, asyncio.Task[ListDocument[T]]]] = deque()
-        position = begin
-        try:
-            while pending or position <= last:
-                while position <= last and len(pending) < parallel:
-                    qp, _ = self._page_params(params, page_size, position)
-                    task = asyncio.ensure_future(self.get_page(path, qp, tp))
-                    pending.append((position, task))
-                    position += step
-                at, task = pending[0]
-                doc = await task
-                pending.popleft()
-                yield at, doc
-        finally:
-            for _, task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
-
-    async def paginate(
+    def paginate(
         self,
         path: str,
         params: Mapping[str, Any] | None,
@@ -881,12 +601,7 @@ class SynapClient:
         parallel: int = 1,
     ) -> AsyncGenerator[T, None]:
         """Every resource of a listing, in order, following ``links.next``."""
-        async with aclosing(
-            self.pages(path, params, tp, parallel=parallel, page_size=page_size)
-        ) as pages:
-            async for _, doc in pages:
-                for item in doc.data:
-                    yield item
+        return pagination.paginate(self, path, params, tp, page_size, parallel)
 
     # -- files -----------------------------------------------------------------------------
 
