@@ -28,6 +28,28 @@ def _role_paths() -> dict[str, str]:
     }
 
 
+def _since_filters() -> dict[str, str]:
+    return {
+        "users": "filter[updatedSince]",
+        "attempts": "filter[updatedSince]",
+        "enriched-attempts": "filter[updatedSince]",
+        "action-logs": "filter[createdSince]",
+    }
+
+
+def _server_export_types() -> dict[str, str]:
+    return {
+        "export-enriched-attempts": "ExportEnrichedAttempt",
+        "user-group-exports": "UserGroupExport",
+        "exam-candidate-exports": "ExamCandidateExport",
+        "invite-exports": "InviteExport",
+    }
+
+
+def _relationship_types() -> dict[str, str]:
+    return {"userGroup": "UserGroup", "examV2": "Exam-V-2", "user": "User", "exam": "Exam-V-2"}
+
+
 class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the client assumes about the server. Defaults are the sandbox's behaviour."""
 
@@ -69,6 +91,26 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     filter_status: str = "filter[status]"
     filter_updated_since: str = "filter[updatedSince]"
     sort_param: str = "sort"
+
+    # --- kind: export (any collection) [ASSUMED]: JSON:API families, names undocumented ---
+    #: The updated-time filter of each collection ``since`` may use; a collection missing here
+    #: refuses ``since`` (the sandbox's collections by default).
+    since_filters: dict[str, str] = msgspec.field(default_factory=_since_filters)
+    include_param: str = "include"
+    #: Sparse fieldsets: ``fields[<type>]``.
+    fields_param: str = "fields"
+    #: The sort that keeps a listing's pages stable while it is paged.
+    export_sort: str = "id"
+    #: The JSON:API type of each server-side export's create body, by its path.
+    server_export_types: dict[str, str] = msgspec.field(default_factory=_server_export_types)
+    #: The type a to-one relationship links, by name (a server export's ``relationships``).
+    relationship_types: dict[str, str] = msgspec.field(default_factory=_relationship_types)
+    enriched_attempts_path: str = "enriched-attempts"  # [ASSUMED] from the TOC name
+    action_logs_path: str = "action-logs"  # [ASSUMED] from the TOC name
+    user_group_exports_path: str = "user-group-exports"  # [ASSUMED] from the TOC name
+    exam_candidate_exports_path: str = "exam-candidate-exports"  # [ASSUMED] from the TOC name
+    filter_created_since: str = "filter[createdSince]"
+    filter_action: str = "filter[action]"
 
     # --- headers ---
     #: [ASSUMED] the docs name the feature "Subject-User" but not the header.

@@ -28,6 +28,7 @@ __all__ = [
     "AssignMarkersSpec",
     "BreakerSpec",
     "ExportAttemptsSpec",
+    "ExportSpec",
     "Job",
     "JobFile",
     "LookupSpec",
@@ -171,6 +172,29 @@ class ExportAttemptsSpec(
     commit_pages: Annotated[int, Meta(ge=1, le=10_000)] = 50
 
 
+class ExportSpec(
+    Struct, tag="export", tag_field="kind", kw_only=True, forbid_unknown_fields=True, frozen=True
+):
+    """Stream any listable collection (or a server-side export) to NDJSON, CSV or Parquet."""
+
+    kind: ClassVar[str] = "export"
+    resource: str
+    filters: dict[str, str] = {}
+    sort: str | None = None
+    include: list[str] = []
+    fields: dict[str, list[str]] = {}
+    relationships: dict[str, str] = {}
+    format: Literal["ndjson", "csv", "parquet"] = "ndjson"
+    output: str
+    columns: list[str] | None = None
+    since: str | None = None
+    mode: Literal["pages", "server"] = "pages"
+    page_size: Annotated[int, Meta(ge=1)] | None = None
+    parallel: Annotated[int, Meta(ge=1)] = 4
+    commit_interval_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
+    commit_pages: Annotated[int, Meta(ge=1, le=10_000)] = 50
+
+
 class LookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """A GET whose non-empty result means a reconcilable request already took effect."""
 
@@ -194,7 +218,7 @@ class RequestSpec(
     delimiter: Annotated[str, Meta(min_length=1, max_length=1)] = ","
 
 
-TaskSpec = UserImportSpec | AssignMarkersSpec | ExportAttemptsSpec | RequestSpec
+TaskSpec = UserImportSpec | AssignMarkersSpec | ExportAttemptsSpec | ExportSpec | RequestSpec
 
 
 class Job(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -226,6 +250,7 @@ TASK_KINDS: dict[str, type[Struct]] = {
     "user-import": UserImportSpec,
     "assign-markers": AssignMarkersSpec,
     "export-attempts": ExportAttemptsSpec,
+    "export": ExportSpec,
     "request": RequestSpec,
 }
 
@@ -407,6 +432,63 @@ FIELD_DOCS: dict[str, str] = {
         "(milliseconds); a kill loses at most the window, a resume still gives every row once."
     ),
     "task[export-attempts].commit_pages": (
+        "Durability window: commit after at most this many pages, whatever the time."
+    ),
+    # --- task: export ---
+    "task[export].kind": (
+        "export: stream any listable collection (or, with mode server, a server-side export) "
+        "to a file, resumably; export-attempts is its preset for attempts."
+    ),
+    "task[export].resource": (
+        "The collection path, e.g. users, user-groups, exam-v-2s, attempts, enriched-attempts, "
+        "action-logs (any path of segments is allowed); with mode server, the export's create "
+        "path, e.g. user-group-exports, exam-candidate-exports."
+    ),
+    "task[export].filters": (
+        "filter[...] values, e.g. {userGroup: G123} sends filter[userGroup]=G123; with mode "
+        "server, the export's attributes.filter object."
+    ),
+    "task[export].sort": (
+        "The sort parameter. Omitted: the profile's export_sort (a stable order for paging)."
+    ),
+    "task[export].include": (
+        "Relationships whose resources the server includes (include=...); a column "
+        "<relationship>.<path> adds its relationship itself."
+    ),
+    "task[export].fields": (
+        "Sparse fieldsets by resource type, e.g. {User: [emailAddress, externalId]} sends "
+        "fields[User]=emailAddress,externalId."
+    ),
+    "task[export].relationships": (
+        "mode server: the export's to-one relationships by name, e.g. {userGroup: G123}; the "
+        "linked type comes from the profile's relationship_types."
+    ),
+    "task[export].format": "The output format (parquet needs the parquet extra).",
+    "task[export].output": (
+        "The output file, relative to the job file's folder; {run} and {date} as in "
+        "export-attempts; a completed export is never replaced."
+    ),
+    "task[export].columns": (
+        "Dotted paths of each resource, e.g. attributes.emailAddress, relationships.user.id, "
+        "or a to-one relationship's included resource, e.g. user.attributes.emailAddress. "
+        "Needed for csv and parquet; omitted with ndjson: the resources as sent."
+    ),
+    "task[export].since": (
+        "Only records updated at or after this: last-run (the start of the previous complete "
+        "export) or an RFC 3339 time; only for a collection with an updated-time filter in "
+        "the profile's since_filters."
+    ),
+    "task[export].mode": (
+        "pages: page through the collection; server: create the server-side export named by "
+        "resource, poll its background job, download its file."
+    ),
+    "task[export].page_size": "Resources per page. Omitted: the profile's max_page_size.",
+    "task[export].parallel": "Pages fetched at once (written in order).",
+    "task[export].commit_interval_ms": (
+        "Durability window: the file and its cursor are committed together at least this often "
+        "(milliseconds); a kill loses at most the window, a resume still gives every row once."
+    ),
+    "task[export].commit_pages": (
         "Durability window: commit after at most this many pages, whatever the time."
     ),
     # --- task: request ---

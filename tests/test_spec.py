@@ -131,7 +131,7 @@ def test_valid_job_loads_with_defaults_and_lines(tmp_path: Path) -> None:
             "kind: user-import",
             "kind: user-imports",
             'jobs/import.yaml:9: task.kind: expected one of "user-import", "assign-markers", '
-            '"export-attempts", "request", got "user-imports"',
+            '"export-attempts", "export", "request", got "user-imports"',
         ),
         (
             '{name: "{first_name} {last_name}",',
@@ -397,7 +397,7 @@ def test_an_unknown_task_kind_is_reported_at_task_kind() -> None:
     data["task"]["kind"] = "user-export"
     [(where, message)] = _errors(data)
     assert where == "task.kind"
-    assert "'user-import', 'assign-markers', 'export-attempts', 'request'" in message
+    assert "'user-import', 'assign-markers', 'export-attempts', 'export', 'request'" in message
 
 
 def test_an_unknown_sandbox_key_is_refused_by_the_schema() -> None:

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from ..jsonapi import MEDIA_TYPE, ErrorObject, ListDocument
 from .behaviour import DROPPED, WRITE_FAULTS, Counters, RateLimiter, draw, pick_fault
+from .collections import CollectionRoutes, compound, compound_params
 from .config import SandboxConfig
-from .exports import ExportRoutes
 from .marking import MarkingRoutes
 from .people import PeopleRoutes
 from .persist import SandboxStateError
@@ -135,7 +135,7 @@ _PERM_ROLES = {
 }
 
 
-class SandboxApp(PeopleRoutes, MarkingRoutes, ExportRoutes):
+class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes):
     """Builds the aiohttp application over a :class:`State`.
 
     The /v3 handlers come from the mixins (:mod:`.people`, :mod:`.marking`, :mod:`.exports`);
@@ -215,6 +215,8 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, ExportRoutes):
             self.job_get,
             "staff",
         )
+        for route in self.collection_routes():  # enriched attempts, action logs, more exports
+            r(*route)
 
     def _route(
         self,
@@ -524,7 +526,8 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, ExportRoutes):
         allowed: Sequence[str] = (),
     ) -> Out:
         query = request.query
-        _check_params(query, (*allowed, *_PAGE_PARAMS, _P.sort_param))
+        compound_keys = compound_params(query)  # include, fields[...] (see .collections)
+        _check_params(query, (*allowed, *_PAGE_PARAMS, _P.sort_param, *compound_keys))
         cfg = self.state.config
         total = len(items)
         offset_mode = _P.page_offset_param in query or _P.page_limit_param in query
@@ -566,7 +569,11 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, ExportRoutes):
             "next": link(start + size) if start + size < total else None,
             "last": link(last_start),
         }
-        doc = ListDocument(data=[render(x) for x in chunk], links=links, meta={"total": total})
+        data: list[Any] = [render(x) for x in chunk]
+        included: list[Any] = []
+        if compound_keys:
+            data, included = compound(self.state.store, query, data)
+        doc = ListDocument(data=data, included=included, links=links, meta={"total": total})
         return Out(200, _encoder.encode(doc))
 
     # ------------------------------------------------------------------ unmatched

@@ -3,6 +3,7 @@ of :class:`~synap_bulk.sandbox.app.SandboxApp` (which routes to them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -108,6 +109,10 @@ class ExportRoutes(RouteHost):
         job.completed_at = self.state.wall()
         job.file_url = self._file_url(job)
 
+    def _job_line(self, job: JobRec) -> Callable[[Any], bytes]:
+        """How one record of ``job``'s file is written (a line of NDJSON)."""
+        return self._export_line
+
     def _export_line(self, a: AttemptRec) -> bytes:
         store = self.state.store
         user = store.users.get(a.user_id)
@@ -146,8 +151,9 @@ class ExportRoutes(RouteHost):
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         items = job.items
+        line = self._job_line(job)
         for start in range(0, len(items), 1000):
-            chunk = b"".join(self._export_line(a) for a in items[start : start + 1000])
+            chunk = b"".join(line(a) for a in items[start : start + 1000])
             await response.write(chunk)
         await response.write_eof()
         return response

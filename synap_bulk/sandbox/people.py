@@ -8,6 +8,7 @@ from typing import Any
 
 from ..jsonapi import ErrorObject
 from ..resources import TYPE_USER, TYPE_USER_GROUP, TYPE_USER_REGISTRATION
+from .collections import _updated_since
 from .store import GroupRec, UserRec, iso
 from .wire import (
     _P,
@@ -77,6 +78,9 @@ class PeopleRoutes(RouteHost):
                 items = [x for x in items if g is not None and x.id in g.members]
         if items is None:
             items = store.user_list()
+        since = q.get(_P.filter_updated_since)
+        if since is not None:
+            items = _updated_since(items, since)
         items = _sorted(
             items,
             q,
@@ -89,7 +93,12 @@ class PeopleRoutes(RouteHost):
                 "externalId": lambda u: u.external_id,
             },
         )
-        allowed = (_P.filter_email, _P.filter_external_id, _P.filter_user_group)
+        allowed = (
+            _P.filter_email,
+            _P.filter_external_id,
+            _P.filter_user_group,
+            _P.filter_updated_since,
+        )
         return self._page(ctx.request, items, UserRec.render, allowed)
 
     def user_me(self, ctx: Ctx, m: dict[str, str]) -> Out:

@@ -157,8 +157,9 @@ class JobState(_Rec, tag="BackgroundJob"):
     status: str
     polls: int = 0
     completed_at: float | None = None
-    items: list[str] | None = None  #: attempt ids, fixed at completion
+    items: list[str] | None = None  #: attempt ids (user ids for other kinds), fixed at completion
     file_url: str | None = None
+    kind: str = "attempts"
 
 
 class Deleted(_Rec, tag="deleted"):
@@ -305,6 +306,7 @@ def _job_state(j: JobRec) -> JobState:
         completed_at=j.completed_at,
         items=[a.id for a in j.items] if j.items is not None else None,
         file_url=j.file_url,
+        kind=j.kind,
     )
 
 
@@ -405,7 +407,9 @@ def _set_job(store: Store, j: JobRec, s: JobState) -> None:
     j.status = s.status
     j.polls = s.polls
     j.completed_at = s.completed_at
-    j.items = None if s.items is None else [store.attempts[i] for i in s.items]
+    j.kind = s.kind
+    table: dict[str, Any] = store.attempts if s.kind == "attempts" else store.users
+    j.items = None if s.items is None else [table[i] for i in s.items if i in table]
     j.file_url = s.file_url
 
 

@@ -390,7 +390,9 @@ class TimerResetRec:
 
 
 class JobRec:
-    """A BackgroundJob exporting enriched attempts; advances one step per poll."""
+    """A BackgroundJob of a server-side export; advances one step per poll. ``kind`` names the
+    export (``attempts``: export-enriched-attempts; else a :mod:`.collections` export, whose
+    ``items`` are users)."""
 
     __slots__ = (
         "completed_at",
@@ -399,6 +401,7 @@ class JobRec:
         "filters",
         "id",
         "items",
+        "kind",
         "polls",
         "signature",
         "status",
@@ -416,8 +419,9 @@ class JobRec:
         self.completed_at: float | None = None
         self.polls = 0
         self.status = "pending"
-        #: the attempts the file holds, fixed at completion (None until then)
-        self.items: list[AttemptRec] | None = None
+        #: the records the file holds, fixed at completion (None until then)
+        self.items: list[Any] | None = None
+        self.kind = "attempts"
         self.file_url: str | None = None
 
     @property

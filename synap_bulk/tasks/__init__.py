@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from ..spec import AssignMarkersSpec, ExportAttemptsSpec, RequestSpec, UserImportSpec
+from ..spec import AssignMarkersSpec, ExportAttemptsSpec, ExportSpec, RequestSpec, UserImportSpec
 
 if TYPE_CHECKING:
     from ..profile import ApiProfile
@@ -53,6 +53,12 @@ def _export_attempts(spec: ExportAttemptsSpec, job: JobFile, profile: ApiProfile
     return ExportAttemptsTask(spec, job, profile)
 
 
+def _export(spec: ExportSpec, job: JobFile, profile: ApiProfile) -> Task:
+    from .export_collection import ExportTask
+
+    return ExportTask(spec, job, profile)
+
+
 def _request(spec: RequestSpec, job: JobFile, profile: ApiProfile) -> Task:
     from .request import RequestTask
 
@@ -63,6 +69,7 @@ KINDS: dict[str, TaskKind] = {
     UserImportSpec.kind: TaskKind(UserImportSpec, _user_import, "source"),
     AssignMarkersSpec.kind: TaskKind(AssignMarkersSpec, _assign_markers, "mapping"),
     ExportAttemptsSpec.kind: TaskKind(ExportAttemptsSpec, _export_attempts),
+    ExportSpec.kind: TaskKind(ExportSpec, _export),
     RequestSpec.kind: TaskKind(RequestSpec, _request, "source"),
 }
 

@@ -147,8 +147,7 @@ class _Exporter:
         if meta is None or meta.state == "complete":
             meta = await self._new_generation(meta)
         else:
-            self.exam_ids = list(meta.exams) if meta.exams is not None else list(self.s.exams)
-            self.exam_index = _index_of_ids(self.s.exams, self.exam_ids)
+            self._restore(meta)
         if meta.output:
             self.output = Path(meta.output)
         gen = meta.gen
@@ -253,9 +252,7 @@ class _Exporter:
             since = last_complete
         elif self.s.since is not None:
             since = self.s.since
-        self.exam_ids, self.exam_index = await resolve_exams(
-            self.client, self.profile, self.s.exams, self.job
-        )
+        await self._resolve()
         await self._probe(since)
         self.output = output_for(self.s, gen, run_number, _utc_date(started))
         meta = _Meta(
@@ -271,16 +268,72 @@ class _Exporter:
         await self.ledger.set_cursor(META_CURSOR, _dump(meta))
         return meta
 
+    # -- what is exported: the hooks a kind's exporter overrides (these are export-attempts') --
+
+    def _restore(self, meta: _Meta) -> None:
+        """A resume: the streams its generation fixed when it began."""
+        self.exam_ids = list(meta.exams) if meta.exams is not None else list(self.s.exams)
+        self.exam_index = _index_of_ids(self.s.exams, self.exam_ids)
+
+    async def _resolve(self) -> None:
+        """A new generation: fix its streams (exam names resolved to ids)."""
+        self.exam_ids, self.exam_index = await resolve_exams(
+            self.client, self.profile, self.s.exams, self.job
+        )
+
+    def _list_path(self) -> str:
+        """The collection mode ``pages`` lists."""
+        return self.profile.attempts_path
+
+    def _params(self, name: str, since: str | None) -> dict[str, str]:
+        """The query of stream ``name``'s listing (its filters, a stable sort, the page size)."""
+        return _attempt_params(self.profile, self.s, name, since)
+
+    def _refused(self, exc: BadRequest, name: str) -> SynapBulkError:
+        """A 400 of stream ``name`` as a SpecError at the job-file line it is about."""
+        return _refused(exc, self.job, self.profile, self._exam_at(name))
+
+    def _page_type(self) -> Any:
+        """The type a listing's resources are decoded into."""
+        return self.sink.row_type
+
+    def _rows(self, page: ListDocument[Any]) -> list[Any]:
+        """The sink's rows of one page."""
+        rows: list[Any] = page.data
+        return rows
+
+    def _job_request(self, name: str, since: str | None) -> tuple[str, NewResource]:
+        """Mode ``server``: the path and body creating stream ``name``'s export job; its
+        filters mirror the page mode's query parameters."""
+        filters: dict[str, str] = {}
+        if self.s.statuses:
+            filters["status"] = ",".join(self.s.statuses)
+        if since:
+            filters["updatedSince"] = since
+        rels: dict[str, Relationship] = {}
+        if name != ALL_EXAMS:
+            rels["examV2"] = Relationship(data=ResourceIdentifier(type=TYPE_EXAM, id=name))
+        body = NewResource(
+            type=TYPE_EXPORT_ENRICHED_ATTEMPT,
+            attributes={"filter": filters} if filters else UNSET,
+            relationships=rels or UNSET,
+        )
+        return self.profile.exports_path, body
+
+    def _line_filter(self, since: str | None) -> Callable[[bytes], bool] | None:
+        """Mode ``server``: which lines of the downloaded file to keep (None: all)."""
+        return _row_filter(set(self.s.statuses), since)
+
     async def _probe(self, since: str | None) -> None:
-        """Read one attempt with the generation's filters: a refused value fails here."""
+        """Read one resource with the generation's filters: a refused value fails here."""
         p = self.profile
         name = self._stream_names()[0]
-        params = _attempt_params(p, self.s, name, since)
+        params = self._params(name, since)
         params[p.page_size_param] = "1"
         try:
-            await self.client.get_page(p.attempts_path, params, AnyResource)
+            await self.client.get_page(self._list_path(), params, AnyResource)
         except BadRequest as exc:
-            raise _refused(exc, self.job, p, self._exam_at(name)) from None
+            raise self._refused(exc, name) from None
 
     async def _commit(self, name: str, st: _Stream, rows: int, *, now: bool = False) -> None:
         """After a page (written, ``st.cursor`` the next one's, ``st.done`` if it was the
@@ -332,11 +385,10 @@ class _Exporter:
     # -- mode pages -------------------------------------------------------------------------
 
     async def _page_stream(self, name: str, st: _Stream, since: str | None) -> None:
-        p = self.profile
         pages = self.client.pages(
-            p.attempts_path,
-            _attempt_params(self.profile, self.s, name, since),
-            self.sink.row_type,
+            self._list_path(),
+            self._params(name, since),
+            self._page_type(),
             start=_cursor_in(st.cursor),
             parallel=self.s.parallel,
         )
@@ -344,7 +396,7 @@ class _Exporter:
         try:
             await self._page_loop(name, st, pages)
         except BadRequest as exc:
-            raise _refused(exc, self.job, p, self._exam_at(name)) from None
+            raise self._refused(exc, name) from None
         if not st.done:  # an empty listing: recorded with the next commit
             st.done = True
             st.offset = self.sink.position()
@@ -365,7 +417,7 @@ class _Exporter:
                     # Rows of this stream so far + what it still holds + what came before.
                     if isinstance(total, int):
                         self.total = self.rows - st.rows + total
-                rows: list[Any] = page.data
+                rows = self._rows(page)
                 self.sink.write_page(rows)
                 st.cursor = _cursor_out(cursor)
                 # The last page says so in the same durable record, or a resume starts over.
@@ -399,27 +451,12 @@ class _Exporter:
         await self._durable(name, st)
 
     async def _create_job(self, exam: str, since: str | None) -> str:
-        """POST the export; its filters mirror the page mode's query parameters."""
-        p = self.profile
-        filters: dict[str, str] = {}
-        if self.s.statuses:
-            filters["status"] = ",".join(self.s.statuses)
-        if since:
-            filters["updatedSince"] = since
-        rels: dict[str, Relationship] = {}
-        if exam != ALL_EXAMS:
-            rels["examV2"] = Relationship(data=ResourceIdentifier(type=TYPE_EXAM, id=exam))
-        body = NewResource(
-            type=TYPE_EXPORT_ENRICHED_ATTEMPT,
-            attributes={"filter": filters} if filters else UNSET,
-            relationships=rels or UNSET,
-        )
+        """POST the export (see :meth:`_job_request`); the BackgroundJob's id."""
+        path, body = self._job_request(exam, since)
         try:
-            resp = await self.client.request(
-                "POST", p.exports_path, body={"data": body}, idempotent=True
-            )
+            resp = await self.client.request("POST", path, body={"data": body}, idempotent=True)
         except BadRequest as exc:
-            raise _refused(exc, self.job, p, self._exam_at(exam)) from None
+            raise self._refused(exc, exam) from None
         doc = msgspec.json.decode(resp.body, type=Document[AnyResource])
         res = doc.data
         if res.type == TYPE_BACKGROUND_JOB:
@@ -448,7 +485,7 @@ class _Exporter:
 
     async def _download(self, name: str, st: _Stream, url: str, since: str | None) -> None:
         skip = st.rows
-        keep = _row_filter(set(self.s.statuses), since)
+        keep = self._line_filter(since)
         decode_row = self.sink.decode_row
         batch: list[Any] = []
         seen = 0  # lines of the file kept by the filter, so that a resume can skip them
