@@ -93,7 +93,7 @@ def test_schema_is_json_schema_of_job_files(capsys: pytest.CaptureFixture[str]) 
     assert schema == json.loads(json.dumps(job_schema()))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert "$defs" in schema
-    for kind in ("user-import", "assign-markers", "export-attempts", "request"):
+    for kind in ("user-import", "assign-markers", "export-attempts", "export", "request"):
         assert f'"{kind}"' in text
 
 

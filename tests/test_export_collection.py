@@ -23,17 +23,14 @@ from rich.console import Console
 from synap_bulk.client import SynapClient
 from synap_bulk.errors import SpecError
 from synap_bulk.jsonapi import AnyResource, ResourcePatch
-from synap_bulk.ledger import Ledger
+from synap_bulk.planning import plan_job
 from synap_bulk.runner import EXIT_INVALID, EXIT_OK, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
 from synap_bulk.tasks import build_task
 from synap_bulk.tasks.export_collection import (
-    CollectionQuery,
     ExportTask,
-    run_collection_export,
 )
-from synap_bulk.tasks.export_records import ExportSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,16 +89,15 @@ def _cohort(sb: Sandbox) -> str:
 # --- exactly once after a SIGKILL ------------------------------------------------------------
 
 CHILD = r"""
-import json, os, sys
+import io, sys
 import anyio
 from pathlib import Path
+from rich.console import Console
 from synap_bulk import sinks
-from synap_bulk.ledger import Ledger
-from synap_bulk.client import SynapClient
-from synap_bulk.tasks.export_collection import CollectionQuery, run_collection_export
-from synap_bulk.tasks.export_records import ExportSettings
+from synap_bulk.runner import run_job
+from synap_bulk.spec import load_job
 
-url, out, ledger_path, resource, filters, page_size, kill_at = sys.argv[1:8]
+path, kill_at = sys.argv[1:3]
 calls = 0
 real_commit = sinks._FileSink.commit
 
@@ -118,43 +114,47 @@ def commit(self):
 sinks._FileSink.commit = commit
 
 async def main():
-    s = ExportSettings(exams=(), statuses=(), format="csv", output=Path(out),
-                       columns=("id", "type"), since=None, mode="pages",
-                       page_size=int(page_size), parallel=3, commit_pages=1,
-                       commit_interval_ms=10**9)
-    q = CollectionQuery(resource=resource, filters=tuple(json.loads(filters).items()), sort="id")
-    async with SynapClient(url, token=os.environ["SYNAP_TOKEN"]) as client, await Ledger.open(
-        ledger_path, job_name="kill", task_hash="t", input_hash=""
-    ) as ledger:
-        await run_collection_export(s, q, None, client, ledger)
+    await run_job(load_job(Path(path)), console=Console(file=io.StringIO()), handle_signals=False)
 
 anyio.run(main)
 """
 
 
-def _expected(sb: Sandbox, what: str) -> tuple[str, dict[str, str], set[str]]:
-    """(resource, filters, the server's ids) of each collection the kill test exports."""
+def _expected(sb: Sandbox, what: str) -> tuple[str, str, set[str]]:
+    """(resource, filters as YAML, the server's ids) of each collection the kill test exports."""
     store = sb.store
     if what == "users":
-        return "users", {}, set(store.users)
+        return "users", "{}", set(store.users)
     if what == "members":
         group = _cohort(sb)
-        return "users", {"userGroup": group}, set(store.groups[group].members)
-    return "exam-v-2s", {}, set(store.exams)
+        return "users", f"{{userGroup: {group}}}", set(store.groups[group].members)
+    return "exam-v-2s", "{}", set(store.exams)
 
 
 @pytest.mark.parametrize(("what", "page_size"), [("users", 10), ("members", 4), ("exams", 1)])
 async def test_an_export_killed_mid_page_and_resumed_has_each_record_once(
     tmp_path: Path, sb: Sandbox, what: str, page_size: int
 ) -> None:
-    """Users, a group's members and the exams: a process SIGKILLed with a written but
-    uncommitted page, then resumed, leaves exactly the server's records, each once."""
+    """Users, a group's members and the exams: a run SIGKILLed with a written but uncommitted
+    page, then run again, leaves exactly the server's records in the file, each once."""
     resource, filters, want = _expected(sb, what)
-    out = tmp_path / f"{what}.csv"
-    ledger_path = tmp_path / "ledger.sqlite"
+    path = _job(
+        tmp_path,
+        sb.url,
+        f"""  resource: {resource}
+  filters: {filters}
+  format: csv
+  columns: [id, type]
+  output: out/{what}.csv
+  page_size: {page_size}
+  parallel: 3
+  commit_pages: 1
+  commit_interval_ms: 60000
+""",
+    )
+    out = tmp_path / "out" / f"{what}.csv"
     env = dict(os.environ, SYNAP_TOKEN=sb.token, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-c", CHILD, sb.url, str(out), str(ledger_path), resource]
-    cmd += [json.dumps(filters), str(page_size), "3"]
+    cmd = [sys.executable, "-c", CHILD, str(path), "3"]
     async with await anyio.open_process(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     ) as proc:
@@ -166,28 +166,16 @@ async def test_an_export_killed_mid_page_and_resumed_has_each_record_once(
                 break
         proc.kill()
         await proc.wait()
-    written_at_kill = len(_rows(out))
-    s = ExportSettings(
-        exams=(),
-        statuses=(),
-        format="csv",
-        output=out,
-        columns=("id", "type"),
-        since=None,
-        mode="pages",
-        page_size=page_size,
-        parallel=3,
-    )
-    q = CollectionQuery(resource=resource, filters=tuple(filters.items()), sort="id")
-    async with (
-        SynapClient(sb.url, token=sb.token) as client,
-        await Ledger.open(ledger_path, job_name="kill", task_hash="t", input_hash="") as led,
-    ):
-        committed = json.loads(await led.get_cursor("export:*") or "{}")
-        # Two pages committed; the third was in the file when the process died.
-        assert committed["pages"] == 2 and written_at_kill == 3 * page_size
-        result = await run_collection_export(s, q, None, client, led)
-    assert result.status == "completed" and result.resumed
+    # Two pages committed; the third was in the file, uncommitted, when the process died.
+    assert len(_rows(out)) == 3 * page_size
+    route = "users.list" if resource == "users" else "exams.list"
+    before = sb.statistics().by_route.get(route, 0)
+    code, text = await _run(path)
+    assert code == EXIT_OK, text
+    assert "resumed" in text
+    # The resume starts at the third page: it fetches every page but the two committed.
+    pages = -(-len(want) // page_size)
+    assert sb.statistics().by_route.get(route, 0) - before == pages - 2
     ids = [r["id"] for r in _rows(out)]
     assert len(ids) == len(set(ids)) and set(ids) == want
 
@@ -426,3 +414,61 @@ async def test_the_cohort_demo_job_runs_as_shipped(tmp_path: Path) -> None:
     assert len(files) == 1
     rows = _rows(files[0])
     assert len(rows) == 100 and len({r["id"] for r in rows}) == 100
+
+
+async def test_plan_counts_the_records_and_writes_nothing(tmp_path: Path, sb: Sandbox) -> None:
+    """plan reads one record for the total and names the file; no file, no ledger run."""
+    group = _cohort(sb)
+    path = _job(
+        tmp_path,
+        sb.url,
+        f"  resource: users\n  filters: {{userGroup: {group}}}\n  output: out/m.ndjson\n",
+    )
+    console = Console(file=io.StringIO(), width=300)
+    code = await plan_job(load_job(path), console=console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert code == EXIT_OK, text
+    assert f"users: {len(sb.store.groups[group].members)} records" in text
+    assert "a new export (new file)" in text
+    assert not (tmp_path / "out" / "m.ndjson").exists()
+
+
+async def test_a_parquet_export_of_exams_has_each_exam_once(tmp_path: Path, sb: Sandbox) -> None:
+    """Parquet goes through the same exporter: its staging file is converted at the end."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = _job(
+        tmp_path,
+        sb.url,
+        """  resource: exam-v-2s
+  format: parquet
+  columns: [id, attributes.name, relationships.userGroup.id]
+  output: out/exams.parquet
+  page_size: 2
+""",
+    )
+    code, text = await _run(path)
+    assert code == EXIT_OK, text
+    table = pq.read_table(tmp_path / "out" / "exams.parquet").to_pylist()
+    assert sorted(r["id"] for r in table) == sorted(sb.store.exams)
+    assert all(r["relationships.userGroup.id"] == sb.store.exams[r["id"]].group_id for r in table)
+
+
+async def test_a_server_export_of_a_group_that_does_not_exist_is_an_error_at_its_line(
+    tmp_path: Path, sb: Sandbox
+) -> None:
+    """The server's 404 for the linked group names the relationship's line; no file."""
+    path = _job(
+        tmp_path,
+        sb.url,
+        """  resource: user-group-exports
+  mode: server
+  relationships:
+    userGroup: NoSuchGroup
+  output: out/g.ndjson
+""",
+    )
+    code, text = await _run(path)
+    assert code == EXIT_INVALID
+    line = _line(path, "userGroup:")
+    assert f"job.yaml:{line}: task.relationships.userGroup: the server refused this" in text
+    assert "UserGroup NoSuchGroup does not exist" in text

@@ -65,6 +65,11 @@ ROUTE_NAMES: tuple[str, ...] = (
     "attempt-timer-resets.create",
     "export-enriched-attempts.create",
     "background-jobs.get",
+    # .collections
+    "enriched-attempts.list",
+    "action-logs.list",
+    "user-group-exports.create",
+    "exam-candidate-exports.create",
     "unmatched",
 )
 

@@ -308,6 +308,12 @@ class _CollectionExporter(_Exporter):
             return rows
         return _joined(page.data, page.included, self.q.joins, self.sink.decode_row)
 
+    async def _create_job(self, exam: str, since: str | None) -> str:
+        try:
+            return await super()._create_job(exam, since)
+        except NotFound as exc:  # a linked group or exam that does not exist: at its line
+            raise _refused_at(exc, self.job, self.profile, self.q) from None
+
     def _job_request(self, name: str, since: str | None) -> tuple[str, NewResource]:
         types = self.profile.relationship_types
         rels = {
