@@ -290,8 +290,13 @@ class _CollectionExporter(_Exporter):
     async def _probe(self, since: str | None) -> None:
         if self.s.mode == "server":
             return  # the create call is the check
+        params = self._params("*", since)
+        params[self.profile.page_size_param] = "1"
         try:
-            await super()._probe(since)
+            # Raw: a collection's resources need not have attributes (relationship linkage).
+            await self.client.get_page(self.q.resource, params, msgspec.Raw)
+        except BadRequest as exc:
+            raise self._refused(exc, "*") from None
         except NotFound as exc:
             raise spec_error(
                 self.job,
@@ -472,7 +477,7 @@ class ExportTask:
             params = _params(p, s, q, since)
             params[p.page_size_param] = "1"
             try:
-                page = await client.get_page(q.resource, params, AnyResource)
+                page = await client.get_page(q.resource, params, msgspec.Raw)
             except BadRequest as exc:
                 raise _refused_at(exc, self.job, p, q) from None
             except NotFound as exc:
