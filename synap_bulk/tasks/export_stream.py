@@ -4,6 +4,11 @@
 sink and commits it (fsync + ledger cursors) within the durability window; a stream is an exam
 paged through ``GET attempts`` (mode ``pages``) or the server's own export job, polled and
 downloaded (mode ``server``). See :mod:`synap_bulk.tasks.export_attempts` for the whole story.
+
+Both export kinds run this exporter. What it lists (the streams, the path and query of a page
+listing, the server export's create body, the rows of a page, the errors at their line) is a
+handful of hook methods whose defaults are ``export-attempts``'; ``kind: export`` overrides them
+(:mod:`.export_collection`), the generations, commits, resume and download are shared.
 """
 
 from __future__ import annotations
