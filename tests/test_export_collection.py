@@ -472,3 +472,35 @@ async def test_a_server_export_of_a_group_that_does_not_exist_is_an_error_at_its
     line = _line(path, "userGroup:")
     assert f"job.yaml:{line}: task.relationships.userGroup: the server refused this" in text
     assert "UserGroup NoSuchGroup does not exist" in text
+
+
+async def test_since_last_run_on_action_logs_uses_their_created_time_filter(
+    tmp_path: Path, sb: Sandbox
+) -> None:
+    """action-logs' since filter is filter[createdSince] (profile since_filters): the second
+    run holds only what a registration made happen after the first run started."""
+    path = _job(
+        tmp_path,
+        sb.url,
+        """  resource: action-logs
+  format: csv
+  columns: [id, attributes.action, user.attributes.emailAddress]
+  output: out/log.csv
+  since: last-run
+""",
+    )
+    code, text = await _run(path)
+    assert code == EXIT_OK, text
+    async with SynapClient(sb.url, token=sb.token) as client:
+        body = {
+            "data": {
+                "type": "UserRegistration",
+                "attributes": {"name": "New Person", "emailAddress": "new.person@example.test"},
+            }
+        }
+        await client.request("POST", client.profile.registrations_path, body=body)
+    code, text = await _run(path)
+    assert code == EXIT_OK, text
+    rows = _rows(tmp_path / "out" / "log.2.csv")
+    assert {r["attributes.action"] for r in rows} == {"user.registered", "user.addedToGroup"}
+    assert {r["user.attributes.emailAddress"] for r in rows} == {"new.person@example.test"}
