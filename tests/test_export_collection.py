@@ -504,3 +504,61 @@ async def test_since_last_run_on_action_logs_uses_their_created_time_filter(
     rows = _rows(tmp_path / "out" / "log.2.csv")
     assert {r["attributes.action"] for r in rows} == {"user.registered", "user.addedToGroup"}
     assert {r["user.attributes.emailAddress"] for r in rows} == {"new.person@example.test"}
+
+
+async def test_a_since_filter_named_in_the_profile_but_refused_is_an_error_at_since(
+    tmp_path: Path, sb: Sandbox
+) -> None:
+    """api.profile.since_filters may name a filter for any collection; a server that refuses
+    it (the sandbox's user-groups) gives one error at task.since, before any file."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"""version: 1
+name: coll
+api:
+  base_url: {sb.url}
+  token: ${{SYNAP_TOKEN}}
+  profile: {{since_filters: {{user-groups: "filter[updatedSince]"}}}}
+task:
+  kind: export
+  resource: user-groups
+  output: out/groups.ndjson
+  since: "2024-01-01T00:00:00Z"
+"""
+    )
+    code, text = await _run(path)
+    assert code == EXIT_INVALID
+    assert f"job.yaml:{_line(path, 'since:')}: task.since: the server refused this" in text
+    assert not (tmp_path / "out" / "groups.ndjson").exists()
+
+
+async def test_since_last_run_in_server_mode_keeps_the_lines_updated_since(
+    tmp_path: Path, sb: Sandbox
+) -> None:
+    """A server export's file is filtered by attributes.updatedAt: after one member changes,
+    the next run's file holds that member only."""
+    group = _cohort(sb)
+    path = _job(
+        tmp_path,
+        sb.url,
+        f"""  resource: user-group-exports
+  mode: server
+  relationships: {{userGroup: {group}}}
+  output: out/members.ndjson
+  since: last-run
+""",
+    )
+    code, text = await _run(path)
+    assert code == EXIT_OK, text
+    first = (tmp_path / "out" / "members.ndjson").read_text().splitlines()
+    assert len(first) == len(sb.store.groups[group].members)
+    member = next(iter(sb.store.groups[group].members))
+    async with SynapClient(sb.url, token=sb.token) as client:
+        patch = ResourcePatch(type="User", id=member, attributes={"name": "Changed Member"})
+        await client.update(client.profile.users_path, patch, AnyResource)
+    code, text = await _run(path)
+    assert code == EXIT_OK, text
+    second = [
+        json.loads(x) for x in (tmp_path / "out" / "members.2.ndjson").read_text().splitlines()
+    ]
+    assert [r["id"] for r in second] == [member]
