@@ -278,6 +278,9 @@ class _CollectionExporter(_Exporter):
     async def _resolve(self) -> None:
         self.exam_ids, self.exam_index = [], {}
 
+    def _label(self, name: str) -> str:
+        return self.q.resource
+
     def _list_path(self) -> str:
         return self.q.resource
 

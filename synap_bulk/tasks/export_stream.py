@@ -286,6 +286,10 @@ class _Exporter:
             self.client, self.profile, self.s.exams, self.job
         )
 
+    def _label(self, name: str) -> str:
+        """Stream ``name`` in a message."""
+        return f"exam {name}"
+
     def _list_path(self) -> str:
         """The collection mode ``pages`` lists."""
         return self.profile.attempts_path
@@ -444,8 +448,8 @@ class _Exporter:
             if st.rows:
                 # The old job is gone; its file may not be in the same order: redo the stream.
                 raise CheckpointError(
-                    f"the server export job {job_id} of exam {name} is gone and its file was "
-                    "partly written; run again with --restart"
+                    f"the server export job {job_id} of {self._label(name)} is gone and its "
+                    "file was partly written; run again with --restart"
                 )
             job_id = await self._create_job(name, since)
             st.job = job_id
@@ -484,7 +488,9 @@ class _Exporter:
                 self._report("waiting", exam, 1.0)
                 return a.fileUrl
             if a.status == "failed":
-                raise SynapBulkError(f"export job {job_id} of exam {exam} failed: {a.error or '?'}")
+                raise SynapBulkError(
+                    f"export job {job_id} of {self._label(exam)} failed: {a.error or '?'}"
+                )
             self._report("waiting", exam, a.progress)
             await self.clock.sleep(self.poll_interval)
 
