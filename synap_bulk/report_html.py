@@ -237,10 +237,11 @@ def render_report(
     name = str(summary.get("job_name", ""))
     run_id = summary.get("run_id", 0)
     status = str(summary.get("status", ""))
-    stream = not summary.get("this_run") and kind.startswith("export")
     sections = [
-        _summary_section(summary, t, ended_at),
-        _timeline_section(timeline, stream),
+        _summary_section(
+            summary, t, ended_at, stream=timeline is not None and timeline.shape == "stream"
+        ),
+        _timeline_section(timeline),
         _latency_section(timeline, summary),
         _failures_section(failures, t),
     ]
@@ -264,7 +265,9 @@ def render_report(
     return re.sub(r"\{(\w+)\}", lambda m: fill.get(m.group(1), m.group(0)), _PAGE)
 
 
-def _summary_section(s: Mapping[str, Any], t: _Text, ended_at: datetime | None) -> str:
+def _summary_section(
+    s: Mapping[str, Any], t: _Text, ended_at: datetime | None, *, stream: bool = False
+) -> str:
     facts: list[tuple[str, str]] = []
     if s.get("reason"):
         facts.append(("Reason", t(s["reason"])))
@@ -310,7 +313,9 @@ def _summary_section(s: Mapping[str, Any], t: _Text, ended_at: datetime | None) 
         for k in keys
         if this_run.get(k, 0) or job_total.get(k, 0) or k in ("done", "failed")
     )
-    head = "<tr><th></th>" + ("<th>this run</th>" if this_run else "") + "<th>job total</th></tr>"
+    # A stream run (an export) counts what this run wrote; an item run, the job's items.
+    only = "this run" if stream and not this_run else "job total"
+    head = "<tr><th></th>" + ("<th>this run</th>" if this_run else "") + f"<th>{only}</th></tr>"
     return (
         "<section><h2>Summary</h2><div class=cols>"
         f"<table class=facts>{rows}</table>"
@@ -318,19 +323,32 @@ def _summary_section(s: Mapping[str, Any], t: _Text, ended_at: datetime | None) 
     )
 
 
-def _rates(ts: Sequence[float], values: Sequence[float]) -> tuple[list[float], list[float]]:
-    """Per-second rates of a running total between consecutive samples, at each sample's end."""
+def _rates(
+    ts: Sequence[float], values: Sequence[float], min_dt: float = 0.1
+) -> tuple[list[float], list[float]]:
+    """Per-second rates of a running total over windows of at least ``min_dt`` seconds, each
+    at its window's end: a sample taken just after another (the run's last, at its end) joins
+    the window before it instead of making a rate out of a few milliseconds."""
     xs: list[float] = []
     ys: list[float] = []
+    start = prev = 0
     for i in range(1, len(ts)):
-        dt = ts[i] - ts[i - 1]
+        last = i == len(ts) - 1
+        if ts[i] - ts[start] < min_dt and not last:
+            continue
+        if last and ts[i] - ts[start] < min_dt and xs:
+            xs.pop()
+            ys.pop()
+            start = prev
+        dt = ts[i] - ts[start]
         if dt > 0:
             xs.append(ts[i])
-            ys.append(max(0.0, values[i] - values[i - 1]) / dt)
+            ys.append(max(0.0, values[i] - values[start]) / dt)
+        prev, start = start, i
     return xs, ys
 
 
-def _timeline_section(tl: TimelineFile | None, stream: bool) -> str:
+def _timeline_section(tl: TimelineFile | None) -> str:
     if tl is None or len(tl.samples) < 2:
         return (
             "<section><h2>Over time</h2><p class=dim>No timeline: the run ended before a "
@@ -340,7 +358,7 @@ def _timeline_section(tl: TimelineFile | None, stream: bool) -> str:
     done, failed = tl.series("done"), tl.series("failed")
     requests, throttled = tl.series("requests"), tl.series("throttled")
     charts: list[str] = []
-    if stream:
+    if tl.shape == "stream":
         charts.append(
             line_chart(
                 "Rows exported",

@@ -635,7 +635,7 @@ async def _run_stream(
     stop = anyio.Event()
     scope = anyio.CancelScope()
     progress = Progress(snapshot, console=console)
-    timeline = Timeline(snapshot)
+    timeline = Timeline(snapshot, shape=task.shape)
     stopper = _Stopper(stop.set, scope.cancel)
 
     async def work() -> StreamResult | None:

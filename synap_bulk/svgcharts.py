@@ -144,7 +144,7 @@ def _axes_x_time(x_max: float, px: Any) -> str:
     v = 0.0
     while v <= x_max + step / 1000:
         x = px(v)
-        text = format_duration(v) if v else "0s"
+        text = "0s" if not v else (f"{v * 1000:.0f}ms" if step < 1 else format_duration(v))
         parts.append(
             f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{_H - _B}" y2="{_H - _B + 4}"/>'
             f'<text x="{x:.1f}" y="{_H - _B + 17}" text-anchor="middle">{text}</text>'
@@ -167,7 +167,7 @@ def histogram(
 
     lo_ms = min(lo for lo, _, _ in buckets)
     hi_ms = max(hi for _, hi, _ in buckets)
-    decades = [10.0**k for k in range(0, 7)]
+    decades = [10.0**k for k in range(-1, 7)]
     ticks = [v * m for v in decades for m in (1, 2, 5)]
     x_lo = lg(max(0.0, max([v for v in ticks if v <= lo_ms] or [0.0])))
     x_hi = lg(min([v for v in ticks if v >= hi_ms] or [hi_ms]))

@@ -51,6 +51,8 @@ class TimelineFile(Struct, kw_only=True):
     (low ms, high ms, count) per non-empty bucket."""
 
     version: int = 1
+    #: The task's shape: ``items`` (done counts items) or ``stream`` (done counts rows).
+    shape: str = "items"
     interval_s: float = 1.0
     columns: list[str] = msgspec.field(default_factory=lambda: list(COLUMNS))
     samples: list[list[float]] = []
@@ -71,6 +73,7 @@ class Timeline:
         self,
         snapshot: Callable[[], Snapshot],
         *,
+        shape: str = "items",
         clock: Clock | None = None,
         interval: float = 1.0,
         first_interval: float = 0.2,
@@ -78,6 +81,7 @@ class Timeline:
         max_samples: int = MAX_SAMPLES,
     ) -> None:
         self._get = snapshot
+        self.shape = shape
         self._clock: Clock = clock or SystemClock()
         self.interval = interval
         self.first_interval = first_interval
@@ -127,6 +131,7 @@ class Timeline:
         """What :meth:`save` writes, with a last sample taken now (the run's end)."""
         self.sample()
         return TimelineFile(
+            shape=self.shape,
             interval_s=self.interval,
             samples=[list(r) for r in self.samples],
             latency_ms=[(round(lo, 3), round(hi, 3), int(n)) for lo, hi, n in latency],

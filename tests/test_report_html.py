@@ -236,7 +236,7 @@ def _user_import(tmp: Path) -> Path:
 
 def _demo(tmp: Path, name: str) -> Path:
     for p in DEMO.iterdir():
-        if p.is_file():
+        if p.suffix in (".yaml", ".csv"):  # the job and its inputs, never a ledger or out/
             shutil.copy(p, tmp / p.name)
     return tmp / f"{name}.yaml"
 
@@ -260,6 +260,17 @@ def test_every_run_writes_its_timeline_and_report(tmp_path: Path) -> None:
     assert (out / "report.html").read_text(encoding="utf-8") == page
     assert "2 rows to fix" in page and "C900" in page
     assert not _FETCHES.findall(page)
+
+
+def test_an_export_reports_rows_and_pages_over_time(tmp_path: Path) -> None:
+    out = _run(_demo(tmp_path, "export-attempts"))
+    timeline = read_timeline(out / "runs" / "1" / "timeline.json")
+    assert timeline is not None and timeline.shape == "stream"
+    assert timeline.series("done")[-1] == 6000  # rows, not items
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Rows exported" in page and "Pages (requests) so far" in page
+    assert "Items finished per second" not in page
+    assert "<tr><th></th><th>this run</th></tr>" in page  # an export counts its own rows
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -346,3 +357,13 @@ def test_the_charts_draw_in_a_browser(tmp_path: Path, job: str, charts: int) -> 
     assert f'data-charts="{charts}/{charts}"' in dom, re.findall(r"<svg[^>]*>", dom)
     drawn = re.findall(r'data-bbox="(\d+)x(\d+)" data-drawn="yes"', dom)
     assert len(drawn) == charts and all(int(w) > 0 for w, _ in drawn)
+
+
+def test_rates_never_come_from_a_few_milliseconds() -> None:
+    from synap_bulk.report_html import _rates
+
+    # One a second, then the run's end 10 ms after the last sample with nothing new.
+    xs, ys = _rates([0.0, 1.0, 2.0, 2.01], [0.0, 50.0, 100.0, 100.0])
+    assert xs == [1.0, 2.01] and ys[0] == 50.0 and 49.0 < ys[1] < 50.0
+    # A run shorter than a window still has its one rate.
+    assert _rates([0.0, 0.013], [0.0, 8.0]) == ([0.013], [8.0 / 0.013])
