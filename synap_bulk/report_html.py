@@ -152,13 +152,14 @@ def write_report(run_dir: Path, *, secrets: Sequence[str] = ()) -> Path:
     return path
 
 
-def publish_report(run_dir: Path, console: Console, *, secrets: Sequence[str] = ()) -> None:
+def publish_report(run_dir: Path, console: Console, *, secrets: Sequence[str] = ()) -> Path | None:
     """The run's own report, written as it ends: a failure is a warning, never the run's end."""
     try:
-        write_report(run_dir, secrets=secrets)
+        return write_report(run_dir, secrets=secrets)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         console.print(f"warning: cannot write {run_dir / REPORT_FILE}: {why}", markup=False)
+        return None
 
 
 def job_secrets(job: JobFile) -> list[str]:

@@ -413,7 +413,8 @@ def _publish(
             ended.summary.write(folder / "summary.json")
     if run_dir is None:
         return
-    publish_report(run_dir, console, secrets=secrets)  # from the files above: before the copy
+    if publish_report(run_dir, console, secrets=secrets):  # from the files above: copied below
+        ended.lines.insert(0, f"Report: {out / 'report.html'} (open it in a browser)")
     for name in _RESULT_FILES[1:]:
         latest, made = out / name, run_dir / name
         if any(_same_file(latest, i) for i in inputs):

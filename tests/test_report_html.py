@@ -241,16 +241,19 @@ def _demo(tmp: Path, name: str) -> Path:
     return tmp / f"{name}.yaml"
 
 
-def _run(job: Path) -> Path:
+def _run(job: Path, said: io.StringIO | None = None) -> Path:
     """Run the job in-process; its out_dir."""
     loaded = load_job(job)
-    code = anyio.run(lambda: run_job(loaded, console=Console(file=io.StringIO())))
+    console = Console(file=said or io.StringIO(), width=200)
+    code = anyio.run(lambda: run_job(loaded, console=console))
     assert code in (0, 1)
     return job.parent / "out" / loaded.spec.name
 
 
 def test_every_run_writes_its_timeline_and_report(tmp_path: Path) -> None:
-    out = _run(_user_import(tmp_path))
+    said = io.StringIO()
+    out = _run(_user_import(tmp_path), said)
+    assert f"Report: {out / 'report.html'} (open it in a browser)" in said.getvalue()
     run = out / "runs" / "1"
     timeline = read_timeline(run / "timeline.json")
     assert timeline is not None and len(timeline.samples) >= 2
