@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from rich.console import Console
 
 from .errors import SynapBulkError
@@ -64,6 +65,8 @@ REPORT_FILE = "report.html"
 FIRST_ROWS = 10
 #: Distinct failure reasons shown as bars; the rest are counted as "other reasons".
 MAX_REASONS = 12
+#: Points drawn per line at most (a long run's timeline is thinned evenly for the charts).
+MAX_POINTS = 600
 #: Markers drawn in the load chart; a larger pool is listed in full in the table below it.
 MAX_MARKERS = 60
 
@@ -349,12 +352,23 @@ def _rates(
     return xs, ys
 
 
+def _thinned(tl: TimelineFile, most: int = MAX_POINTS) -> TimelineFile:
+    """At most ``most`` evenly spread samples (the first and the last kept): a chart is 600
+    pixels wide, and running totals thinned still give true rates over longer windows."""
+    n = len(tl.samples)
+    if n <= most:
+        return tl
+    keep = sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
+    return msgspec.structs.replace(tl, samples=[tl.samples[i] for i in keep])
+
+
 def _timeline_section(tl: TimelineFile | None) -> str:
     if tl is None or len(tl.samples) < 2:
         return (
             "<section><h2>Over time</h2><p class=dim>No timeline: the run ended before a "
             "second sample (or its timeline.json is missing).</p></section>"
         )
+    tl = _thinned(tl)
     ts = tl.series("t")
     done, failed = tl.series("done"), tl.series("failed")
     requests, throttled = tl.series("requests"), tl.series("throttled")

@@ -370,3 +370,23 @@ def test_rates_never_come_from_a_few_milliseconds() -> None:
     assert xs == [1.0, 2.01] and ys[0] == 50.0 and 49.0 < ys[1] < 50.0
     # A run shorter than a window still has its one rate.
     assert _rates([0.0, 0.013], [0.0, 8.0]) == ([0.013], [8.0 / 0.013])
+
+
+def test_a_long_runs_charts_stay_small(tmp_path: Path) -> None:
+    """Ten hours at one sample a second (thinned by the run to 7,200) draw at most 600 points
+    a line, and the rates still come out right."""
+    rows = [[float(t), 5 * t, 0, 0, 6 * t, 0, 0.0, 0, 3] for t in range(0, 36_000, 5)]
+    page = render_report(
+        {"job_name": "long", "kind": "user-import", "status": "completed"},
+        TimelineFile(samples=rows),
+        None,
+    )
+    lines = re.findall(r'<polyline[^>]* points="([^"]*)"', page)
+    assert lines and all(len(p.split()) <= 600 for p in lines)
+    assert len(page) < 200_000
+    from synap_bulk.report_html import _rates, _thinned
+
+    thin = _thinned(TimelineFile(samples=rows))
+    _, rates = _rates(thin.series("t"), thin.series("done"))
+    assert len(thin.samples) == 600 and thin.samples[-1] == rows[-1]
+    assert all(abs(r - 5.0) < 1e-9 for r in rates)
