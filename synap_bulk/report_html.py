@@ -78,7 +78,7 @@ _COLORS = {
     "throttled": "#e67e22",
     "rate": "#666666",
     "in_flight": "#7d3c98",
-    "retries": "#b7950b",
+    "retries": "#138d90",
     "before": "#9aa5b1",
     "after": "#2c6fbb",
 }
@@ -418,6 +418,17 @@ def _timeline_section(tl: TimelineFile | None) -> str:
     if any(rate):
         series.append(Series("rate limit", ts, rate, _COLORS["rate"], kind="dash"))
     charts.append(line_chart("Requests and 429s per second", series, y_label="per second"))
+    # A few 429s vanish beside hundreds of requests a second: their running total, on its own.
+    charts.append(
+        line_chart(
+            "429s and retries so far",
+            [
+                Series("429s (throttled)", ts, throttled, _COLORS["throttled"]),
+                Series("retries", ts, tl.series("retries"), _COLORS["retries"], kind="dash"),
+            ],
+            y_label="requests",
+        )
+    )
     charts.append(
         line_chart(
             "Requests in flight",

@@ -178,7 +178,7 @@ def test_the_report_holds_the_summary_failures_and_marker_loads(tmp_path: Path) 
     assert TOKEN not in page and "<b>A1</b>" not in page
     assert "&lt;b&gt;A1&lt;/b&gt;" in page
     assert "m1@x.example" in page and "Marker loads before and after" in page
-    assert page.count('class="chart"') == 7  # 4 over time, latency, reasons, marker loads
+    assert page.count('class="chart"') == 8  # 5 over time, latency, reasons, marker loads
     assert not _FETCHES.findall(page)
 
 
@@ -344,10 +344,10 @@ def _rendered(chromium: str, page: Path, tmp: Path) -> str:
 @pytest.mark.parametrize(
     ("job", "charts"),
     [
-        ("import", 6),  # 4 over time, latency, failure reasons
-        ("assign-markers", 6),  # 4 over time, latency, marker loads
-        ("export-attempts", 5),  # rows, pages, requests/429s, in flight, latency
-        ("extra-time", 6),
+        ("import", 7),  # 5 over time, latency, failure reasons
+        ("assign-markers", 7),  # 5 over time, latency, marker loads
+        ("export-attempts", 6),  # rows, pages, requests/429s, 429s so far, in flight, latency
+        ("extra-time", 7),
     ],
 )
 def test_the_charts_draw_in_a_browser(tmp_path: Path, job: str, charts: int) -> None:
