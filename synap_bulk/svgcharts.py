@@ -145,9 +145,10 @@ def _axes_x_time(x_max: float, px: Any) -> str:
     while v <= x_max + step / 1000:
         x = px(v)
         text = "0s" if not v else (f"{v * 1000:.0f}ms" if step < 1 else format_duration(v))
+        anchor = "end" if x > _W - _R - 20 else "middle"  # the last label stays inside
         parts.append(
             f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{_H - _B}" y2="{_H - _B + 4}"/>'
-            f'<text x="{x:.1f}" y="{_H - _B + 17}" text-anchor="middle">{text}</text>'
+            f'<text x="{x:.1f}" y="{_H - _B + 17}" text-anchor="{anchor}">{text}</text>'
         )
         v += step
     return "".join(parts)
