@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(
         sub,
+        "report",
+        help="write a run's report.html again from its folder (no server is contacted)",
+    )
+    _job_arg(p)
+    p.add_argument(
+        "--run", type=int, default=None, metavar="ID", help="the run's number (default: the last)"
+    )
+    p.set_defaults(handler=_cmd_report)
+
+    p = _add(
+        sub,
         "settle",
         help="record which rows in doubt took effect on the server (no server is contacted)",
     )
@@ -193,6 +204,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         return await status_job(_load(args.job, offline=True), as_json=args.json)
+
+    return _run_async(go)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report_html import job_secrets, report_run
+    from .runner import out_dir
+
+    async def go() -> int:
+        job = _load(args.job, offline=True)
+        path = report_run(out_dir(job), args.run, secrets=job_secrets(job), job=str(args.job))
+        print(path)
+        return 0
 
     return _run_async(go)
 

@@ -303,6 +303,11 @@ class SynapClient:
             latency_ms_p99=lat.percentile(0.99),
         )
 
+    def latency_buckets(self) -> list[tuple[float, float, int]]:
+        """The latency histogram since the client was made: (low ms, high ms, count) per
+        non-empty bucket (the run report draws it)."""
+        return self._latency.buckets()
+
     # -- the raw request -------------------------------------------------------------------
 
     def _target(self, path: str, params: Mapping[str, Any] | None) -> tuple[str, str]:

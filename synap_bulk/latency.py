@@ -33,3 +33,11 @@ class _Latency:
         k = keys[min(i, len(keys) - 1)]
         # The middle of the bucket, back in milliseconds.
         return float(2.0 ** ((k + 0.5) / self._PER_OCTAVE) - 1.0)
+
+    def buckets(self) -> list[tuple[float, float, int]]:
+        """Every non-empty bucket as (low ms, high ms, count), lowest first (for charts)."""
+        k = self._PER_OCTAVE
+        return [
+            (2.0 ** (i / k) - 1.0, 2.0 ** ((i + 1) / k) - 1.0, n)
+            for i, n in sorted(self._counts.items())
+        ]

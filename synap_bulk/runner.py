@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,11 +33,13 @@ from .ledger import Ledger
 from .profile import ApiProfile
 from .progress import Progress, Snapshot
 from .report import FailuresWriter, SuccessWriter, Summary
+from .report_html import job_secrets, publish_report
 from .retry import RetryPolicy
 from .sources import ORIGIN_COLUMN
 from .spec import JobFile
 from .tasks import build_task, input_files
 from .tasks.base import ItemTask, StreamTask
+from .timeline import Timeline
 from .transport import Timeouts
 
 __all__ = [
@@ -305,7 +307,7 @@ async def run_job(
         ended = _aborted(job, state.client, started, as_error(exc))
         if state.who is not None:
             ended.summary = _with_run(ended.summary, state, 0)
-    _publish(ended, state.run_dir, out, input_files(job, source), console)
+    _publish(ended, state.run_dir, out, input_files(job, source), console, job_secrets(job))
     console.print(ended.summary)
     for line in ended.lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -391,11 +393,16 @@ async def _supersede(task: ItemTask, ledger: Ledger) -> None:
 
 
 #: The result files a run writes into its folder; the latest are copied to the out_dir.
-_RESULT_FILES = ("summary.json", "failures.csv", "success.csv")
+_RESULT_FILES = ("summary.json", "failures.csv", "success.csv", "report.html")
 
 
 def _publish(
-    ended: _Ended, run_dir: Path | None, out: Path, inputs: list[Path], console: Console
+    ended: _Ended,
+    run_dir: Path | None,
+    out: Path,
+    inputs: list[Path],
+    console: Console,
+    secrets: Sequence[str] = (),
 ) -> None:
     """Write the summary and copy the run's result files to the out_dir (the latest run's
     files are where README says), never over an input of the job."""
@@ -406,6 +413,8 @@ def _publish(
             ended.summary.write(folder / "summary.json")
     if run_dir is None:
         return
+    if publish_report(run_dir, console, secrets=secrets):  # from the files above: copied below
+        ended.lines.insert(0, f"Report: {out / 'report.html'} (open it in a browser)")
     for name in _RESULT_FILES[1:]:
         latest, made = out / name, run_dir / name
         if any(_same_file(latest, i) for i in inputs):
@@ -509,14 +518,16 @@ async def _run_items(
         )
 
     progress = Progress(snapshot, console=console)
+    timeline = Timeline(snapshot)
     stopper = _Stopper(lambda: engine.stop(graceful=True), lambda: engine.stop(graceful=False))
-    background: list[Callable[[], Coroutine[Any, Any, None]]] = [progress.run]
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [progress.run, timeline.run]
     if handle_signals:
         background.append(lambda: _watch_signals(stopper, console))
     try:
         result = await _alongside(engine.run, *background)
     finally:
         progress.final()
+        timeline.save(out, client.latency_buckets(), console)
     await ledger.flush()
     if retry_failed:
         # After the run, when the task has read the server (an input row's validity can depend
@@ -625,6 +636,7 @@ async def _run_stream(
     stop = anyio.Event()
     scope = anyio.CancelScope()
     progress = Progress(snapshot, console=console)
+    timeline = Timeline(snapshot, shape=task.shape)
     stopper = _Stopper(stop.set, scope.cancel)
 
     async def work() -> StreamResult | None:
@@ -632,13 +644,14 @@ async def _run_stream(
             return await task.run(client, ledger, stop=stop, progress=on_progress, run=run)
         return None  # cancelled by a second Ctrl-C: the page in progress is redone on resume
 
-    background: list[Callable[[], Coroutine[Any, Any, None]]] = [progress.run]
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [progress.run, timeline.run]
     if handle_signals:
         background.append(lambda: _watch_signals(stopper, console))
     try:
         result = await _alongside(work, *background)
     finally:
         progress.final()
+        timeline.save(out, client.latency_buckets(), console)
     if result is None:
         result = StreamResult(status="stopped", message="Stopped mid-page on request")
     exported = sum(result.counts.values())

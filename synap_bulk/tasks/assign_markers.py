@@ -714,6 +714,7 @@ class AssignMarkersTask:
                 "before": m.before,
                 "after": m.after,
                 "applied": self._applied[m.marker_id],
+                "in_pool": m.in_pool,
             }
             for m in self._loads
         ]
