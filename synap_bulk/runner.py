@@ -46,11 +46,13 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INVALID",
     "EXIT_OK",
+    "LEDGER_NAME",
     "as_error",
     "engine_workers",
     "forgets_between_runs",
     "invoked_as",
     "ledger_path",
+    "legacy_ledger_path",
     "make_dir",
     "open_client",
     "out_dir",
@@ -108,11 +110,43 @@ def engine_workers(concurrency: int, safety: Safety) -> int:
     return 4 * concurrency
 
 
+#: The default ledger's name inside the job's out_dir (its lock sits beside it).
+LEDGER_NAME = "ledger.sqlite"
+
+#: The ledgers already announced as found at the old default place (one note per process).
+_LEGACY_NOTED: set[Path] = set()
+
+
+def legacy_ledger_path(job: JobFile) -> Path:
+    """Where the ledger lived by default before it moved under out_dir: beside the job file."""
+    return job.path.with_name(f"{job.path.stem}.ledger.sqlite")
+
+
 def ledger_path(job: JobFile) -> Path:
+    """The job's ledger: ``run.ledger`` when given, else ``ledger.sqlite`` in the out_dir.
+
+    A ledger at the old default place (``<job>.ledger.sqlite`` beside the job file) is kept in
+    use while none exists under out_dir, so a job started before the move resumes; a one-line
+    note (once per process) says how to move it. It is not moved for the user: a run of the
+    job may hold it open, and its -wal file may hold committed rows a half-done move would
+    lose.
+    """
     run = job.spec.run
     if run.ledger:
         return job.resolve(run.ledger)
-    return job.path.with_name(f"{job.path.stem}.ledger.sqlite")
+    new = out_dir(job) / LEDGER_NAME
+    old = legacy_ledger_path(job)
+    if not new.exists() and old.exists():
+        if old not in _LEGACY_NOTED:
+            _LEGACY_NOTED.add(old)
+            print(
+                f"note: using the ledger at its old place, {old}; to keep it with the results, "
+                f"move it (and its -wal, -shm and .lock files, with no run in progress) to "
+                f"{new}, or set run.ledger",
+                file=sys.stderr,
+            )
+        return old
+    return new
 
 
 def out_dir(job: JobFile) -> Path:

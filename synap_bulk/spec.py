@@ -306,7 +306,8 @@ FIELD_DOCS: dict[str, str] = {
     # --- run ---
     "run.ledger": (
         "The ledger (SQLite) that makes the job resumable, relative to the job file's folder. "
-        "Omitted: <job file name>.ledger.sqlite beside the job file."
+        "Omitted: ledger.sqlite in the out_dir (a ledger left at the old default, "
+        "<job file name>.ledger.sqlite beside the job file, is still used while none is there)."
     ),
     "run.out_dir": (
         "The folder of the result files (summary, failures, success, plans), relative to the "

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from synap_bulk.ledger import Ledger
 from synap_bulk.planning import plan_job
-from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_job
+from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ledger_path, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
 from synap_bulk.status import status_job
@@ -316,7 +316,8 @@ async def test_status_shows_a_killed_run_as_interrupted(tmp_path: Path) -> None:
     status --json; status touches no server."""
     path = import_job(tmp_path, "https://api.synap.example/v3", token="p:unused")
     job = load_job(path)
-    ledger_file = tmp_path / "job.ledger.sqlite"
+    ledger_file = ledger_path(job)
+    ledger_file.parent.mkdir(parents=True)
     async with await Ledger.open(
         ledger_file, job_name="life", task_hash=job.task_hash(), input_hash="x"
     ) as ledger:
