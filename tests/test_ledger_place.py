@@ -3,6 +3,7 @@ ledger left at the old default place (beside the job file) still found, with a n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from synap_bulk.runner import EXIT_FAILED, ledger_path, run_job
 from synap_bulk.spec import load_job
 from synap_bulk.status import status_job
-from tests.test_lifecycle import import_job, quiet, sandbox, said
+from tests.test_lifecycle import import_job, quiet, said, sandbox
 
 
 async def test_the_ledger_and_its_lock_live_in_the_out_dir(tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ async def test_the_ledger_and_its_lock_live_in_the_out_dir(tmp_path: Path) -> No
     out = tmp_path / "out" / "life"
     assert ledger_path(load_job(path)) == out / "ledger.sqlite"
     assert (out / "ledger.sqlite").is_file() and (out / "ledger.sqlite.lock").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert sorted(p.name for p in os.scandir(tmp_path)) == [
         "candidates.csv",
         "job.yaml",
         "out",
