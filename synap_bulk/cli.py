@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_run)
 
-    p = _add(sub, "validate", help="check a job file and its inputs; no network")
+    p = _add(
+        sub,
+        "validate",
+        help="check a job file and read its whole input; no network, no token; exit 1 when "
+        "rows are invalid",
+    )
     _job_arg(p)
     p.set_defaults(handler=_cmd_validate)
 
@@ -239,13 +244,10 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .tasks import build_task
+    from .planning import validate_job
 
     async def go() -> int:
-        job = _load(args.job, offline=True)
-        build_task(job, job.profile)  # every task's own checks, at their job-file line
-        print(f"{args.job}: ok ({job.spec.task.kind})")
-        return 0
+        return await validate_job(_load(args.job, offline=True))
 
     return _run_async(go)
 

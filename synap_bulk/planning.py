@@ -6,18 +6,21 @@ Nothing is written to the server or the ledger; the plan file goes to the job's 
 from __future__ import annotations
 
 import shutil
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 
 from .client import SynapClient
 from .engine import Engine, EngineConfig
 from .errors import SynapBulkError
-from .items import SUPERSEDED, Safety
+from .items import SUPERSEDED, InvalidRow, Safety
 from .ledger import Ledger
 from .report import PlanWriter
 from .runner import (
+    EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
     as_error,
@@ -31,7 +34,17 @@ from .spec import JobFile
 from .tasks import build_task
 from .tasks.base import ItemTask
 
-__all__ = ["PLAN_DONE", "PLAN_FAILED", "PLAN_IN_DOUBT", "PLAN_SUPERSEDED", "plan_job"]
+__all__ = [
+    "PLAN_DONE",
+    "PLAN_FAILED",
+    "PLAN_IN_DOUBT",
+    "PLAN_SUPERSEDED",
+    "plan_job",
+    "validate_job",
+]
+
+#: How many invalid rows ``validate`` shows with their reasons (plan.csv lists them all).
+VALIDATE_SHOWN = 10
 
 
 async def plan_job(
@@ -149,3 +162,42 @@ def _free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
+
+
+async def validate_job(job: JobFile, *, out: TextIO | None = None) -> int:
+    """Check the job file and read its whole input with no server and no token: 0 when every
+    row is valid, 1 when some are not (the first reasons are printed, with their lines), 2 (a
+    SpecError or SourceError raised) when the job itself is wrong.
+
+    What needs the server (a group's name, a marker's email, the attempts of an exam) is left to
+    ``plan``: the same task checks, where the server's answers are known."""
+    out = out or sys.stdout
+    task = build_task(job, job.profile)  # every task's own checks, at their job-file line
+    head = f"{job.path}: job file ok ({job.spec.task.kind})"
+    if task.shape == "stream":
+        print(f"{head}; no input rows to check", file=out)
+        return EXIT_OK
+    total = 0
+    invalid: list[InvalidRow] = []
+    async for entry in task.check_rows():
+        total += 1
+        if isinstance(entry, InvalidRow):
+            invalid.append(entry)
+    if not total:
+        print(f"{head}; its items come from the server: `plan` checks them", file=out)
+        return EXIT_OK
+    valid = total - len(invalid)
+    rows = "row" if total == 1 else "rows"
+    counts = f"{total:,} {rows}, {valid:,} valid, {len(invalid):,} invalid"
+    print(f"{head}; input: {counts}", file=out)
+    for bad in invalid[:VALIDATE_SHOWN]:
+        named = bad.error.field and not bad.error.detail.startswith(f"{bad.error.field}:")
+        field = f"{bad.error.field}: " if named else ""
+        print(f"  line {bad.line}: {field}{bad.error.detail}", file=out)
+    if len(invalid) > VALIDATE_SHOWN:
+        print(
+            f"  ... and {len(invalid) - VALIDATE_SHOWN:,} more (plan.csv from `plan` lists "
+            "every row with its reason)",
+            file=out,
+        )
+    return EXIT_FAILED if invalid else EXIT_OK

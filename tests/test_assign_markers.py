@@ -679,3 +679,33 @@ async def test_attempts_added_before_a_resume_are_allocated_alone(tmp_path: Path
         again = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
         await again.prepare(c, memory)
         assert again.allocation == resumed.allocation and again.notes == []
+
+
+async def test_mapping_rows_are_checked_offline_for_validate(tmp_path: Path) -> None:
+    """check_rows (what validate reports) reads the mapping with no server: a row naming no
+    attempt, a candidate without an exam, no marker, or repeating an earlier row is invalid at
+    its line; a task by strategy has no rows to check offline."""
+    _write_csv(
+        tmp_path / "map.csv",
+        ["attempt", "candidate", "exam", "marker"],
+        [
+            ["a1", "", "", "m@x.org"],
+            ["", "", "", "m@x.org"],
+            ["", "c@x.org", "", "m@x.org"],
+            ["a2", "", "", ""],
+            ["a1", "", "", "M@x.org"],
+            ["", "c@x.org", "E1", "m@x.org"],
+        ],
+    )
+    spec = _spec(exams=[], mapping="map.csv", strategy=None)
+    task = AssignMarkersTask(spec, Job(tmp_path), DEFAULT_PROFILE)
+    entries = [e async for e in task.check_rows()]
+    assert [(e.line, e.error.code) for e in entries if isinstance(e, InvalidRow)] == [
+        (3, "required"),
+        (4, "required"),
+        (5, "required"),
+        (6, "duplicate"),
+    ]
+    assert [e.line for e in entries if isinstance(e, Item)] == [2, 7]
+    by_strategy = AssignMarkersTask(_spec(exams=["E1"]), Job(tmp_path), DEFAULT_PROFILE)
+    assert [e async for e in by_strategy.check_rows()] == []

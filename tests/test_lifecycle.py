@@ -444,7 +444,9 @@ def test_run_with_a_missing_token_file_is_an_error_at_its_line(tmp_path: Path) -
     """validate accepts a token file not written yet (it contacts no server), but run refuses
     it at its job-file line before anything else."""
     path = import_job(tmp_path, "https://api.synap.example/v3")
-    assert _cli("validate", str(path), cwd=tmp_path).returncode == 0
+    checked = _cli("validate", str(path), cwd=tmp_path)
+    assert checked.returncode == EXIT_FAILED  # the job is fine; two of its rows are not
+    assert "job file ok" in checked.stdout and checked.stderr == ""
     run = _cli("run", str(path), cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [

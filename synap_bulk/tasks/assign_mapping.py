@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     from ..client import SynapClient
     from ..spec import AssignMarkersSpec
 
-__all__ = ["MAPPING_DEFAULTS", "MappingCheck", "check_mapping", "check_mapping_columns"]
+__all__ = [
+    "MAPPING_DEFAULTS",
+    "MappingCheck",
+    "check_mapping",
+    "check_mapping_columns",
+    "check_mapping_offline",
+]
 
 #: The mapping's column names unless the job file's ``mapping_columns`` renames them.
 MAPPING_DEFAULTS = {
@@ -55,6 +61,52 @@ def check_mapping_columns(
                 f"{table.name}: rows naming a candidate need an "
                 f"{columns['exam']!r} column, or exactly one exam in task.exams"
             )
+
+
+def check_mapping_offline(
+    table: SideTable, columns: Mapping[str, str], exams: Sequence[str]
+) -> list[Item | InvalidRow]:
+    """The mapping's rows checked with no server (``validate``): readable, naming an attempt
+    (or a candidate with an exam) and a marker, and no row repeating an earlier one. Who the
+    values name is checked by :func:`check_mapping`."""
+    cols = columns
+    default_exam = str(exams[0]) if len(exams) == 1 else ""
+    seen: dict[tuple[str, ...], int] = {}
+    entries: list[Item | InvalidRow] = []
+
+    def invalid(line: int, row: Mapping[str, str], code: str, column: str, detail: str) -> None:
+        error = ItemError(status="invalid", code=code, field=column, detail=detail)
+        entries.append(InvalidRow(key=f"line:{line}", line=line, row=row, error=error))
+
+    for record in table.records:
+        line, row = record.line, record.values
+        if record.problem is not None:
+            invalid(line, row, "row", "", record.problem)
+            continue
+        aid = row.get(cols["attempt"], "").strip()
+        cand = row.get(cols["candidate"], "").strip()
+        exam = row.get(cols["exam"], "").strip() or default_exam
+        marker = row.get(cols["marker"], "").strip()
+        if not aid and not cand:
+            invalid(line, row, "required", cols["attempt"], "give an attempt id or a candidate")
+        elif not aid and not exam:
+            invalid(line, row, "required", cols["exam"], "which exam? (no exam given)")
+        elif not marker:
+            invalid(line, row, "required", cols["marker"], "marker is required")
+        else:
+            what = (aid,) if aid else (cand.lower(), exam)
+            earlier = seen.setdefault((*what, marker.lower()), line)
+            if earlier != line:
+                invalid(
+                    line,
+                    row,
+                    "duplicate",
+                    cols["marker"],
+                    f"same attempt and marker as line {earlier}",
+                )
+            else:
+                entries.append(Item(key=f"line:{line}", line=line, row=row))
+    return entries
 
 
 class MappingCheck:

@@ -53,7 +53,12 @@ from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Saf
 from ..jsonapi import ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Exam, MarkerRole
-from .assign_mapping import MAPPING_DEFAULTS, check_mapping, check_mapping_columns
+from .assign_mapping import (
+    MAPPING_DEFAULTS,
+    check_mapping,
+    check_mapping_columns,
+    check_mapping_offline,
+)
 from .assign_scope import AttemptInfo, ExamScope, Pool, SideTable
 
 if TYPE_CHECKING:
@@ -626,6 +631,14 @@ class AssignMarkersTask:
 
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         for entry in self._prepared:
+            yield entry
+
+    async def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
+        """The mapping's rows, checked with no server; nothing by strategy (the attempts are
+        read from the server)."""
+        if self._mapping is None:
+            return
+        for entry in check_mapping_offline(self._mapping, self.mapping_columns, self.spec.exams):
             yield entry
 
     def _detail(self, item: Item) -> str:

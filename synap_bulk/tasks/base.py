@@ -82,6 +82,13 @@ class ItemTask(Protocol):
         """Stream the work, in input order; invalid rows are yielded, not raised."""
         ...
 
+    def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
+        """The input's rows checked with no server (what ``validate`` reports), in input order:
+        the checks of :meth:`items` that need no server; those that do (a group's name, a
+        marker's email) are left to ``plan`` and ``run``. Nothing, when the items come from the
+        server (e.g. assign-markers by strategy)."""
+        ...
+
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
         """The intended action for one item, without writing anything."""
         ...

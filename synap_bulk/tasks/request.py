@@ -174,6 +174,10 @@ class RequestTask:
             key = f"{key} {digest}"
         return key
 
+    def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
+        """Every check of a row needs no server: the same as :meth:`items`."""
+        return self.items()
+
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         seen = DuplicateTracker()
         for row in self._source:

@@ -279,9 +279,17 @@ class UserImportTask:
     # -- items --------------------------------------------------------------------------
 
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        async for entry in self._rows(offline=False):
+            yield entry
+
+    def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
+        """Every row's checks but the group names, which only the server knows."""
+        return self._rows(offline=True)
+
+    async def _rows(self, *, offline: bool) -> AsyncIterator[Item | InvalidRow]:
         seen = DuplicateTracker()
         for row in self._source:
-            result = self._item(row, seen)
+            result = self._item(row, seen, offline=offline)
             if isinstance(result, ItemError):
                 yield InvalidRow(
                     key=f"line:{row.line}", line=row.line, row=row.values, error=result
@@ -289,8 +297,9 @@ class UserImportTask:
             else:
                 yield result
 
-    def _item(self, row: CsvRow, seen: DuplicateTracker) -> Item | ItemError:
-        """The row as an item, or what is wrong with it (checked before any request)."""
+    def _item(self, row: CsvRow, seen: DuplicateTracker, *, offline: bool) -> Item | ItemError:
+        """The row as an item, or what is wrong with it (checked before any request);
+        ``offline``: group names are not resolved (the server is not read)."""
         values = row.values
         if row.problem:
             return ItemError(status="invalid", code="row", detail=row.problem)
@@ -310,7 +319,7 @@ class UserImportTask:
         groups: list[str] = []
         for template in self.spec.groups:
             name = render_template(template, values).strip()
-            if not name:
+            if not name or offline:
                 continue
             gid = self._resolve_group(name)
             if gid is None:
