@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import quote, urlencode, urlsplit
 
 import msgspec
@@ -581,31 +581,92 @@ class SynapClient:
 
     # -- pagination (:mod:`.pagination`) ----------------------------------------------------
 
+    @overload
+    def pages(
+        self,
+        path: str,
+        tp: type[T],
+        /,
+        *,
+        params: Mapping[str, Any] | None = None,
+        start: PageCursor | None = None,
+        parallel: int = 1,
+        page_size: int | None = None,
+    ) -> AsyncGenerator[tuple[PageCursor | None, ListDocument[T]], None]: ...
+
+    @overload
     def pages(
         self,
         path: str,
         params: Mapping[str, Any] | None,
         tp: type[T],
+        /,
         start: PageCursor | None = None,
         parallel: int = 1,
         page_size: int | None = None,
-    ) -> AsyncGenerator[tuple[PageCursor | None, ListDocument[T]], None]:
-        """Pages in order, each with the cursor to resume *after* it (None after the last one).
+    ) -> AsyncGenerator[tuple[PageCursor | None, ListDocument[T]], None]: ...
+
+    def pages(
+        self,
+        path: str,
+        *args: Any,
+        params: Mapping[str, Any] | None = None,
+        start: PageCursor | None = None,
+        parallel: int = 1,
+        page_size: int | None = None,
+    ) -> AsyncGenerator[tuple[PageCursor | None, ListDocument[Any]], None]:
+        """Pages in order, each with the cursor to resume *after* it (None after the last one):
+        ``client.pages("users", User)``, or with query ``params=``.
 
         With ``parallel > 1`` and a ``meta.total`` on the first page, the remaining pages are
         fetched ``parallel`` at a time (by page number or offset) and still yielded in order.
+        The older positional form ``pages(path, params, tp, start, parallel, page_size)`` works
+        as before.
         """
+        params, tp, rest = _listing_args("pages", args, params)
+        start, parallel, page_size = _positional(rest, (start, parallel, page_size))
         return pagination.pages(self, path, params, tp, start, parallel, page_size)
 
+    @overload
+    def paginate(
+        self,
+        path: str,
+        tp: type[T],
+        /,
+        *,
+        params: Mapping[str, Any] | None = None,
+        page_size: int | None = None,
+        parallel: int = 1,
+    ) -> AsyncGenerator[T, None]: ...
+
+    @overload
     def paginate(
         self,
         path: str,
         params: Mapping[str, Any] | None,
         tp: type[T],
+        /,
         page_size: int | None = None,
         parallel: int = 1,
-    ) -> AsyncGenerator[T, None]:
-        """Every resource of a listing, in order, following ``links.next``."""
+    ) -> AsyncGenerator[T, None]: ...
+
+    def paginate(
+        self,
+        path: str,
+        *args: Any,
+        params: Mapping[str, Any] | None = None,
+        page_size: int | None = None,
+        parallel: int = 1,
+    ) -> AsyncGenerator[Any, None]:
+        """Every resource of a listing, in order, following ``links.next``:
+        ``client.paginate("users", User)``, with ``params={"filter[...]": ...}`` for a query,
+        ``page_size`` (default: the profile's) and ``parallel`` page reads (default 1).
+
+        The older positional form ``paginate(path, params, tp, page_size, parallel)`` works as
+        before.
+        """
+        params, tp, rest = _listing_args("paginate", args, params)
+        page_size, parallel = _positional(rest, (page_size, parallel))
         return pagination.paginate(self, path, params, tp, page_size, parallel)
 
     # -- files -----------------------------------------------------------------------------
@@ -653,3 +714,21 @@ class SynapClient:
                     yield rest
         finally:
             self.rate.release()
+
+
+def _listing_args(
+    name: str, args: tuple[Any, ...], params: Mapping[str, Any] | None
+) -> tuple[Mapping[str, Any] | None, type[Any], tuple[Any, ...]]:
+    """``(tp,)`` or the older ``(params, tp, *rest)``: the params, the type and the rest."""
+    if len(args) == 1:
+        return params, args[0], ()
+    if len(args) >= 2 and params is None:
+        return args[0], args[1], args[2:]
+    raise TypeError(f"{name}() takes (path, tp, *, params=...) or (path, params, tp)")
+
+
+def _positional(rest: tuple[Any, ...], given: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The older form's trailing positional arguments over the keyword ones."""
+    if len(rest) > len(given):
+        raise TypeError(f"too many positional arguments ({len(rest)} after the type)")
+    return (*rest, *given[len(rest) :])
