@@ -92,8 +92,12 @@ class PlanRow(Struct, frozen=True, kw_only=True, omit_defaults=True):
     key: str
     line: int
     action: str  # create | update | unchanged | invalid | conflict | ... (task-specific)
+    #: What would change, for a person: old -> new values, names beside ids.
     detail: str = ""
     remote_id: str = ""
+    #: Who or what the item is, for a person (a user's name and email; an attempt's exam and
+    #: candidate), beside the key and remote id.
+    label: str = ""
 
 
 class CsvStyle(Struct, frozen=True, kw_only=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -16,7 +17,7 @@ from rich.console import Console
 from .client import SynapClient
 from .engine import Engine, EngineConfig
 from .errors import SynapBulkError
-from .items import SUPERSEDED, InvalidRow, Safety
+from .items import SUPERSEDED, InvalidRow, PlanRow, Safety
 from .ledger import Ledger
 from .report import PlanWriter
 from .runner import (
@@ -150,8 +151,43 @@ async def _plan_items(
     if rendered is not None:
         console.print(rendered)
     shown = ", ".join(f"{n:,} {a}" for a, n in counts.items())
-    console.print(f"Plan for {len(rows):,} rows: {shown}", markup=False, soft_wrap=True)
+    units = task.unit if len(rows) == 1 else f"{task.unit}s"
+    console.print(f"Plan for {len(rows):,} {units}: {shown}", markup=False, soft_wrap=True)
+    for line in plan_examples(rows, list(counts)):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"Plan file: {plan_path} (latest also in {out / 'plan.csv'})", markup=False)
+
+
+#: Actions the printed plan gives no examples of: nothing would change.
+_QUIET_ACTIONS = frozenset({"unchanged", PLAN_DONE, PLAN_SUPERSEDED})
+#: Examples the printed plan gives of each action (plan.csv has every row).
+PLAN_EXAMPLES = 3
+
+
+def plan_examples(
+    rows: Sequence[PlanRow], order: Sequence[str] = (), per_action: int = PLAN_EXAMPLES
+) -> list[str]:
+    """The first rows of each action that changes something (actions in ``order`` first), as
+    a person reads them:
+    ``  update  line 7  Ada Lovelace <ada@x.edu> (id u1): name: "Ada" -> "Ada Lovelace"``."""
+    by_action: dict[str, list[PlanRow]] = {a: [] for a in order if a not in _QUIET_ACTIONS}
+    for row in rows:
+        if row.action not in _QUIET_ACTIONS:
+            by_action.setdefault(row.action, []).append(row)
+    by_action = {a: these for a, these in by_action.items() if these}
+    width = max((len(a) for a in by_action), default=0)
+    out: list[str] = []
+    for action, these in by_action.items():
+        for row in these[:per_action]:
+            where = f"line {row.line}  " if row.line else ""
+            who = row.label or ("" if row.key == f"line:{row.line}" else row.key)
+            if row.remote_id and row.remote_id not in who:
+                who = f"{who} (id {row.remote_id})"
+            detail = (f": {row.detail}" if who else row.detail) if row.detail else ""
+            out.append(f"  {action:<{width}}  {where}{who}{detail}")
+        if len(these) > per_action:
+            out.append(f"  {'':<{width}}  ... and {len(these) - per_action:,} more {action}")
+    return out
 
 
 def _free_name(path: Path) -> Path:

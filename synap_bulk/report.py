@@ -53,7 +53,7 @@ __all__ = [
 
 FAILURE_COLUMNS = ("_line", "_error_status", "_error_code", "_error_field", "_error_detail")
 SUCCESS_COLUMNS = ("_line", "_action", "_remote_id")
-PLAN_COLUMNS = ("_line", "key", "action", "remote_id", "detail")
+PLAN_COLUMNS = ("_line", "key", "name", "action", "remote_id", "detail")
 #: Columns the writers add; taken out of the input's columns so re-runs keep one header.
 RESERVED_COLUMNS = frozenset(FAILURE_COLUMNS + SUCCESS_COLUMNS)
 
@@ -227,6 +227,7 @@ class PlanWriter(_CsvWriter):
             [
                 str(row.line),
                 csv_safe(row.key),
+                csv_safe(row.label),
                 csv_safe(row.action),
                 csv_safe(row.remote_id),
                 csv_safe(row.detail),

@@ -433,7 +433,8 @@ def test_allocation_table_lists_loads_and_reasons() -> None:
 
 
 async def test_demo_job_plans_and_runs(tmp_path: Path) -> None:
-    """jobs/demo/assign-markers.yaml plans and runs: every submitted attempt double-marked."""
+    """jobs/demo/assign-markers.yaml plans and runs: every submitted attempt double-marked;
+    plan.csv and success.csv name the exam, the candidate and the markers beside their ids."""
     demo = Path(__file__).parent.parent / "jobs" / "demo"
     shutil.copy(demo / "assign-markers.yaml", tmp_path / "assign-markers.yaml")
     shutil.copy(demo / "markers-exclusions.csv", tmp_path / "markers-exclusions.csv")
@@ -446,8 +447,24 @@ async def test_demo_job_plans_and_runs(tmp_path: Path) -> None:
     assert plan and {r["action"] for r in plan} == {"assign"}
     assert await run_job(job, console=console, handle_signals=False) == 0
     with (out / "success.csv").open(encoding="utf-8", newline="") as fh:
-        done = {r["attempt"]: r["markers"].replace(";", ", ") for r in csv.DictReader(fh)}
+        success = list(csv.DictReader(fh))
+    done = {
+        r["attempt"]: ", ".join(
+            f"{email} ({mid})"
+            for email, mid in zip(r["markers"].split(";"), r["marker_ids"].split(";"), strict=True)
+        )
+        for r in success
+    }
     assert done == {r["remote_id"]: r["detail"] for r in plan}
+    for r in success:
+        assert r["exam_name"] == "Sandbox Exam 1" and r["exam"]
+        assert r["candidate_email"].endswith("@students.example") and r["candidate"]
+        assert "@sandbox.example" in r["markers"] and r["marker_ids"]
+    first = plan[0]
+    assert first["name"].startswith(f'attempt {first["remote_id"]}, exam "Sandbox Exam 1" (')
+    assert "@students.example (" in first["name"]
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"Plan for {len(plan)} attempts: {len(plan)} assign" in text
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["task"]["applied"] == 2 * len(plan)
     assert summary["task"]["unsatisfied"] == 0

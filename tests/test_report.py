@@ -129,13 +129,17 @@ def test_success_and_plan_files(tmp_path: Path) -> None:
     plan = tmp_path / "plan.csv"
     with PlanWriter(plan) as pw:
         pw.write(PlanRow(key="emailAddress:a@x.io", line=2, action="create"))
-        pw.write(PlanRow(key="k", line=3, action="update", detail="=name: A -> B", remote_id="7"))
+        pw.write(
+            PlanRow(
+                key="k", line=3, action="update", detail="=name: A -> B", remote_id="7", label="B"
+            )
+        )
     with plan.open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     assert rows == [
-        ["_line", "key", "action", "remote_id", "detail"],
-        ["2", "emailAddress:a@x.io", "create", "", ""],
-        ["3", "k", "update", "7", "'=name: A -> B"],
+        ["_line", "key", "name", "action", "remote_id", "detail"],
+        ["2", "emailAddress:a@x.io", "", "create", "", ""],
+        ["3", "k", "B", "update", "7", "'=name: A -> B"],
     ]
 
 

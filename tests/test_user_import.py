@@ -31,6 +31,8 @@ from synap_bulk.tasks.user_import import GroupBatcher
 
 from .requests_seen import RequestsSeen
 
+DEMO_DIR = Path(__file__).resolve().parent.parent / "jobs" / "demo"
+
 COHORTS = ["Cohort 01", "Cohort 02", "Cohort 03"]
 
 
@@ -293,3 +295,35 @@ def test_a_semicolon_csv_gets_a_delimiter_hint(tmp_path: Path) -> None:
     )
     path = _job(tmp_path, "sandbox")
     assert _task_error(path).endswith("; the header looks ';'-separated: set task.delimiter: ';'")
+
+
+async def test_plan_shows_old_and_new_values_and_group_names(tmp_path: Path) -> None:
+    """The demo import's plan names each user (name <email>), gives every changed attribute as
+    old -> new, and the groups by name beside their ids, in plan.csv and in the printed plan."""
+    import re
+    import shutil
+
+    demo = DEMO_DIR
+    for name in ("user-import.yaml", "candidates.csv"):
+        shutil.copy(demo / name, tmp_path / name)
+    console = Console(file=io.StringIO(), width=400)
+    assert await plan_job(load_job(tmp_path / "user-import.yaml"), console=console) == EXIT_OK
+    with (tmp_path / "out" / "demo-user-import" / "plan.csv").open(encoding="utf-8") as fh:
+        plan = {int(r["_line"]): r for r in csv.DictReader(fh)}
+    with (tmp_path / "candidates.csv").open(encoding="utf-8-sig") as fh:
+        source = {i + 2: r for i, r in enumerate(csv.DictReader(fh))}
+    update, create = plan[2], plan[52]
+    row = source[2]
+    assert update["action"] == "update" and update["remote_id"]
+    assert update["name"] == f"{row['first_name']} {row['last_name']} <{row['email']}>"
+    want_name = f"{row['first_name']} {row['last_name']}"
+    assert re.search(rf'name: "[^"]+" -> "{want_name}"', update["detail"]), update["detail"]
+    assert re.search(r'\+group "Cohort 0\d" \(\w+\)', update["detail"]), update["detail"]
+    assert create["action"] == "create"
+    assert f'externalId "{source[52]["candidate_no"]}"' in create["detail"]
+    assert '+group "Students" (' in create["detail"]
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "Plan for 400 rows: 341 create, 49 update, 0 unchanged, 10 invalid, 0 conflict" in text
+    assert f"  update   line 2  {update['name']} (id {update['remote_id']}): " in text
+    assert "  invalid  line 38  first_name: name is required" in text
+    assert "... and 338 more create" in text

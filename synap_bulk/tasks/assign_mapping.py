@@ -291,7 +291,12 @@ class _RowChecker:
                 "duplicate", cols["marker"], f"same attempt and marker as line {earlier}"
             )
         self.seen[(info.id, mid)] = line
-        payload: dict[str, Any] = {"attempt": info.id, "markers": []}
+        payload: dict[str, Any] = {
+            "attempt": info.id,
+            "markers": [],
+            "exam": info.exam,
+            "candidate": info.candidate,
+        }
         current = info.markers or set()
         if not self.assign:
             if mid in current:

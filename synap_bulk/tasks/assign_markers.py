@@ -73,7 +73,15 @@ __all__ = [
 ]
 
 #: Columns of the success/failures files in strategy mode (one row per attempt).
-STRATEGY_COLUMNS = ["attempt", "exam", "candidate", "markers"]
+STRATEGY_COLUMNS = [
+    "attempt",
+    "exam",
+    "exam_name",
+    "candidate",
+    "candidate_email",
+    "markers",
+    "marker_ids",
+]
 _EXCLUSION_DEFAULTS = {"marker": "marker", "candidate": "candidate"}
 _MARKER_COLUMNS = ("marker", "email", "emailAddress", "id", "marker_id")
 #: Rows of the "cannot be satisfied" table printed by ``plan`` (all are in plan.csv).
@@ -182,6 +190,11 @@ def _allocation_renderable(
         if len(unsatisfied) > max_rows:
             parts.append(Text(f"... and {len(unsatisfied) - max_rows} more (see plan.csv)"))
     return Group(*parts)
+
+
+def _whose(a: AttemptInfo) -> dict[str, str]:
+    """An attempt's exam and candidate ids, kept in its item for the plan's names."""
+    return {"exam": a.exam, "candidate": a.candidate}
 
 
 class AssignMarkersTask:
@@ -298,6 +311,11 @@ class AssignMarkersTask:
         return list(STRATEGY_COLUMNS)
 
     @property
+    def unit(self) -> str:
+        """A mapping's items are its rows; by strategy (or unassigning all), attempts."""
+        return "row" if self._mapping is not None else "attempt"
+
+    @property
     def csv_style(self) -> CsvStyle:
         """Result files are plain comma-separated CSV without a BOM, whatever the inputs."""
         return CsvStyle()
@@ -344,6 +362,7 @@ class AssignMarkersTask:
         for exam, _pool in exams:
             attempts.extend(await self.scope.attempts_of(client, exam.id, self.spec.statuses))
         await self.scope.fill_markers(client, attempts)
+        await self.scope.name_users(client, [a.candidate for a in attempts])
         attempts.sort(key=lambda a: id_sort_key(a.id))
         only = await self.scope.allowed_markers(client, self._notes)
         if self.assign:
@@ -430,9 +449,8 @@ class AssignMarkersTask:
                     )
                 )
                 continue
-            self._prepared.append(
-                Item(key=key, row=row, payload={"attempt": a.id, "markers": new.get(a.id, [])})
-            )
+            payload = {"attempt": a.id, "markers": new.get(a.id, []), **_whose(a)}
+            self._prepared.append(Item(key=key, row=row, payload=payload))
         self._loads = sorted(
             (
                 MarkerLoad(
@@ -551,11 +569,15 @@ class AssignMarkersTask:
         )
 
     def _strategy_row(self, a: AttemptInfo, markers: Sequence[str]) -> dict[str, str]:
+        """An attempt's line in the result files: ids, and beside them names and emails."""
         return {
             "attempt": a.id,
             "exam": a.exam,
+            "exam_name": self.scope.exam_names.get(a.exam, ""),
             "candidate": a.candidate,
+            "candidate_email": self._labels.get(a.candidate, ""),
             "markers": ";".join(self._labels.get(m, m) for m in markers),
+            "marker_ids": ";".join(markers),
         }
 
     def _unassign_all(self, attempts: list[AttemptInfo], only: dict[str, int] | None) -> None:
@@ -570,7 +592,7 @@ class AssignMarkersTask:
                 Item(
                     key=f"attempt:{a.id}:{self.role.name}",
                     row=self._strategy_row(a, gone),
-                    payload={"attempt": a.id, "markers": gone},
+                    payload={"attempt": a.id, "markers": gone, **_whose(a)},
                 )
             )
         self._loads = sorted(
@@ -598,6 +620,10 @@ class AssignMarkersTask:
             notes=self._notes,
         )
         self._prepared = checked.entries
+        await self.scope.name_users(
+            client,
+            [str(e.payload.get("candidate", "")) for e in self._prepared if isinstance(e, Item)],
+        )
         self._unsatisfied = [
             (f"line {e.line}", 1, e.error.detail)
             for e in self._prepared
@@ -642,8 +668,23 @@ class AssignMarkersTask:
             yield entry
 
     def _detail(self, item: Item) -> str:
+        """The markers given (or taken), each by email beside its id."""
         markers: Sequence[str] = item.payload.get("markers", [])
-        return ", ".join(self._labels.get(m, m) for m in markers)
+        return ", ".join(self._named(m) for m in markers)
+
+    def _named(self, user_id: str) -> str:
+        label = self._labels.get(user_id, "")
+        return f"{label} ({user_id})" if label and label != user_id else user_id
+
+    def _label(self, item: Item) -> str:
+        """The attempt as a person reads it: its exam by name and its candidate by email."""
+        attempt = f"attempt {item.payload.get('attempt', '')}"
+        exam = str(item.payload.get("exam", ""))
+        name = self.scope.exam_names.get(exam, "")
+        exam_text = f'exam "{name}" ({exam})' if name else f"exam {exam}" if exam else ""
+        candidate = str(item.payload.get("candidate", ""))
+        who = f"candidate {self._named(candidate)}" if candidate else ""
+        return ", ".join(t for t in (attempt, exam_text, who) if t)
 
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
         markers: Sequence[str] = item.payload.get("markers", [])
@@ -654,6 +695,7 @@ class AssignMarkersTask:
             action=action,
             detail=self._detail(item),
             remote_id=str(item.payload.get("attempt", "")),
+            label=self._label(item),
         )
 
     async def execute(self, item: Item, client: SynapClient) -> Outcome:

@@ -105,6 +105,8 @@ class ExamScope:
         self.markers = markers
         self.marker_column = marker_column
         self.labels: dict[str, str] = {}
+        #: Exam id -> name, for every exam found (plans and result files name exams).
+        self.exam_names: dict[str, str] = {}
         self._exams: dict[str, Exam | str] = {}
         self._exam_list: list[Exam] | None = None
         self._pools: dict[str, Pool] = {}
@@ -138,6 +140,8 @@ class ExamScope:
             else:
                 result = f"no exam with id or name {ref!r}"
         self._exams[ref] = result
+        if not isinstance(result, str):
+            self.exam_names[result.id] = (result.attributes.name or "").strip()
         return result
 
     def cached_exam(self, ref: str) -> Exam | str | None:
@@ -229,6 +233,27 @@ class ExamScope:
         cache = self._users_by_email if by_email else self._users_by_external
         for v in todo:
             cache.setdefault(v, None)
+
+    async def name_users(self, client: SynapClient, ids: Iterable[str]) -> None:
+        """Learn the email of each user id not seen yet (candidates, for plans and result
+        files): one read each when few, one listing of the directory when many."""
+        p = self.profile
+        todo = list(dict.fromkeys(i for i in ids if i and i not in self.labels))
+        if not todo:
+            return
+        if len(todo) > _LISTING_THRESHOLD:
+            listing = client.paginate(p.users_path, None, User, page_size=p.max_page_size)
+            async for user in listing:
+                self._remember(user)
+            return
+
+        async def one(uid: str) -> None:
+            try:
+                self._remember(await client.get(p.users_path, uid, User))
+            except NotFound:
+                pass
+
+        await gather_reads(one, todo)
 
     async def resolve_values(
         self, client: SynapClient, values: Iterable[str], *, external: bool = False

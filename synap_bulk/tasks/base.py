@@ -45,6 +45,11 @@ class ItemTask(Protocol):
     kind: str
     safety: Safety
 
+    @property
+    def unit(self) -> str:
+        """What one item is, in the counts a person reads ("row", "attempt"); plural + "s"."""
+        ...
+
     def input_hash(self) -> str:
         """A digest of the input files: when it changes, a resume is refused ('' = no input)."""
         ...

@@ -76,6 +76,7 @@ class RequestTask:
 
     shape: Literal["items"] = "items"
     kind = "request"
+    unit = "row"
     plan_actions: tuple[str, ...] = ()
     #: Rows in the input, known after prepare() (the progress bar's total).
     total: int | None = None

@@ -16,6 +16,7 @@ anything is re-sent, so no candidate is ever registered twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,6 +48,13 @@ __all__ = ["GroupBatcher", "UserImportTask"]
 
 #: Attributes the sandbox and the docs let a registration carry besides the templated ones.
 _CREATE_ONLY = {"password"}
+
+
+def _shown(value: Any) -> str:
+    """A value in a plan: quoted text, or ``(none)`` for a value the server does not have."""
+    if value is None or value == "":
+        return "(none)"
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 class _Known:
@@ -149,6 +157,7 @@ class UserImportTask:
     shape: Literal["items"] = "items"
     kind = "user-import"
     safety = Safety.RECONCILABLE
+    unit = "row"
     plan_actions = ("create", "update", "unchanged", "invalid", "conflict")
 
     def __init__(
@@ -177,6 +186,8 @@ class UserImportTask:
         self._check_templates()
         self._groups_by_name: dict[str, str] = {}
         self._group_ids: set[str] = set()
+        #: Group id -> name, so a plan names the groups beside their ids.
+        self._group_names: dict[str, str] = {}
         self._directory: dict[str, _Known] | None = None
         self._batcher: GroupBatcher | None = None
         #: Rows in the input, known after prepare() (the progress bar's total).
@@ -246,6 +257,7 @@ class UserImportTask:
         p = self.profile
         async for group in client.paginate(p.user_groups_path, None, UserGroup):
             self._group_ids.add(group.id)
+            self._group_names[group.id] = (group.attributes.name or "").strip()
             if group.attributes.name:
                 self._groups_by_name.setdefault(group.attributes.name.strip().lower(), group.id)
         # Counting the rows up front gives the progress bar its total (and "auto" its choice).
@@ -428,12 +440,23 @@ class UserImportTask:
     # -- plan / execute / reconcile -------------------------------------------------------
 
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
+        """The intended action, for a person: who (name and email), the old -> new value of
+        each attribute that changes and the groups joined, by name beside their ids."""
         known = await self._lookup(item, client, fresh=False)
         mode = self.spec.mode
+        label = self._label(item)
         if known is None:
             if mode == "update":
-                return PlanRow(key=item.key, line=item.line, action="conflict", detail="not found")
-            return PlanRow(key=item.key, line=item.line, action="create")
+                return PlanRow(
+                    key=item.key, line=item.line, action="conflict", detail="not found", label=label
+                )
+            attrs: Mapping[str, str] = item.payload["attributes"]
+            shown = [f"{a} {_shown(v)}" for a, v in attrs.items() if a not in _CREATE_ONLY and v]
+            groups = [f"+group {self._group_text(g)}" for g in item.payload["groups"]]
+            detail = "; ".join([*shown, *groups])
+            return PlanRow(
+                key=item.key, line=item.line, action="create", detail=detail, label=label
+            )
         if mode == "create":
             return PlanRow(
                 key=item.key,
@@ -441,15 +464,40 @@ class UserImportTask:
                 action="conflict",
                 detail="already exists",
                 remote_id=known.id,
+                label=label,
             )
         changes = self._changes(item, known)
         groups = self._missing_groups(item, known)
         if not changes and not groups:
-            return PlanRow(key=item.key, line=item.line, action="unchanged", remote_id=known.id)
-        detail = ", ".join([*sorted(changes), *(f"+group {g}" for g in groups)])
+            return PlanRow(
+                key=item.key, line=item.line, action="unchanged", remote_id=known.id, label=label
+            )
+        shown = [
+            f"{a}: {_shown(known.attributes.get(a))} -> {_shown(changes[a])}"
+            for a in sorted(changes)
+        ]
+        detail = "; ".join([*shown, *(f"+group {self._group_text(g)}" for g in groups)])
         return PlanRow(
-            key=item.key, line=item.line, action="update", detail=detail, remote_id=known.id
+            key=item.key,
+            line=item.line,
+            action="update",
+            detail=detail,
+            remote_id=known.id,
+            label=label,
         )
+
+    def _label(self, item: Item) -> str:
+        """The user as a person reads it: ``Ada Lovelace <ada@example.edu>``."""
+        attrs: Mapping[str, str] = item.payload.get("attributes", {})
+        name, email = attrs.get("name", ""), attrs.get("emailAddress", "")
+        if name and email:
+            return f"{name} <{email}>"
+        return name or email or item.key.split(":", 1)[-1]
+
+    def _group_text(self, gid: str) -> str:
+        """A group by name beside its id: ``"Cohort 01" (kn86Dh3Jaf)``."""
+        name = self._group_names.get(gid, "")
+        return f"{_shown(name)} ({gid})" if name else gid
 
     async def execute(self, item: Item, client: SynapClient) -> Outcome:
         known = await self._lookup(item, client, fresh=False)
