@@ -153,8 +153,9 @@ class CsvSource:
         shown = ", ".join(self.header[:_HEADER_SHOWN])
         if len(self.header) > _HEADER_SHOWN:
             shown += ", ..."
+        hint = delimiter_hint(self.header, self.delimiter, settable=False)
         raise SourceError(
-            f"{self.display_name}: missing column(s): {', '.join(missing)} (header: {shown})"
+            f"{self.display_name}: missing column(s): {', '.join(missing)} (header: {shown}){hint}"
         )
 
     # -- rows ---------------------------------------------------------------------------------
@@ -276,13 +277,16 @@ def normalize_email(value: str) -> str:
 _OTHER_DELIMITERS = {";": "';'", "\t": "'\\t' (tab)", "|": "'|'"}
 
 
-def delimiter_hint(header: Sequence[str], delimiter: str) -> str:
+def delimiter_hint(header: Sequence[str], delimiter: str, *, settable: bool = True) -> str:
     """A hint when a header read as one column looks written with another delimiter, e.g.
-    ``; the header looks ';'-separated: set task.delimiter: ';'`` ('' otherwise)."""
+    ``; the header looks ';'-separated: set task.delimiter: ';'`` ('' otherwise). For a file
+    whose delimiter has no setting (``settable=False``), the hint says to save it with commas."""
     if len(header) != 1:
         return ""
     for other, shown in _OTHER_DELIMITERS.items():
         if other != delimiter and other in header[0]:
+            if not settable:
+                return f"; the header looks {shown}-separated: save the file comma-separated"
             return f"; the header looks {shown}-separated: set task.delimiter: {shown.split()[0]}"
     return ""
 

@@ -107,6 +107,20 @@ def test_missing_columns_are_named_together(tmp_path: Path) -> None:
     )
 
 
+def test_a_semicolon_side_file_missing_columns_says_to_save_it_with_commas(
+    tmp_path: Path,
+) -> None:
+    """A side CSV (e.g. assign-markers' mapping, which has no delimiter setting) saved with ';'
+    is refused with a hint to save it comma-separated, not a key that does not exist."""
+    path = write(tmp_path, "attempt;marker\na1;m@x.org\n", name="map.csv")
+    with pytest.raises(SourceError) as info:
+        CsvSource(path, required=["marker"])
+    assert str(info.value) == (
+        "map.csv: missing column(s): marker (header: attempt;marker); the header looks "
+        "';'-separated: save the file comma-separated"
+    )
+
+
 def test_long_header_is_elided_in_messages(tmp_path: Path) -> None:
     """A very wide header is shortened in the message rather than flooding the screen."""
     path = write(tmp_path, ",".join(f"c{i}" for i in range(20)) + "\n")
