@@ -192,11 +192,6 @@ def _allocation_renderable(
     return Group(*parts)
 
 
-def _whose(a: AttemptInfo) -> dict[str, str]:
-    """An attempt's exam and candidate ids, kept in its item for the plan's names."""
-    return {"exam": a.exam, "candidate": a.candidate}
-
-
 class AssignMarkersTask:
     """Assign or unassign the markers of one role on many attempts; see the module docstring."""
 
@@ -449,7 +444,7 @@ class AssignMarkersTask:
                     )
                 )
                 continue
-            payload = {"attempt": a.id, "markers": new.get(a.id, []), **_whose(a)}
+            payload = {"attempt": a.id, "markers": new.get(a.id, []), **a.whose()}
             self._prepared.append(Item(key=key, row=row, payload=payload))
         self._loads = sorted(
             (
@@ -592,7 +587,7 @@ class AssignMarkersTask:
                 Item(
                     key=f"attempt:{a.id}:{self.role.name}",
                     row=self._strategy_row(a, gone),
-                    payload={"attempt": a.id, "markers": gone, **_whose(a)},
+                    payload={"attempt": a.id, "markers": gone, **a.whose()},
                 )
             )
         self._loads = sorted(
@@ -670,21 +665,7 @@ class AssignMarkersTask:
     def _detail(self, item: Item) -> str:
         """The markers given (or taken), each by email beside its id."""
         markers: Sequence[str] = item.payload.get("markers", [])
-        return ", ".join(self._named(m) for m in markers)
-
-    def _named(self, user_id: str) -> str:
-        label = self._labels.get(user_id, "")
-        return f"{label} ({user_id})" if label and label != user_id else user_id
-
-    def _label(self, item: Item) -> str:
-        """The attempt as a person reads it: its exam by name and its candidate by email."""
-        attempt = f"attempt {item.payload.get('attempt', '')}"
-        exam = str(item.payload.get("exam", ""))
-        name = self.scope.exam_names.get(exam, "")
-        exam_text = f'exam "{name}" ({exam})' if name else f"exam {exam}" if exam else ""
-        candidate = str(item.payload.get("candidate", ""))
-        who = f"candidate {self._named(candidate)}" if candidate else ""
-        return ", ".join(t for t in (attempt, exam_text, who) if t)
+        return ", ".join(self.scope.named(m) for m in markers)
 
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
         markers: Sequence[str] = item.payload.get("markers", [])
@@ -695,7 +676,11 @@ class AssignMarkersTask:
             action=action,
             detail=self._detail(item),
             remote_id=str(item.payload.get("attempt", "")),
-            label=self._label(item),
+            label=self.scope.attempt_label(
+                str(item.payload.get("attempt", "")),
+                str(item.payload.get("exam", "")),
+                str(item.payload.get("candidate", "")),
+            ),
         )
 
     async def execute(self, item: Item, client: SynapClient) -> Outcome:

@@ -63,6 +63,10 @@ class AttemptInfo:
         self.markers = markers
         self.status = status
 
+    def whose(self) -> dict[str, str]:
+        """The exam and candidate ids, kept in the attempt's item for the plan's names."""
+        return {"exam": self.exam, "candidate": self.candidate}
+
 
 class Pool:
     """An exam's pool group for the role: its id, name and members (id -> email)."""
@@ -233,6 +237,19 @@ class ExamScope:
         cache = self._users_by_email if by_email else self._users_by_external
         for v in todo:
             cache.setdefault(v, None)
+
+    def named(self, user_id: str) -> str:
+        """A user by email beside the id: ``ada@example.edu (u1)`` (the id alone if unknown)."""
+        label = self.labels.get(user_id, "")
+        return f"{label} ({user_id})" if label and label != user_id else user_id
+
+    def attempt_label(self, attempt_id: str, exam_id: str, candidate_id: str) -> str:
+        """An attempt as a person reads it: ``attempt a1, exam "Maths" (e1), candidate
+        ada@example.edu (u1)`` (what is not known is left out)."""
+        name = self.exam_names.get(exam_id, "")
+        exam = f'exam "{name}" ({exam_id})' if name else f"exam {exam_id}" if exam_id else ""
+        who = f"candidate {self.named(candidate_id)}" if candidate_id else ""
+        return ", ".join(t for t in (f"attempt {attempt_id}", exam, who) if t)
 
     async def name_users(self, client: SynapClient, ids: Iterable[str]) -> None:
         """Learn the email of each user id not seen yet (candidates, for plans and result
