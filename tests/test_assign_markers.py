@@ -303,7 +303,17 @@ async def test_mapping_rows_are_checked_before_any_request(
     }
     bad = next(r for r in invalid if r.line == 4)
     assert gid in bad.error.detail and bad.error.field == "marker"
-    assert task.input_columns == ["attempt", "marker"]
+    assert task.input_columns == [
+        "attempt",
+        "marker",
+        "exam_name",
+        "candidate_email",
+        "marker_email",
+    ]
+    named = items[0].row
+    assert named["exam_name"] == exam.attributes.name and named["marker_email"] == good
+    assert named["candidate_email"] and "@" in named["candidate_email"]
+    assert next(r for r in invalid if r.line == 3).row["exam_name"] == ""
     await task.execute(items[0], client)
     assert pool[0].id in await _members(client, target.id)
     assert task.column_for_pointer("/data/0") == "marker"
@@ -726,3 +736,19 @@ async def test_mapping_rows_are_checked_offline_for_validate(tmp_path: Path) -> 
     assert [e.line for e in entries if isinstance(e, Item)] == [2, 7]
     by_strategy = AssignMarkersTask(_spec(exams=["E1"]), Job(tmp_path), DEFAULT_PROFILE)
     assert [e async for e in by_strategy.check_rows()] == []
+
+
+def test_a_fed_back_mapping_keeps_one_set_of_naming_columns() -> None:
+    """A failures file fed back already has the naming columns: they are filled afresh, never
+    added a second time."""
+    from synap_bulk.tasks.assign_mapping import mapping_result_columns
+
+    fed_back = ["attempt", "marker", "exam_name", "candidate_email", "marker_email", "_line"]
+    assert mapping_result_columns(fed_back) == fed_back
+    assert mapping_result_columns(["marker", "attempt"]) == [
+        "marker",
+        "attempt",
+        "exam_name",
+        "candidate_email",
+        "marker_email",
+    ]

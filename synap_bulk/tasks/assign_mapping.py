@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..errors import NotFound, SourceError
 from ..items import InvalidRow, Item, ItemError
 from ..jsonapi import Resource
@@ -29,10 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAPPING_DEFAULTS",
+    "MAPPING_NAME_COLUMNS",
     "MappingCheck",
     "check_mapping",
     "check_mapping_columns",
     "check_mapping_offline",
+    "mapping_result_columns",
+    "name_mapping_rows",
 ]
 
 #: The mapping's column names unless the job file's ``mapping_columns`` renames them.
@@ -42,6 +47,33 @@ MAPPING_DEFAULTS = {
     "exam": "exam",
     "marker": "marker",
 }
+
+
+#: Columns a mapping's result files add beside its own: what its ids name.
+MAPPING_NAME_COLUMNS = ("exam_name", "candidate_email", "marker_email")
+
+
+def mapping_result_columns(header: Sequence[str]) -> list[str]:
+    """The mapping's columns, then the naming columns it does not have already (a failures
+    file fed back has them: they are filled afresh, not added twice)."""
+    return [*header, *(c for c in MAPPING_NAME_COLUMNS if c not in header)]
+
+
+def name_mapping_rows(
+    entries: Sequence[Item | InvalidRow], scope: ExamScope
+) -> list[Item | InvalidRow]:
+    """Each row with its exam's name, its candidate's and its marker's email (blank when the
+    row names nothing the server has), for the result files."""
+    out: list[Item | InvalidRow] = []
+    for entry in entries:
+        names = dict.fromkeys(MAPPING_NAME_COLUMNS, "")
+        if isinstance(entry, Item):
+            p = entry.payload
+            names["exam_name"] = scope.exam_names.get(str(p.get("exam", "")), "")
+            names["candidate_email"] = scope.labels.get(str(p.get("candidate", "")), "")
+            names["marker_email"] = scope.labels.get(str(p.get("marker", "")), "")
+        out.append(msgspec.structs.replace(entry, row={**entry.row, **names}))
+    return out
 
 
 def check_mapping_columns(
@@ -296,6 +328,7 @@ class _RowChecker:
             "markers": [],
             "exam": info.exam,
             "candidate": info.candidate,
+            "marker": mid,
         }
         current = info.markers or set()
         if not self.assign:

@@ -58,6 +58,8 @@ from .assign_mapping import (
     check_mapping,
     check_mapping_columns,
     check_mapping_offline,
+    mapping_result_columns,
+    name_mapping_rows,
 )
 from .assign_scope import AttemptInfo, ExamScope, Pool, SideTable
 
@@ -302,7 +304,7 @@ class AssignMarkersTask:
     @property
     def input_columns(self) -> list[str]:
         if self._mapping is not None:
-            return list(self._mapping.header)
+            return mapping_result_columns(self._mapping.header)
         return list(STRATEGY_COLUMNS)
 
     @property
@@ -614,11 +616,10 @@ class AssignMarkersTask:
             assign=self.assign,
             notes=self._notes,
         )
-        self._prepared = checked.entries
-        await self.scope.name_users(
-            client,
-            [str(e.payload.get("candidate", "")) for e in self._prepared if isinstance(e, Item)],
-        )
+        found = [e.payload for e in checked.entries if isinstance(e, Item)]
+        await self.scope.name_users(client, [str(p.get("candidate", "")) for p in found])
+        await self.scope.name_exams(client, [str(p.get("exam", "")) for p in found])
+        self._prepared = name_mapping_rows(checked.entries, self.scope)
         self._unsatisfied = [
             (f"line {e.line}", 1, e.error.detail)
             for e in self._prepared

@@ -251,6 +251,11 @@ class ExamScope:
         who = f"candidate {self.named(candidate_id)}" if candidate_id else ""
         return ", ".join(t for t in (f"attempt {attempt_id}", exam, who) if t)
 
+    async def name_exams(self, client: SynapClient, ids: Iterable[str]) -> None:
+        """Learn the name of each exam id not seen yet (one read each: exams are few)."""
+        for exam_id in dict.fromkeys(i for i in ids if i and i not in self.exam_names):
+            await self.find_exam(client, exam_id)
+
     async def name_users(self, client: SynapClient, ids: Iterable[str]) -> None:
         """Learn the email of each user id not seen yet (candidates, for plans and result
         files): one read each when few, one listing of the directory when many."""
