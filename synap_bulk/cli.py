@@ -16,7 +16,9 @@ __all__ = ["build_parser", "main"]
 
 
 def _add(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """A command whose --help shows every option's default."""
+    """A command whose --help says what it does and shows every option's default."""
+    if "help" in kwargs:
+        kwargs.setdefault("description", kwargs["help"][:1].upper() + kwargs["help"][1:] + ".")
     parser: argparse.ArgumentParser = sub.add_parser(
         name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs
     )
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=invoked_as(),
         description="Safe, fast, resumable bulk operations against the Synap API.",
+        epilog="Exit codes: 0 all done; 1 some rows failed or are invalid, or the run stopped "
+        "(run it again to resume); 2 the job is invalid or the run was aborted. "
+        "Job files: docs/job-files.md.",
     )
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an unexpected error"

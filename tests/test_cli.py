@@ -196,6 +196,19 @@ def test_help_lists_the_commands() -> None:
     out = subprocess.run(_cmd("--help"), capture_output=True, text=True, check=True).stdout
     for command in ("run", "validate", "plan", "status", "schema", "sandbox"):
         assert command in out
+    assert "Exit codes: 0 all done; 1 some rows failed" in " ".join(out.split())
+
+
+def test_every_command_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's --help opens with what the command does, not only its options."""
+    for command, opening in (
+        ("validate", "Check a job file and read its whole input"),
+        ("status", "What the job's ledger says"),
+        ("run", "Run a job, resuming where it stopped."),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert opening in " ".join(capsys.readouterr().out.split()), command
 
 
 def test_version_and_the_command_as_invoked(capsys: pytest.CaptureFixture[str]) -> None:
