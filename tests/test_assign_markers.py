@@ -317,6 +317,10 @@ async def test_mapping_rows_are_checked_before_any_request(
     await task.execute(items[0], client)
     assert pool[0].id in await _members(client, target.id)
     assert task.column_for_pointer("/data/0") == "marker"
+    again = await _task(tmp_path, client, exams=[], mapping="map.csv", strategy=None)
+    planned = await again.plan((await _collect(again))[0][0], client)
+    assert planned.action == "unchanged"
+    assert planned.detail == f"{good} ({pool[0].id}): already assigned"
 
 
 async def test_mapping_by_candidate_and_exam_name(tmp_path: Path, client: SynapClient) -> None:

@@ -664,8 +664,12 @@ class AssignMarkersTask:
             yield entry
 
     def _detail(self, item: Item) -> str:
-        """The markers given (or taken), each by email beside its id."""
+        """The markers given (or taken), each by email beside its id; a mapping row with
+        nothing to do says why."""
         markers: Sequence[str] = item.payload.get("markers", [])
+        if not markers and item.payload.get("marker"):
+            state = "already assigned" if self.assign else "not assigned"
+            return f"{self.scope.named(str(item.payload['marker']))}: {state}"
         return ", ".join(self.scope.named(m) for m in markers)
 
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
