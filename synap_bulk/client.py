@@ -375,6 +375,7 @@ class SynapClient:
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         idempotent: bool | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         """Send one request with rate control and retries; return the 2xx answer.
 
@@ -383,16 +384,20 @@ class SynapClient:
 
         ``body`` is bytes (sent as is) or a document to encode. POST is retried after an
         uncertain failure only when ``idempotent=True``; ``idempotent=False`` stops retries of
-        uncertain failures for any method.
+        uncertain failures for any method. ``headers`` are added to this request only (a
+        per-row Subject-User); they never replace Authorization.
         """
         method = method.upper()
         url, where = self._target(path, params)
+        extra = headers
         if body is None:
             data: bytes | None = None
             headers = self._headers_get
         else:
             data = body if isinstance(body, bytes) else encode(body)
             headers = self._headers_body
+        if extra:
+            headers = {**headers, **{k: v for k, v in extra.items() if k != "Authorization"}}
         transport = self._transport
         if transport is None:
             raise RuntimeError("use 'async with SynapClient(...)' before sending requests")

@@ -86,6 +86,8 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     filter_external_id: str = "filter[externalId]"
     filter_user_group: str = "filter[userGroup]"
     filter_group_name: str = "filter[name]"
+    #: [ASSUMED] exams have no name filter ("" = none: a lookup by name lists the exams once).
+    filter_exam_name: str = ""
     filter_exam: str = "filter[examV2]"
     filter_user: str = "filter[user]"
     filter_status: str = "filter[status]"
@@ -111,6 +113,10 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     exam_candidate_exports_path: str = "exam-candidate-exports"  # [ASSUMED] from the TOC name
     filter_created_since: str = "filter[createdSince]"
     filter_action: str = "filter[action]"
+    # --- relationships and fields the docs show only in part ---
+    #: [DOC-EX] the attempt's candidate and exam relationships (seen on Get Attempt).
+    attempt_user_relationship: str = "user"
+    attempt_exam_relationship: str = "examV2"
 
     # --- headers ---
     #: [ASSUMED] the docs name the feature "Subject-User" but not the header.

@@ -32,6 +32,7 @@ __all__ = [
     "Job",
     "JobFile",
     "LookupSpec",
+    "NamedLookupSpec",
     "RequestSpec",
     "RunSpec",
     "TaskSpec",
@@ -202,6 +203,14 @@ class LookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     params: dict[str, str] = {}
 
 
+class NamedLookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A named lookup of a row's target by natural keys (``synap_bulk.lookups``)."""
+
+    resource: Literal["users", "user-groups", "exams", "attempts"]
+    by: dict[str, str]
+    strategy: Literal["auto", "per-row", "listing"] = "auto"
+
+
 class RequestSpec(
     Struct, tag="request", tag_field="kind", kw_only=True, forbid_unknown_fields=True, frozen=True
 ):
@@ -216,6 +225,9 @@ class RequestSpec(
     safety: Literal["idempotent", "reconcilable", "unsafe"] | None = None
     lookup: LookupSpec | None = None
     delimiter: Annotated[str, Meta(min_length=1, max_length=1)] = ","
+    lookups: dict[str, NamedLookupSpec] = {}
+    subject_user: str | None = None
+    output: str | None = None
 
 
 TaskSpec = UserImportSpec | AssignMarkersSpec | ExportAttemptsSpec | ExportSpec | RequestSpec
@@ -521,6 +533,29 @@ FIELD_DOCS: dict[str, str] = {
     "task[request].lookup.path": "The GET's path, a template like task.path.",
     "task[request].lookup.params": "The GET's query parameters; the values are templates.",
     "task[request].delimiter": "The CSV's field separator (one character).",
+    "task[request].lookups": (
+        "Named lookups that turn a row's natural keys into ids before any write: "
+        "{name: {resource, by}}; {name.id} and {name.<attribute>} are then placeholders. "
+        "A row whose lookup finds nothing or more than one record is invalid."
+    ),
+    "task[request].subject_user": (
+        "Act as this user, per row: a template giving a user id, or an email address "
+        "(looked up). Omitted: api.subject_user."
+    ),
+    "task[request].output": (
+        "GET only: append every response as one NDJSON line {key, line, response} to this "
+        "file (relative to the job file's folder)."
+    ),
+    "task[request].lookups.<name>.resource": (
+        "The collection searched: users, user-groups, exams or attempts."
+    ),
+    "task[request].lookups.<name>.by": (
+        "key -> template: users by emailAddress, externalId or id; user-groups and exams by "
+        "name or id; attempts by user and exam (ids, e.g. {user.id}) or id."
+    ),
+    "task[request].lookups.<name>.strategy": (
+        "auto (one listing when cheaper than a filtered GET per distinct key), per-row or listing."
+    ),
     # --- sandbox (synap_bulk.sandbox.SandboxConfig) ---
     "sandbox.seed": "The seed of the generated portal: same seed, same data.",
     "sandbox.users": "Candidate (student) users; the admin and the markers come on top.",
@@ -583,6 +618,7 @@ def job_sections() -> list[tuple[str, type[Struct]]]:
         sections.append((f"task[{kind}]", struct))
         if struct is RequestSpec:
             sections.append((f"task[{kind}].lookup", LookupSpec))
+            sections.append((f"task[{kind}].lookups.<name>", NamedLookupSpec))
     return sections
 
 

@@ -13,6 +13,14 @@ How a request may be repeated is the job's declaration (``safety``), defaulting 
   re-sent, and ``plan`` uses the same lookup to show what is already done.
 - ``unsafe`` (default for POST): sent at most once; an item whose outcome is unknown is reported
   for review, never re-sent.
+
+A DELETE may carry a body (a relationship removal) when the job declares its ``safety``.
+
+``lookups`` (``synap_bulk.lookups``) turn a row's natural keys into ids in ``prepare``, before
+any write: ``{user.id}``, ``{exam.id}``, ``{attempt.id}`` are then placeholders like columns, and
+a row whose lookup finds nothing or more than one record is invalid (failures file, its line
+and the reason). ``subject_user`` acts as another user per row (an id, or an email that is
+looked up); ``output`` keeps a GET job's responses as NDJSON.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import msgspec
 from ..errors import NotFound, SpecError
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import encode
+from ..lookups import LOOKUP_KEYS, LookupDef, LookupResolver, lookup_fields, problem
 from ..profile import ApiProfile
 from ..sources import CsvSource, DuplicateTracker
 from ..templates import Template, TemplateValueError, compile_template
@@ -93,9 +102,24 @@ class RequestTask:
         self._path = compile_template(spec.path, job=job, at="task.path")
         self._body: Template | None = None
         if spec.body is not None:
-            if self.method in ("GET", "DELETE"):
-                raise self._error("task.body", f"a {self.method} request has no body")
+            if self.method == "GET":
+                raise self._error("task.body", "a GET request has no body")
+            if self.method == "DELETE" and spec.safety is None:
+                raise self._error(
+                    "task.body",
+                    "a DELETE with a body (a relationship removal) needs its safety declared: "
+                    "add safety: idempotent (removing what is gone changes nothing) or unsafe",
+                )
             self._body = compile_template(spec.body, job=job, at="task.body")
+        if spec.output is not None and self.method != "GET":
+            raise self._error("task.output", "output keeps the responses of a GET job only")
+        self._output = job.resolve(spec.output) if spec.output else None
+        self._lookups = self._compile_lookups(spec, job)
+        self._subject = (
+            compile_template(spec.subject_user, job=job, at="task.subject_user")
+            if spec.subject_user
+            else None
+        )
         self._key = compile_template(spec.key, job=job, at="task.key") if spec.key else None
         self._lookup_path: Template | None = None
         self._lookup_params: Template | None = None
@@ -114,18 +138,52 @@ class RequestTask:
         delimiter = spec.delimiter
         self._source = CsvSource(job.input_file("task.source", spec.source), delimiter=delimiter)
         source_name = self._source.display_name
+        header = list(self._source.header)
+        names = [lk.name for lk in self._lookups]
+        for i, lk in enumerate(self._lookups):
+            known = header + self._derived(lk.columns, names[:i], header)
+            for key, text in lk.by.items():
+                tpl = compile_template(text, job=job, at=f"task.lookups.{lk.name}.by.{key}")
+                tpl.validate(known, source=source_name, delimiter=self._source.delimiter)
         for template in self._templates():
-            template.validate(
-                self._source.header, source=source_name, delimiter=self._source.delimiter
-            )
+            known = header + self._derived(template.columns, names, header)
+            template.validate(known, source=source_name, delimiter=self._source.delimiter)
         self._counts: dict[str, int] = {}
+        #: line -> the row's values with its lookups' fields, or the reason a lookup failed
+        self._resolved: dict[int, dict[str, str] | ItemError] = {}
+        self.lookup_stats: dict[str, Any] = {}
 
     def _error(self, at: str, message: str) -> SpecError:
         return self.job.error(at, message)
 
+    def _compile_lookups(self, spec: RequestSpec, job: JobFile) -> list[LookupDef]:
+        out: list[LookupDef] = []
+        keys = LOOKUP_KEYS
+        for name, lk in spec.lookups.items():
+            at = f"task.lookups.{name}"
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise self._error(at, "a lookup's name is letters, digits, '_' and '-'")
+            if not lk.by:
+                raise self._error(f"{at}.by", "name at least one key to look up by")
+            for key in lk.by:
+                if key not in keys[lk.resource]:
+                    raise self._error(
+                        f"{at}.by.{key}",
+                        f"{lk.resource} can be looked up by {', '.join(keys[lk.resource])}",
+                    )
+            if "id" in lk.by and len(lk.by) > 1:
+                raise self._error(f"{at}.by", "look up by id alone")
+            out.append(LookupDef(name, lk.resource, dict(lk.by), lk.strategy))
+        return out
+
+    @staticmethod
+    def _derived(columns: list[str], names: list[str], header: list[str]) -> list[str]:
+        """The placeholders among ``columns`` that are fields of the lookups ``names``."""
+        return [c for c in columns if c not in header and "." in c and c.split(".", 1)[0] in names]
+
     def _templates(self) -> list[Template]:
         out = [self._path]
-        for t in (self._body, self._key, self._lookup_path, self._lookup_params):
+        for t in (self._body, self._key, self._lookup_path, self._lookup_params, self._subject):
             if t is not None:
                 out.append(t)
         return out
@@ -147,9 +205,86 @@ class RequestTask:
         return None
 
     async def prepare(self, client: SynapClient, memory: CursorStore) -> None:
-        """Nothing to read beforehand (every row stands alone) but the number of rows, so the
-        progress bar has a true total and ETA (the source is in memory already)."""
+        """Count the rows (the progress bar's total) and resolve every lookup, each distinct
+        key once, so that a row that names nothing (or too much) is invalid before any write."""
+        rows = [(row.line, dict(row.values)) for row in self._source if not row.problem]
         self.total = sum(1 for _ in self._source)
+        self._resolved = {}
+        if not self._lookups and not self._subject_needs_lookup(rows):
+            return
+        resolver = LookupResolver(client, self.profile)
+        live: dict[int, dict[str, str]] = dict(rows)
+        for lk in self._lookups:
+            await self._resolve_one(resolver, lk, live)
+        if self._subject is not None:
+            subject = LookupDef("subject_user", "users", {"emailAddress": "{_subject}"})
+            wanted: dict[int, dict[str, str]] = {}
+            for line, values in live.items():
+                text = str(self._subject.render(values)).strip()
+                if "@" in text:
+                    wanted[line] = {**values, "_subject": text}
+            if wanted:
+                found = await self._resolve_one(resolver, subject, wanted)
+                for line, values in found.items():
+                    live[line]["_subject_id"] = values["subject_user.id"]
+        self._resolved.update(live)
+        self.lookup_stats = {
+            name: msgspec.to_builtins(st) for name, st in sorted(resolver.stats.items())
+        }
+
+    def _source_column(self, lk: LookupDef) -> str:
+        """The input column a lookup's keys come from (through the lookups it builds on)."""
+        header = set(self._source.header)
+        by_name = {x.name: x for x in self._lookups}
+        todo, seen = list(lk.columns), set()
+        while todo:
+            c = todo.pop(0)
+            if c in header:
+                return c
+            ref = by_name.get(c.split(".", 1)[0])
+            if ref is not None and ref.name not in seen:
+                seen.add(ref.name)
+                todo.extend(ref.columns)
+        return next(iter(lk.columns), "")
+
+    def _subject_needs_lookup(self, rows: list[tuple[int, dict[str, str]]]) -> bool:
+        if self._subject is None:
+            return False
+        return any("@" in str(self._subject.render(v)) for _, v in rows)
+
+    async def _resolve_one(
+        self, resolver: LookupResolver, lk: LookupDef, live: dict[int, dict[str, str]]
+    ) -> dict[int, dict[str, str]]:
+        """Resolve ``lk`` for the rows still alive; a failing row leaves ``live``."""
+        keys = {line: lk.render(values) for line, values in live.items()}
+        empty = [line for line, k in keys.items() if any(not v for v in k)]
+        column = self._source_column(lk)
+        for line in empty:
+            self._resolved[line] = ItemError(
+                status="invalid",
+                code="lookup",
+                field=column,
+                detail=f"{lk.name}: a value is required for {', '.join(lk.by)}",
+            )
+            live.pop(line)
+            keys.pop(line)
+        answers = await resolver.resolve(lk, list(keys.values()))
+        done: dict[int, dict[str, str]] = {}
+        for line, k in keys.items():
+            found = answers[k]
+            why = problem(lk, k, found)
+            if why is not None:
+                self._resolved[line] = ItemError(
+                    status="invalid",
+                    code="lookup",
+                    field=column,
+                    detail=why,
+                )
+                live.pop(line)
+                continue
+            live[line].update(lookup_fields(lk.name, found[0]))
+            done[line] = live[line]
+        return done
 
     # -- items --------------------------------------------------------------------------------
 
@@ -158,6 +293,14 @@ class RequestTask:
         quoted = {k: quote(v.strip(), safe="") for k, v in values.items()}
         path = str(self._path.render(quoted)).strip()
         payload: dict[str, Any] = {"path": path.lstrip("/")}
+        if self._subject is not None:
+            subject = values.get("_subject_id") or str(self._subject.render(values)).strip()
+            if not subject:
+                raise TemplateValueError(
+                    self._subject.columns[0] if self._subject.columns else "subject_user",
+                    "a Subject-User is required",
+                )
+            payload["subject_user"] = subject
         if self._body is not None:
             payload["body"] = self._body.render(values)
         if self._lookup_path is not None and self._lookup_params is not None:
@@ -192,9 +335,14 @@ class RequestTask:
                     error=ItemError(status="invalid", code="row", detail=row.problem),
                 )
                 continue
+            resolved = self._resolved.get(row.line)
+            if isinstance(resolved, ItemError):
+                yield InvalidRow(key=hint, line=row.line, row=values, error=resolved)
+                continue
+            filled = resolved if resolved is not None else values
             try:
-                payload = self._render(values)
-                key = self._item_key(values, payload)
+                payload = self._render(filled)
+                key = self._item_key(filled, payload)
             except TemplateValueError as exc:
                 yield InvalidRow(
                     key=hint,
@@ -261,13 +409,20 @@ class RequestTask:
 
     async def execute(self, item: Item, client: SynapClient) -> Outcome:
         payload = item.payload
+        subject = payload.get("subject_user")
+        extra: dict[str, Any] = {}
+        if subject:
+            extra["headers"] = {self.profile.subject_user_header: subject}
         resp = await client.request(
             self.method,
             payload["path"],
             body=payload.get("body"),
             idempotent=self.safety is Safety.IDEMPOTENT,
+            **extra,
         )
         remote = _first_id(resp.body) or ""
+        if self._output is not None:
+            self._keep(item, resp.body)
         if self.method == "POST":
             action = "created" if resp.status == 201 else "sent"
         else:
@@ -295,6 +450,18 @@ class RequestTask:
             return None
         return _first_id(resp.body)
 
+    def _keep(self, item: Item, body: bytes) -> None:
+        """One NDJSON line per response (appended: a resumed run adds the rows it fetches)."""
+        try:
+            response = msgspec.json.decode(body) if body else None
+        except msgspec.DecodeError:
+            response = body.decode("utf-8", "replace")
+        line = msgspec.json.encode({"key": item.key, "line": item.line, "response": response})
+        assert self._output is not None
+        self._output.parent.mkdir(parents=True, exist_ok=True)
+        with self._output.open("ab") as fh:
+            fh.write(line + b"\n")
+
     def absent_means_done(self, item: Item) -> str:
         """A DELETE repeated after an unknown outcome that finds nothing did its work."""
         return "deleted" if self.method == "DELETE" else ""
@@ -309,7 +476,11 @@ class RequestTask:
         return outcome
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "safety": self.safety.value, **sorted_counts(self._counts)}
+        out: dict[str, Any] = {"method": self.method, "safety": self.safety.value}
+        out.update(sorted_counts(self._counts))
+        if self.lookup_stats:
+            out["lookups"] = self.lookup_stats
+        return out
 
 
 def sorted_counts(counts: Mapping[str, int]) -> dict[str, int]:

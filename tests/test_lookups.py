@@ -1,0 +1,171 @@
+"""Named lookups in ``kind: request``: natural keys to ids before any write, cached, cheap."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from synap_bulk.errors import SpecError
+from synap_bulk.runner import run_job
+from synap_bulk.sandbox import Sandbox, SandboxConfig
+from synap_bulk.spec import load_job
+
+DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo"
+SEED = {"seed": 1, "users": 200, "exams": 2, "attempts_per_exam": 60}
+
+JOB = """\
+version: 1
+name: timer-by-email
+api: {{base_url: sandbox}}
+sandbox: {{seed: 1, users: 200, exams: 2, attempts_per_exam: 60, state: state.json}}
+task:
+  kind: request
+  source: rows.csv
+  lookups:
+    user: {{resource: users, by: {{emailAddress: "{{email}}"}}{user_strategy}}}
+    exam: {{resource: exams, by: {{name: "{{exam}}"}}}}
+    attempt: {{resource: attempts, by: {{user: "{{user.id}}", exam: "{{exam.id}}"}}}}
+  method: POST
+  path: attempt-timer-resets
+  key: "{{email}} {{exam}}"
+  safety: unsafe
+  body:
+    data:
+      type: AttemptTimerReset
+      attributes: {{extraTimeInMs: "{{ms:int}}", reason: "for {{user.name}}"}}
+      relationships:
+        attempt: {{data: {{type: Attempt, id: "{{attempt.id}}"}}}}
+"""
+
+
+async def _seeded_attempts() -> dict[tuple[str, str], list[str]]:
+    """(email, exam name) -> attempt ids, read from a fresh sandbox of the same seed."""
+    async with Sandbox(SandboxConfig(**SEED)) as sb:
+        store = sb.store
+        names = {e.id: e.name for e in store.exams.values()}
+        out: dict[tuple[str, str], list[str]] = {}
+        for a in store.attempts.values():
+            email = store.users[a.user_id].email
+            out.setdefault((email, names[a.exam_id]), []).append(a.id)
+        return out
+
+
+def _write(tmp: Path, rows: list[tuple[str, str, int]], user_strategy: str = "") -> Path:
+    lines = ["email,exam,ms"] + [f"{e},{x},{ms}" for e, x, ms in rows]
+    (tmp / "rows.csv").write_text("\n".join(lines) + "\n")
+    (tmp / "job.yaml").write_text(JOB.format(user_strategy=user_strategy))
+    return tmp / "job.yaml"
+
+
+@pytest.mark.parametrize("user_strategy", ["", ", strategy: per-row", ", strategy: listing"])
+async def test_a_timer_reset_job_from_emails_and_exam_names_reaches_the_right_attempts(
+    tmp_path: Path, user_strategy: str
+) -> None:
+    """Rows naming candidates by email (any case) and exams by name reset exactly their attempts;
+    unknown and ambiguous rows are invalid with their line and reason, and nothing is sent."""
+    attempts = await _seeded_attempts()
+    single = [k for k, v in attempts.items() if len(v) == 1 and k[1] == "Sandbox Exam 1"][:3]
+    double = next(k for k, v in attempts.items() if len(v) == 2)
+    rows = [
+        (single[0][0].upper(), single[0][1], 60000),
+        (single[1][0], single[1][1], 120000),
+        (single[2][0], single[2][1], 180000),
+        ("nobody@example.org", "Sandbox Exam 1", 1000),
+        (single[0][0], "No Such Exam", 1000),
+        (double[0], double[1], 1000),
+    ]
+    job = load_job(_write(tmp_path, rows, user_strategy))
+    console = Console(file=io.StringIO(), width=120)
+    assert await run_job(job, console=console, handle_signals=False) == 1
+    async with Sandbox(SandboxConfig(state=str(tmp_path / "state.json"))) as sb:
+        store = sb.store
+        extra = {a.id: a.extra_time_ms for a in store.attempts.values() if a.extra_time_ms}
+        assert len(store.timer_resets) == 3
+    expected = {attempts[single[i]][0]: (i + 1) * 60000 for i in range(3)}
+    assert extra == expected
+    out = tmp_path / "out" / "timer-by-email"
+    failures = (out / "failures.csv").read_text().splitlines()
+    assert len(failures) == 4
+    assert (
+        ",5,invalid,lookup,email,user: no user with emailAddress 'nobody@example.org'"
+        in (failures[1])
+    )
+    assert ",6,invalid,lookup,exam,exam: no exam with name 'No Such Exam'" in failures[2]
+    assert ',7,invalid,lookup,email,"attempt: 2 attempts with user' in failures[3]
+    summary = json.loads((out / "summary.json").read_text())["task"]["lookups"]
+    assert summary["exam"] == {"strategy": "listing", "requests": 1, "keys": 2, "found": 1}
+    assert (summary["user"]["keys"], summary["user"]["found"]) == (6, 5)
+
+
+async def test_each_distinct_key_is_looked_up_once(tmp_path: Path) -> None:
+    """Six rows of two candidates cost two per-row user lookups, not six (the cache)."""
+    attempts = await _seeded_attempts()
+    keys = [k for k, v in attempts.items() if len(v) == 1][:2]
+    rows = [(keys[i % 2][0], keys[i % 2][1], 1000 * (i + 1)) for i in range(6)]
+    rows = [(e, x, ms) for (e, x, ms) in rows]
+    job = load_job(_write(tmp_path, rows, ", strategy: per-row"))
+    console = Console(file=io.StringIO(), width=120)
+    await run_job(job, console=console, handle_signals=False)
+    out = tmp_path / "out" / "timer-by-email"
+    summary = json.loads((out / "summary.json").read_text())["task"]["lookups"]
+    assert summary["user"] == {"strategy": "per-row", "requests": 2, "keys": 2, "found": 2}
+
+
+def test_a_placeholder_of_an_unknown_lookup_is_a_job_error(tmp_path: Path) -> None:
+    """{attempt.id} without an attempt lookup names the line and the columns."""
+    from synap_bulk.tasks import build_task
+
+    path = _write(tmp_path, [("a@b.c", "X", 1)])
+    text = path.read_text().replace(
+        '    attempt: {resource: attempts, by: {user: "{user.id}", exam: "{exam.id}"}}\n', ""
+    )
+    path.write_text(text)
+    job = load_job(path)
+    with pytest.raises(SpecError, match=r"unknown column \{attempt.id\}"):
+        build_task(job, job.profile)
+
+
+def test_a_lookup_may_use_only_the_lookups_declared_before_it(tmp_path: Path) -> None:
+    """A lookup that names a later lookup's field is refused at its line."""
+    from synap_bulk.tasks import build_task
+
+    path = _write(tmp_path, [("a@b.c", "X", 1)])
+    text = path.read_text().replace('{name: "{exam}"}', '{name: "{attempt.id}"}')
+    path.write_text(text)
+    job = load_job(path)
+    with pytest.raises(SpecError, match=r"task.lookups.exam.by.name.*unknown column"):
+        build_task(job, job.profile)
+
+
+def test_delete_with_a_body_needs_its_safety_declared(tmp_path: Path) -> None:
+    """A relationship removal (DELETE with a body) is allowed once the job says how it repeats."""
+    from synap_bulk.tasks import build_task
+
+    path = _write(tmp_path, [("a@b.c", "X", 1)])
+    text = path.read_text().replace("method: POST", "method: DELETE")
+    path.write_text(text.replace("  safety: unsafe\n", ""))
+    job = load_job(path)
+    with pytest.raises(SpecError, match="needs its safety declared"):
+        build_task(job, job.profile)
+    path.write_text(text.replace("safety: unsafe", "safety: idempotent"))
+    job = load_job(path)
+    assert build_task(job, job.profile).safety.value == "idempotent"
+
+
+async def test_demo_extra_time_sheet_runs_as_shipped(tmp_path: Path) -> None:
+    """jobs/demo/extra-time-sheet.yaml: 3 resets sent, 3 rows invalid before any write."""
+    for name in ("extra-time-sheet.yaml", "extra-time-sheet.csv"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    job = load_job(tmp_path / "extra-time-sheet.yaml")
+    console = Console(file=io.StringIO(), width=120)
+    assert await run_job(job, console=console, handle_signals=False) == 1
+    out = tmp_path / "out" / job.spec.name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"]["created"] == 3
+    failures = (out / "failures.csv").read_text().splitlines()[1:]
+    assert [f.split(",")[4] for f in failures] == ["5", "6", "7"]
