@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     _source_arg(p)
     p.set_defaults(handler=_cmd_plan)
 
+    p = _add(
+        sub,
+        "doctor",
+        help="probe the server read-only: does it behave as the job's profile assumes?",
+    )
+    _job_arg(p)
+    p.set_defaults(handler=_cmd_doctor)
+
     p = _add(sub, "status", help="what the job's ledger says (no server is contacted)")
     _job_arg(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -205,6 +213,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         return await plan_job(_load(args.job), retry_failed=args.retry_failed, source=args.source)
+
+    return _run_async(go)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, render_checks
+    from .runner import open_client
+
+    async def go() -> int:
+        job = _load(args.job)
+        async with open_client(job, job.profile) as (client, _source):
+            checks = await diagnose(job, client)
+        for line in render_checks(checks):
+            print(line)
+        failed = sum(1 for c in checks if c.ok is False)
+        print(f"{len(checks)} checks: {failed} failed" if failed else f"{len(checks)} checks: ok")
+        return 1 if failed else 0
 
     return _run_async(go)
 

@@ -26,6 +26,7 @@ import msgspec
 from rich.console import Console
 
 from .client import ClientStatistics, Identity, SynapClient
+from .doctor import check_reconcile_filters
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SynapBulkError
 from .items import RunContext, Safety, StreamProgress, StreamResult
@@ -301,6 +302,8 @@ async def run_job(
             state.client = client
             ident = await client.identity()  # preflight: nothing is written before this
             state.who = (ident, token_from)
+            # A reconcilable job's safety rests on its lookup filter: one GET proves it holds.
+            await check_reconcile_filters(job, client)
             console.print(
                 f"Acting as {ident.describe()} (token from {token_from})",
                 markup=False,

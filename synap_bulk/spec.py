@@ -591,6 +591,10 @@ FIELD_DOCS: dict[str, str] = {
     "sandbox.export_job_steps": "Polls of an export's background job until it is completed.",
     "sandbox.host": "The address the sandbox listens on.",
     "sandbox.port": "The port the sandbox listens on; 0: a free one.",
+    "sandbox.ignore_filters": (
+        "Query parameters (e.g. filter[emailAddress]) the sandbox accepts and then ignores, as a "
+        "server that does not know a filter might (to rehearse `doctor` and the preflight)."
+    ),
     "sandbox.state": (
         "A state file (relative to the job file's folder) that keeps the sandbox's data "
         "across runs, as a real portal would; when it exists its data wins over the settings "

@@ -341,7 +341,8 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes):
                     body_doc: Any = None
                     if needs_body:
                         body_doc = await self._read_body(request)
-                    out = fn(Ctx(request, label, actor, body_doc), request.match_info)
+                    seen = _ignoring_filters(request, cfg.ignore_filters)
+                    out = fn(Ctx(seen, label, actor, body_doc), request.match_info)
                 except ApiFailure as exc:
                     failure = exc
                 # Whatever the handler changed reaches the state file before any answer leaves.
@@ -648,6 +649,15 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes):
         self.state.set_config(new)
         body = _encoder.encode(public_config(new))
         return web.Response(body=body, headers={"Content-Type": "application/json"})
+
+
+def _ignoring_filters(request: web.Request, ignored: Sequence[str]) -> web.Request:
+    """The request as a handler sees it when the sandbox ignores some filters (the setting
+    ``ignore_filters``): without those query parameters."""
+    if not ignored or not any(name in request.query for name in ignored):
+        return request
+    kept = [(k, v) for k, v in request.query.items() if k not in ignored]
+    return request.clone(rel_url=request.rel_url.with_query(kept))
 
 
 def _check_accept(accept: str) -> None:

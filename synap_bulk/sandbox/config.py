@@ -145,6 +145,11 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     max_page_size: int = DEFAULT_PROFILE.max_page_size
     export_job_steps: int = 3  #: polls of a BackgroundJob until it is completed (>= 1)
 
+    # --- a server that ignores filters (to test the client's checks) ---
+    #: Query parameters (e.g. ``filter[emailAddress]``) accepted and then ignored, as a server
+    #: that does not know a filter might: the listing answers as if it was not given.
+    ignore_filters: list[str] = msgspec.field(default_factory=list)
+
     # --- listening ---
     host: str = "127.0.0.1"
     port: int = 0
