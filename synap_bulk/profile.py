@@ -61,6 +61,9 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     exams_path: str = "exam-v-2s"  # [ASSUMED] collection path of type Exam-V-2 is unknown
     attempts_path: str = "attempts"  # [DOC-EX] seen (GET item)
     timer_resets_path: str = "attempt-timer-resets"  # [ASSUMED] from the TOC name
+    attempt_locks_path: str = "attempt-locks"  # [ASSUMED] TOC: Create/Delete AttemptLock
+    attempt_overrides_path: str = "attempt-overrides"  # [ASSUMED] TOC: Create/List AttemptOverride
+    marking_entries_path: str = "marking-entries"  # [DOC-EX] seen (POST)
     exports_path: str = "export-enriched-attempts"  # [ASSUMED] from the TOC name
     background_jobs_path: str = "background-jobs"  # [ASSUMED] from the TOC name
     portals_path: str = "portals"  # [ASSUMED] body seen, path not
@@ -91,6 +94,8 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     filter_exam: str = "filter[examV2]"
     filter_user: str = "filter[user]"
     filter_status: str = "filter[status]"
+    filter_attempt: str = "filter[attempt]"  # locks, overrides, marking entries by attempt
+    filter_owner: str = "filter[owner]"  # marking entries by marker
     filter_updated_since: str = "filter[updatedSince]"
     sort_param: str = "sort"
 

@@ -22,6 +22,7 @@ import msgspec
 from aiohttp import web
 
 from ..jsonapi import MEDIA_TYPE, ErrorObject, ListDocument
+from .attempt_ops import AttemptOpsRoutes, route_table
 from .behaviour import DROPPED, WRITE_FAULTS, Counters, RateLimiter, draw, pick_fault
 from .collections import CollectionRoutes, compound, compound_params
 from .config import SandboxConfig
@@ -135,7 +136,7 @@ _PERM_ROLES = {
 }
 
 
-class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes):
+class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes):
     """Builds the aiohttp application over a :class:`State`.
 
     The /v3 handlers come from the mixins (:mod:`.people`, :mod:`.marking`, :mod:`.exports`);
@@ -217,6 +218,8 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes):
         )
         for route in self.collection_routes():  # enriched attempts, action logs, more exports
             r(*route)
+        for method, path, name, handler, perm, needs_body in route_table():
+            r(method, path, name, getattr(self, handler), perm, needs_body)
 
     def _route(
         self,

@@ -70,6 +70,19 @@ ROUTE_NAMES: tuple[str, ...] = (
     "action-logs.list",
     "user-group-exports.create",
     "exam-candidate-exports.create",
+    # attempt_ops.py
+    "attempt-locks.list",
+    "attempt-locks.create",
+    "attempt-locks.get",
+    "attempt-locks.delete",
+    "attempt-overrides.list",
+    "attempt-overrides.create",
+    "attempt-overrides.get",
+    "attempt-overrides.delete",
+    "marking-entries.list",
+    "marking-entries.create",
+    "marking-entries.get",
+    "marking-entries.update",
     "unmatched",
 )
 

@@ -34,7 +34,7 @@ from msgspec import Struct
 
 from ..errors import SynapBulkError
 from .config import SHAPE_FIELDS
-from .records import AttemptRec, ExamRec, GroupRec, JobRec, TimerResetRec, UserRec
+from .records import AttemptRec, DocRec, ExamRec, GroupRec, JobRec, TimerResetRec, UserRec
 
 try:
     import fcntl
@@ -162,6 +162,17 @@ class JobState(_Rec, tag="BackgroundJob"):
     kind: str = "attempts"
 
 
+class DocState(_Rec, tag="Doc"):
+    """An attempt lock, override or marking entry (``records.DocRec``)."""
+
+    type: str
+    id: str
+    attributes: dict[str, Any]
+    links: dict[str, tuple[str, str]]
+    created_at: float
+    updated_at: float
+
+
 class Deleted(_Rec, tag="deleted"):
     kind: str
     id: str
@@ -189,6 +200,7 @@ Change = (
     | AttemptState
     | TimerResetState
     | JobState
+    | DocState
     | Deleted
     | Joined
     | Left
@@ -213,6 +225,7 @@ class Snapshot(Struct, forbid_unknown_fields=True):
     attempts: list[AttemptState]
     timer_resets: list[TimerResetState]
     jobs: list[JobState]
+    docs: list[DocState] = []
 
 
 _encoder = msgspec.json.Encoder()
@@ -310,6 +323,10 @@ def _job_state(j: JobRec) -> JobState:
     )
 
 
+def _doc_state(d: DocRec) -> DocState:
+    return DocState(d.type, d.id, d.attributes, d.links, d.created_at, d.updated_at)
+
+
 def encode_changes(dirty: dict[str | tuple[str, str], Any]) -> bytes:
     """The journal lines of one commit's changes, in the order they happened."""
     out: list[Change] = []
@@ -329,6 +346,8 @@ def encode_changes(dirty: dict[str | tuple[str, str], Any]) -> bytes:
             out.append(_job_state(value))
         elif isinstance(value, ExamRec):
             out.append(_exam_state(value))
+        elif isinstance(value, DocRec):
+            out.append(_doc_state(value))
         else:
             assert isinstance(value, Tombstone), value
             out.append(Deleted(value.kind, value.id))
@@ -358,6 +377,7 @@ def dump(store: Store, epoch: int) -> Snapshot:
         attempts=[_attempt_state(a) for a in store.attempts.values()],
         timer_resets=[_reset_state(r) for r in store.timer_resets.values()],
         jobs=[_job_state(j) for j in store.jobs.values()],
+        docs=[_doc_state(d) for d in store.docs.values()],
     )
 
 
@@ -462,8 +482,14 @@ def _apply(store: Store, change: Change) -> None:
                 change.id, change.filters, change.steps, change.signature, change.created_at
             )
         _set_job(store, job, change)
+    elif isinstance(change, DocState):
+        doc = DocRec(change.type, change.id, change.attributes, dict(change.links), 0.0)
+        doc.created_at, doc.updated_at = change.created_at, change.updated_at
+        store.docs[doc.id] = doc
     elif isinstance(change, Deleted):
         store.retired.add(change.id)
+        if change.kind == "Doc":
+            store.docs.pop(change.id, None)
         if change.kind == "User" and change.id in store.users:
             store.delete_user(store.users[change.id])
         elif change.kind == "UserGroup" and change.id in store.groups:
@@ -506,6 +532,7 @@ def _restore(store: Store, snap: Snapshot, changes: list[Change]) -> None:
         snap.attempts,
         snap.timer_resets,
         snap.jobs,
+        snap.docs,
     ]
     for kind in records:
         for rec in kind:
@@ -522,6 +549,7 @@ def _restore(store: Store, snap: Snapshot, changes: list[Change]) -> None:
         store.attempts,
         store.timer_resets,
         store.jobs,
+        store.docs,
     ):
         used.update(collection)
 

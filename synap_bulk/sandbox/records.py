@@ -444,3 +444,40 @@ class JobRec:
             },
         )
         return msgspec.Raw(_encoder.encode(res))
+
+
+class DocRec:
+    """A resource kept as its attributes and to-one links: attempt locks, attempt overrides and
+    marking entries (``attempt_ops.py``), persisted as one generic record kind."""
+
+    __slots__ = ("attributes", "created_at", "id", "links", "type", "updated_at")
+
+    def __init__(
+        self,
+        type_: str,
+        id_: str,
+        attributes: dict[str, Any],
+        links: dict[str, tuple[str, str]],
+        at: float,
+    ) -> None:
+        self.type = type_
+        self.id = id_
+        self.attributes = attributes
+        self.links = links  #: relationship -> (type, id)
+        self.created_at = at
+        self.updated_at = at
+
+    def link(self, name: str) -> str:
+        """The id a to-one relationship points at ('' when absent)."""
+        found = self.links.get(name)
+        return found[1] if found else ""
+
+    def render(self) -> msgspec.Raw:
+        attrs = {
+            **self.attributes,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+        }
+        rels = {name: _one(kind, id_) for name, (kind, id_) in self.links.items()}
+        res = Resource(type=self.type, id=self.id, attributes=attrs, relationships=rels)
+        return msgspec.Raw(_encoder.encode(res))

@@ -33,6 +33,7 @@ from .records import (
     ATTEMPT_ROLE_RELATIONSHIPS,
     EXAM_POOL_RELATIONSHIPS,
     AttemptRec,
+    DocRec,
     ExamRec,
     GroupRec,
     JobRec,
@@ -127,6 +128,8 @@ class Store:
         self.attempts_by_user: dict[str, list[AttemptRec]] = {}
         self.timer_resets: dict[str, TimerResetRec] = {}
         self.jobs: dict[str, JobRec] = {}
+        #: attempt locks, overrides and marking entries (``attempt_ops.py``), by id
+        self.docs: dict[str, DocRec] = {}
         self._user_list: list[UserRec] | None = None
         self._group_list: list[GroupRec] | None = None
         self._attempt_list: list[AttemptRec] | None = None
@@ -166,7 +169,9 @@ class Store:
 
     # ----------------------------------------------------------------- persistence
 
-    def changed(self, rec: UserRec | GroupRec | AttemptRec | TimerResetRec | JobRec) -> None:
+    def changed(
+        self, rec: UserRec | GroupRec | AttemptRec | TimerResetRec | JobRec | DocRec
+    ) -> None:
         """Note that ``rec`` is new or changed: :meth:`commit` journals its whole state."""
         dirty = self._dirty
         if dirty is not None and rec.id not in dirty:
@@ -477,6 +482,19 @@ class Store:
         self.changed(a)
         return r
 
+    def add_doc(
+        self, type_: str, attributes: dict[str, Any], links: dict[str, tuple[str, str]]
+    ) -> DocRec:
+        """A new lock, override or marking entry (see ``attempt_ops.py``)."""
+        doc = DocRec(type_, self.new_id(), attributes, links, self.wall())
+        self.docs[doc.id] = doc
+        self.changed(doc)
+        return doc
+
+    def delete_doc(self, doc: DocRec) -> None:
+        self.docs.pop(doc.id, None)
+        self._gone("Doc", doc.id)
+
     def add_job(self, filters: dict[str, str]) -> JobRec:
         signature = f"{self._rng.getrandbits(128):032x}"
         job = JobRec(self.new_id(), filters, self.config.export_job_steps, signature, self.wall())
@@ -508,4 +526,11 @@ class Store:
             TYPE_ATTEMPT: len(self.attempts),
             TYPE_ATTEMPT_TIMER_RESET: len(self.timer_resets),
             TYPE_BACKGROUND_JOB: len(self.jobs),
+            **self._doc_counts(),
         }
+
+    def _doc_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for doc in self.docs.values():
+            out[doc.type] = out.get(doc.type, 0) + 1
+        return out
