@@ -169,3 +169,65 @@ async def test_demo_extra_time_sheet_runs_as_shipped(tmp_path: Path) -> None:
     assert summary["task"]["created"] == 3
     failures = (out / "failures.csv").read_text().splitlines()[1:]
     assert [f.split(",")[4] for f in failures] == ["5", "6", "7"]
+
+
+async def test_demo_lock_attempts_locks_exactly_the_named_attempts(tmp_path: Path) -> None:
+    """jobs/demo/lock-attempts.yaml locks the three named attempts, once each; plan then says
+    they are done."""
+    for name in ("lock-attempts.yaml", "lock-attempts.csv"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    attempts = await _seeded_attempts()
+    job = load_job(tmp_path / "lock-attempts.yaml")
+    console = Console(file=io.StringIO(), width=120)
+    assert await run_job(job, console=console, handle_signals=False) == 1
+    rows = (tmp_path / "lock-attempts.csv").read_text().splitlines()[1:4]
+    wanted = sorted(attempts[(r.split(",")[0].lower(), r.split(",")[1])][0] for r in rows)
+    state = tmp_path / "out" / job.spec.name / "sandbox-state.json"
+    async with Sandbox(SandboxConfig(state=str(state))) as sb:
+        locks = [d for d in sb.store.docs.values() if d.type == "AttemptLock"]
+    assert sorted(d.link("attempt") for d in locks) == wanted
+
+
+GET_JOB = """\
+version: 1
+name: who
+api: {base_url: sandbox}
+sandbox: {seed: 1, users: 20}
+task:
+  kind: request
+  source: rows.csv
+  method: GET
+  path: users/me
+  key: "{email}"
+  subject_user: "{email}"
+  output: out/who.ndjson
+"""
+
+
+async def test_subject_user_per_row_and_get_output_as_ndjson(tmp_path: Path) -> None:
+    """Each row acts as the user its email names (looked up); the responses land as NDJSON."""
+    async with Sandbox(SandboxConfig(seed=1, users=20)) as sb:
+        students = [u for u in sb.store.users.values() if u.role == "student"][:3]
+    (tmp_path / "rows.csv").write_text(
+        "email\n" + "".join(f"{u.email.upper()}\n" for u in students) + "ghost@example.org\n"
+    )
+    (tmp_path / "job.yaml").write_text(GET_JOB)
+    job = load_job(tmp_path / "job.yaml")
+    console = Console(file=io.StringIO(), width=120)
+    assert await run_job(job, console=console, handle_signals=False) == 1
+    lines = [json.loads(x) for x in (tmp_path / "out" / "who.ndjson").read_text().splitlines()]
+    got = {x["key"]: x["response"]["data"]["id"] for x in lines}
+    assert got == {u.email.upper(): u.id for u in students}
+    failures = (tmp_path / "out" / "who" / "failures.csv").read_text()
+    assert "subject_user: no user with emailAddress 'ghost@example.org'" in failures
+
+
+def test_output_is_for_get_jobs_only(tmp_path: Path) -> None:
+    """A POST job with output: is refused at the output line."""
+    from synap_bulk.tasks import build_task
+
+    (tmp_path / "rows.csv").write_text("email\na@b.c\n")
+    (tmp_path / "job.yaml").write_text(GET_JOB.replace("method: GET", "method: POST"))
+    job = load_job(tmp_path / "job.yaml")
+    with pytest.raises(SpecError, match=r"job\.yaml:12: task\.output: output keeps the responses"):
+        build_task(job, job.profile)

@@ -227,7 +227,8 @@ class RequestTask:
                 found = await self._resolve_one(resolver, subject, wanted)
                 for line, values in found.items():
                     live[line]["_subject_id"] = values["subject_user.id"]
-        self._resolved.update(live)
+        for line, values in live.items():
+            self._resolved.setdefault(line, values)  # a failed subject lookup stays failed
         self.lookup_stats = {
             name: msgspec.to_builtins(st) for name, st in sorted(resolver.stats.items())
         }
