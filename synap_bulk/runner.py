@@ -174,6 +174,8 @@ async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[tuple[
             settings: dict[str, Any] = dict(job.spec.sandbox or {})
             if settings.get("state"):
                 settings["state"] = str(job.resolve(str(settings["state"])))
+            # The sandbox follows the job's profile, so a profile is rehearsed as written.
+            settings.setdefault("profile", dict(api.profile))
             config = SandboxConfig(**settings)
             sb = await stack.enter_async_context(Sandbox(config))
             base_url = sb.url

@@ -595,6 +595,10 @@ FIELD_DOCS: dict[str, str] = {
         "Query parameters (e.g. filter[emailAddress]) the sandbox accepts and then ignores, as a "
         "server that does not know a filter might (to rehearse `doctor` and the preflight)."
     ),
+    "sandbox.profile": (
+        "The API profile the sandbox follows (overrides, as api.profile). Omitted: the job's "
+        "api.profile, so a profile written for the real API is rehearsed here."
+    ),
     "sandbox.state": (
         "A state file (relative to the job file's folder) that keeps the sandbox's data "
         "across runs, as a real portal would; when it exists its data wins over the settings "

@@ -22,6 +22,7 @@ import msgspec
 from aiohttp import web
 
 from ..jsonapi import MEDIA_TYPE, ErrorObject, ListDocument
+from ..profile import load_profile
 from .attempt_ops import AttemptOpsRoutes, route_table
 from .behaviour import DROPPED, WRITE_FAULTS, Counters, RateLimiter, draw, pick_fault
 from .collections import CollectionRoutes, compound, compound_params
@@ -40,6 +41,7 @@ from .wire import (
     _encoder,
     _error_body,
     _int_param,
+    active_profile,
     err,
     fail,
 )
@@ -55,7 +57,10 @@ _HTML_502 = (
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
-_PAGE_PARAMS = (_P.page_number_param, _P.page_size_param, _P.page_offset_param, _P.page_limit_param)
+
+
+def _page_params() -> tuple[str, str, str, str]:
+    return (_P.page_number_param, _P.page_size_param, _P.page_offset_param, _P.page_limit_param)
 
 
 class State:
@@ -68,7 +73,12 @@ class State:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if config.profile.get("subject_user_header"):
+            header = str(config.profile["subject_user_header"])
+            config = msgspec.structs.replace(config, subject_user_header=header)
         self.config = config
+        #: The API profile the sandbox follows (``SandboxConfig.profile``; fixed at start).
+        self.profile = load_profile(config.profile)
         self.clock = clock
         self.wall = wall
         self.sleep = sleep
@@ -149,7 +159,8 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes
         self.state = state
         self.routes: list[Route] = []
         self._patterns: list[tuple[re.Pattern[str], str]] = []
-        self._define_routes()
+        with active_profile(state.profile):
+            self._define_routes()
 
     # ------------------------------------------------------------------ wiring
 
@@ -260,6 +271,10 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes
         needs_body = route.needs_body
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            with active_profile(state.profile):
+                return await answer(request)
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             arrived = state.clock()
             c = counters
             c.requests += 1
@@ -531,10 +546,13 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes
     ) -> Out:
         query = request.query
         compound_keys = compound_params(query)  # include, fields[...] (see .collections)
-        _check_params(query, (*allowed, *_PAGE_PARAMS, _P.sort_param, *compound_keys))
+        page_params = _page_params()
+        _check_params(query, (*allowed, *page_params, _P.sort_param, *compound_keys))
         cfg = self.state.config
         total = len(items)
         offset_mode = _P.page_offset_param in query or _P.page_limit_param in query
+        if not any(p in query for p in page_params):
+            offset_mode = _P.pagination == "offset"  # links in the profile's style
         if offset_mode:
             size = _int_param(
                 query, _P.page_limit_param, cfg.default_page_size, 1, cfg.max_page_size
@@ -548,7 +566,7 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes
             start = (number - 1) * size
         chunk = items[start : start + size]
         base = self.state.root + request.path
-        keep = [(k, v) for k, v in query.items() if k not in _PAGE_PARAMS]
+        keep = [(k, v) for k, v in query.items() if k not in page_params]
 
         def link(first: int) -> str:
             if offset_mode:

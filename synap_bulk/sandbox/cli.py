@@ -114,12 +114,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--export-job-steps", type=int, default=d.export_job_steps)
     g = parser.add_argument_group("persistence")
     g.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE",
+        help="follow this API profile: a YAML or JSON mapping of synap_bulk.profile.ApiProfile "
+        "overrides (paths, pagination style, filter, page and header names)",
+    )
+    g.add_argument(
         "--state",
         default=None,
         metavar="FILE",
         help="keep the data in FILE (and FILE.journal) across restarts: loaded when it exists "
         "(its shape wins over --seed/--users/...), every answered write saved",
     )
+
+
+def read_profile_file(path: str) -> dict[str, Any]:
+    """The profile overrides in a YAML (or JSON) file; ValueError names the file."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the profile: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a profile is a mapping of setting: value")
+    return {str(k): v for k, v in data.items()}
 
 
 def build_config(args: argparse.Namespace) -> SandboxConfig:
@@ -151,6 +172,8 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
     }
     if args.faults is not None:
         fields["faults"] = args.faults
+    if getattr(args, "profile", None):
+        fields["profile"] = read_profile_file(args.profile)
     token = args.token or os.environ.get("SYNAP_SANDBOX_TOKEN")
     if token:
         fields["token"] = token

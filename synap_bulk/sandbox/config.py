@@ -9,7 +9,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
-from ..profile import DEFAULT_PROFILE
+from ..profile import DEFAULT_PROFILE, load_profile
 
 __all__ = [
     "FAULT_KINDS",
@@ -163,6 +163,12 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: that does not know a filter might: the listing answers as if it was not given.
     ignore_filters: list[str] = msgspec.field(default_factory=list)
 
+    # --- the API profile the sandbox follows ---
+    #: ``api.profile`` overrides (``synap_bulk.profile.ApiProfile``): paths, pagination style,
+    #: filter, page and header names, relationship segments. Fixed at start. A job with
+    #: ``base_url: sandbox`` starts its sandbox with the job's profile.
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
+
     # --- listening ---
     host: str = "127.0.0.1"
     port: int = 0
@@ -206,6 +212,11 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             problems.append("export_job_steps must be >= 1")
         if not self.token:
             problems.append("token must not be empty")
+        if self.profile:
+            try:
+                load_profile(self.profile)
+            except msgspec.ValidationError as exc:
+                problems.append(f"profile: {exc}")
         if self.state is not None and not self.state.strip():
             problems.append("state must be a file path (or null)")
         if problems:
@@ -235,6 +246,8 @@ def apply_changes(config: SandboxConfig, changes: dict[str, Any]) -> SandboxConf
     merged = msgspec.structs.asdict(config)
     if "state" in changes and changes["state"] != config.state:
         raise ValueError("state (the state file) is fixed when the sandbox starts")
+    if "profile" in changes and changes["profile"] != config.profile:
+        raise ValueError("profile (the API profile) is fixed when the sandbox starts")
     merged.update(changes)
     try:
         return msgspec.convert(merged, SandboxConfig)

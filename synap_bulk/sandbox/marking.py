@@ -38,10 +38,10 @@ from .wire import (
 
 __all__ = ["MarkingRoutes"]
 
-#: /relationships/<segment> of each marker role, from the shared profile.
-_ROLE_BY_PATH: dict[str, MarkerRole] = {
-    path: MARKER_ROLES[name] for name, path in _P.marker_role_paths.items()
-}
+
+def _roles_by_path() -> dict[str, MarkerRole]:
+    """/relationships/<segment> of each marker role, from the sandbox's profile."""
+    return {path: MARKER_ROLES[name] for name, path in _P.marker_role_paths.items()}
 
 
 class MarkingRoutes(RouteHost):
@@ -103,13 +103,14 @@ class MarkingRoutes(RouteHost):
         return Out(200, _doc(attempt.render()))
 
     def _role(self, m: dict[str, str]) -> tuple[AttemptRec, MarkerRole, ExamRec]:
-        role = _ROLE_BY_PATH.get(m["role"])
+        by_path = _roles_by_path()
+        role = by_path.get(m["role"])
         attempt = self._attempt(m["id"])
         if role is None:
             raise fail(
                 404,
                 "Not Found",
-                f"attempts have no relationship {m['role']!r} (known: {', '.join(_ROLE_BY_PATH)})",
+                f"attempts have no relationship {m['role']!r} (known: {', '.join(by_path)})",
                 code="not_found",
             )
         return attempt, role, self._exam(attempt.exam_id)

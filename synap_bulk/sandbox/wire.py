@@ -9,21 +9,51 @@ a cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 from aiohttp import web
 
 from ..jsonapi import MEDIA_TYPE, Document, ErrorDocument, ErrorObject, ErrorSource
-from ..profile import DEFAULT_PROFILE
+from ..profile import DEFAULT_PROFILE, ApiProfile
 from .behaviour import Counters
 from .store import Store, UserRec
 
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
-_P = DEFAULT_PROFILE
+
+#: The profile of the sandbox answering the current request (set by the app's wrapper and while
+#: it builds its routes), so that every handler reads paths, filter, page and header names from
+#: the profile the sandbox was started with (``SandboxConfig.profile``).
+_ACTIVE: ContextVar[ApiProfile] = ContextVar("sandbox_profile", default=DEFAULT_PROFILE)
+
+
+class _ActiveProfile:
+    """Reads every attribute from the active profile (see ``_ACTIVE``)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_ACTIVE.get(), name)
+
+
+_P = cast(ApiProfile, _ActiveProfile())
+
+
+@contextmanager
+def active_profile(profile: ApiProfile) -> Iterator[None]:
+    """Make ``profile`` the one handlers (and route building) read, within the block."""
+    token = _ACTIVE.set(profile)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
 _JSON_HEADERS = {"Content-Type": MEDIA_TYPE}
 
 
