@@ -50,6 +50,28 @@ def _relationship_types() -> dict[str, str]:
     return {"userGroup": "UserGroup", "examV2": "Exam-V-2", "user": "User", "exam": "Exam-V-2"}
 
 
+def _role_relationships() -> dict[str, str]:
+    return {
+        "markers": "markers",
+        "provisional": "provisionalMarkers",
+        "moderating": "moderatingMarkers",
+        "escalating": "escalatingMarkers",
+        "auditing": "auditingMarkers",
+        "back-readers": "backReaders",
+    }
+
+
+def _role_pools() -> dict[str, str]:
+    return {
+        "markers": "markers",
+        "provisional": "markers",
+        "moderating": "moderatingMarkers",
+        "escalating": "escalatingMarkers",
+        "auditing": "auditingMarkers",
+        "back-readers": "backReadingMarkers",
+    }
+
+
 class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the client assumes about the server. Defaults are the sandbox's behaviour."""
 
@@ -74,6 +96,27 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     current_user_path: str = "users/me"
     #: [ASSUMED] the /relationships/<segment> of each marker role on an attempt.
     marker_role_paths: dict[str, str] = msgspec.field(default_factory=_role_paths)
+
+    #: [ASSUMED] the attempt's relationship (JSON:API member) holding each role's markers.
+    marker_role_relationships: dict[str, str] = msgspec.field(default_factory=_role_relationships)
+    #: The exam's marker-pool group of each role: the pool relationships are [DOC-EX] (Create
+    #: ExamV2), which pool serves which role is [ASSUMED] (provisional markers from ``markers``).
+    marker_role_pools: dict[str, str] = msgspec.field(default_factory=_role_pools)
+    #: [ASSUMED] the verbs of Assign / Unassign <Role> Markers on the role's relationship path,
+    #: with a to-many linkage body (JSON:API: POST adds, DELETE removes).
+    marker_assign_method: Literal["POST", "PUT", "PATCH"] = "POST"
+    marker_unassign_method: Literal["DELETE", "POST", "PATCH"] = "DELETE"
+
+    # --- background jobs (server-side exports) [ASSUMED]: shapes undocumented ---
+    #: the relationship of an export resource that links its BackgroundJob (when the create
+    #: does not answer with the BackgroundJob itself).
+    export_job_relationship: str = "backgroundJob"
+    job_status_attribute: str = "status"
+    job_completed_statuses: list[str] = msgspec.field(default_factory=lambda: ["completed"])
+    job_failed_statuses: list[str] = msgspec.field(default_factory=lambda: ["failed"])
+    job_file_attribute: str = "fileUrl"
+    job_progress_attribute: str = "progress"  #: a fraction 0..1 (absent: unknown)
+    job_error_attribute: str = "error"
 
     # --- pagination [ASSUMED]: JSON:API families; strategy and sizes undocumented ---
     pagination: Literal["page-number", "offset"] = "page-number"
@@ -137,6 +180,9 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     registration_max_groups: int = 1
     #: [ASSUMED] externalId is writable on User (DOC-EX); accepted at registration too.
     registration_accepts_external_id: bool = True
+    #: [ASSUMED] a UserRegistration's id is the new User's id (the cookbook implies it). When
+    #: false, the import looks the new user up by its match key instead.
+    registration_id_is_user_id: bool = True
 
 
 DEFAULT_PROFILE = ApiProfile()

@@ -33,6 +33,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import msgspec
 from msgspec import Struct
@@ -50,7 +51,7 @@ from ..allocation import (
 )
 from ..errors import SpecError
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
-from ..jsonapi import ResourceIdentifier
+from ..jsonapi import RelationshipDocument, ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Exam, MarkerRole
 from .assign_mapping import (
@@ -207,13 +208,21 @@ class AssignMarkersTask:
         self.spec = spec
         self.job = job
         self.profile = profile
-        role = MARKER_ROLES.get(spec.role)
-        if role is None:
+        if spec.role not in MARKER_ROLES:
             raise self._error(
                 f"unknown role {spec.role!r} (expected one of {', '.join(MARKER_ROLES)})",
                 "task.role",
             )
-        self.role: MarkerRole = role
+        # The attempt relationship and the exam's pool of a role are profile settings.
+        rel = profile.marker_role_relationships.get(spec.role)
+        pool = profile.marker_role_pools.get(spec.role)
+        if rel is None or pool is None:
+            raise self._error(
+                f"the API profile has no marker_role_relationships/marker_role_pools entry for "
+                f"{spec.role!r}",
+                "task.role",
+            )
+        self.role: MarkerRole = MarkerRole(spec.role, rel, pool)
         role_path = profile.marker_role_paths.get(spec.role)
         if role_path is None:
             raise self._error(
@@ -268,7 +277,7 @@ class AssignMarkersTask:
         #: The exams, pools, attempts and users on the server, read once and cached.
         self.scope = ExamScope(
             profile,
-            role,
+            self.role,
             role_path,
             exclusions=self._exclusions,
             exclusion_columns=self.exclusion_columns,
@@ -695,10 +704,9 @@ class AssignMarkersTask:
             return Outcome(status="done", action="unchanged", remote_id=aid)
         body = [ResourceIdentifier(type=TYPE_USER, id=m) for m in markers]
         p = self.profile
-        if self.assign:
-            await client.add_members(p.attempts_path, aid, self.role_path, body)
-        else:
-            await client.remove_members(p.attempts_path, aid, self.role_path, body)
+        method = p.marker_assign_method if self.assign else p.marker_unassign_method
+        path = f"{p.attempts_path}/{quote(aid, safe='')}/relationships/{self.role_path}"
+        await client.request(method, path, body=RelationshipDocument(data=body), idempotent=True)
         self._applied.update(markers)
         return Outcome(
             status="done", action="assigned" if self.assign else "unassigned", remote_id=aid

@@ -314,8 +314,8 @@ class ExamScope:
         a = attempt.attributes
         return AttemptInfo(
             attempt.id,
-            attempt.rel_id("examV2") or "",
-            attempt.rel_id("user") or "",
+            attempt.rel_id(self.profile.attempt_exam_relationship) or "",
+            attempt.rel_id(self.profile.attempt_user_relationship) or "",
             markers,
             a.examStatus or a.status or "",
         )

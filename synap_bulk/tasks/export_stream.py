@@ -28,7 +28,7 @@ from ..clock import Clock
 from ..errors import BadRequest, CheckpointError, Forbidden, NotFound, SynapBulkError
 from ..items import RunContext
 from ..jsonapi import UNSET, AnyResource, Document, NewResource, Relationship, ResourceIdentifier
-from ..resources import TYPE_BACKGROUND_JOB, TYPE_EXAM, TYPE_EXPORT_ENRICHED_ATTEMPT, BackgroundJob
+from ..resources import TYPE_BACKGROUND_JOB, TYPE_EXAM, TYPE_EXPORT_ENRICHED_ATTEMPT
 from ..sinks import DEFAULT_COLUMNS, Sink, make_sink
 from .base import CursorStore
 from .export_naming import _utc_date, output_for
@@ -470,28 +470,31 @@ class _Exporter:
         res = doc.data
         if res.type == TYPE_BACKGROUND_JOB:
             return res.id
-        linked = res.rel_id("backgroundJob")
+        linked = res.rel_id(self.profile.export_job_relationship)
         if linked:
             return linked
         return res.id
 
     async def _wait(self, exam: str, job_id: str) -> str:
-        p = self.profile
+        p = self.profile  # the BackgroundJob's field names and status values are its settings
         while True:
-            job: BackgroundJob = await self.client.get(
-                p.background_jobs_path, job_id, BackgroundJob
-            )
+            job = await self.client.get(p.background_jobs_path, job_id, AnyResource)
             a = job.attributes
-            if a.status == "completed":
-                if not a.fileUrl:
-                    raise SynapBulkError(f"export job {job_id} completed without a fileUrl")
+            status = a.get(p.job_status_attribute)
+            if status in p.job_completed_statuses:
+                url = a.get(p.job_file_attribute)
+                if not url or not isinstance(url, str):
+                    raise SynapBulkError(
+                        f"export job {job_id} completed without a {p.job_file_attribute}"
+                    )
                 self._report("waiting", exam, 1.0)
-                return a.fileUrl
-            if a.status == "failed":
-                raise SynapBulkError(
-                    f"export job {job_id} of {self._label(exam)} failed: {a.error or '?'}"
-                )
-            self._report("waiting", exam, a.progress)
+                return url
+            if status in p.job_failed_statuses:
+                error = a.get(p.job_error_attribute) or "?"
+                raise SynapBulkError(f"export job {job_id} of {self._label(exam)} failed: {error}")
+            progress = a.get(p.job_progress_attribute)
+            fraction = float(progress) if isinstance(progress, (int, float)) else None
+            self._report("waiting", exam, fraction)
             await self.clock.sleep(self.poll_interval)
 
     async def _download(self, name: str, st: _Stream, url: str, since: str | None) -> None:

@@ -554,15 +554,25 @@ class UserImportTask:
             )
         body = NewResource(type=TYPE_USER_REGISTRATION, attributes=attrs, relationships=rels)
         created = await client.create(p.registrations_path, body, User)
+        user_id = created.id
+        if not p.registration_id_is_user_id:
+            # The registration's id is not the user's: find the new user by its match key.
+            known = await self._lookup(item, client, fresh=True)
+            if known is None:
+                raise ConnectError(
+                    f"registered {item.key}, but no user with that key is found yet "
+                    "(registration_id_is_user_id: false)"
+                )
+            user_id = known.id
         if not p.registration_accepts_external_id and "externalId" in item.payload["attributes"]:
             patch = ResourcePatch(
                 type=TYPE_USER,
-                id=created.id,
+                id=user_id,
                 attributes={"externalId": item.payload["attributes"]["externalId"]},
             )
             await client.update(p.users_path, patch, User)
-        await self._add_groups(created.id, rest)
-        return Outcome(status="done", action="created", remote_id=created.id)
+        await self._add_groups(user_id, rest)
+        return Outcome(status="done", action="created", remote_id=user_id)
 
     async def _update(self, item: Item, client: SynapClient, known: _Known) -> Outcome:
         changes = self._changes(item, known)
