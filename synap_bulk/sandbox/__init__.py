@@ -79,6 +79,12 @@ Exports               ``POST /v3/export-enriched-attempts`` (optional to-one ``e
                       ``fileUrl``: NDJSON, one Attempt resource per line with ``meta.user`` and
                       ``meta.exam``, at a signed URL (no token needed).
 examStatus values     enrolled, notified, inProgress, submitted, expired, revoked.
+Attempt operations    ``attempt-locks``, ``attempt-overrides``, ``marking-entries``: see
+                      :mod:`.attempt_ops` (shapes, coded errors; kept in the state file).
+Profile               the sandbox follows ``SandboxConfig.profile`` (a job's ``api.profile``,
+                      or ``--profile FILE``): paths, filter/page/header names, relationship
+                      segments, the links' pagination style. ``ignore_filters`` makes it accept
+                      and ignore named filters.
 ====================  ==============================================================================
 
 Control routes (``GET /_sandbox/stats``, ``POST /_sandbox/reset``, ``GET|PATCH /_sandbox/config``)
