@@ -29,6 +29,7 @@ def test_unsafe_tasks_keep_few_items_marked_but_unsent() -> None:
 
 
 def _export_job(tmp: Path, *, profile: str = "") -> Path:
+    # The sandbox keeps the default profile (its own `profile: {}`), whatever the job's says.
     path = tmp / "export.yaml"
     path.write_text(
         f"""version: 1
@@ -36,7 +37,7 @@ name: one-door-export
 api:
   base_url: sandbox
   concurrency: 4
-{profile}sandbox: {{seed: 3, users: 40, exams: 2, attempts_per_exam: 30}}
+{profile}sandbox: {{seed: 3, users: 40, exams: 2, attempts_per_exam: 30, profile: {{}}}}
 task:
   kind: export-attempts
   format: ndjson
