@@ -231,3 +231,39 @@ def test_output_is_for_get_jobs_only(tmp_path: Path) -> None:
     job = load_job(tmp_path / "job.yaml")
     with pytest.raises(SpecError, match=r"job\.yaml:12: task\.output: output keeps the responses"):
         build_task(job, job.profile)
+
+
+async def test_auto_lists_when_a_listing_is_cheaper_than_a_get_per_key(tmp_path: Path) -> None:
+    """150 distinct emails in a 200-user portal: one probe and one page of 500, not 150 GETs."""
+    async with Sandbox(SandboxConfig(**SEED)) as sb:
+        users = [u for u in sb.store.users.values() if u.role == "student"][:150]
+    rows = [(u.email, "Sandbox Exam 1", 1000) for u in users]
+    job = load_job(_write(tmp_path, rows))
+    console = Console(file=io.StringIO(), width=120)
+    await run_job(job, console=console, handle_signals=False)
+    out = tmp_path / "out" / "timer-by-email"
+    summary = json.loads((out / "summary.json").read_text())["task"]["lookups"]
+    assert summary["user"] == {"strategy": "listing", "requests": 2, "keys": 150, "found": 150}
+
+
+async def test_a_server_ignoring_the_lookup_filter_still_gives_the_right_attempts(
+    tmp_path: Path,
+) -> None:
+    """Per-row lookups against a sandbox that ignores filter[emailAddress] and filter[user]:
+    every answer is matched again on the client, so the same attempts are reset (more slowly)."""
+    attempts = await _seeded_attempts()
+    single = [k for k, v in attempts.items() if len(v) == 1 and k[1] == "Sandbox Exam 1"][:3]
+    rows = [(e, x, 1000 * (i + 1)) for i, (e, x) in enumerate(single)]
+    path = _write(tmp_path, rows, ", strategy: per-row")
+    text = path.read_text().replace(
+        "state: state.json}",
+        "state: state.json, ignore_filters: ['filter[emailAddress]', 'filter[user]']}",
+    )
+    text = text.replace('exam: "{exam.id}"}}', 'exam: "{exam.id}"}, strategy: per-row}')
+    path.write_text(text)
+    job = load_job(path)
+    console = Console(file=io.StringIO(), width=120)
+    assert await run_job(job, console=console, handle_signals=False) == 0
+    async with Sandbox(SandboxConfig(state=str(tmp_path / "state.json"))) as sb:
+        extra = {a.id: a.extra_time_ms for a in sb.store.attempts.values() if a.extra_time_ms}
+    assert extra == {attempts[k][0]: 1000 * (i + 1) for i, k in enumerate(single)}
