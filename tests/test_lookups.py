@@ -267,3 +267,41 @@ async def test_a_server_ignoring_the_lookup_filter_still_gives_the_right_attempt
     async with Sandbox(SandboxConfig(state=str(tmp_path / "state.json"))) as sb:
         extra = {a.id: a.extra_time_ms for a in sb.store.attempts.values() if a.extra_time_ms}
     assert extra == {attempts[k][0]: 1000 * (i + 1) for i, k in enumerate(single)}
+
+
+MEMBERS_JOB = """\
+version: 1
+name: members
+api: {{base_url: sandbox}}
+sandbox: {{seed: 1, users: 30, state: state.json}}
+task:
+  kind: request
+  source: rows.csv
+  lookups:
+    user: {{resource: users, by: {{emailAddress: "{{email}}"}}}}
+    group: {{resource: user-groups, by: {{name: "{{group}}"}}}}
+  method: {method}
+  safety: idempotent
+  path: user-groups/{{group.id}}/relationships/users
+  body: {{data: [{{type: User, id: "{{user.id}}"}}]}}
+"""
+
+
+async def test_groups_by_name_and_a_delete_with_a_body_removes_members(tmp_path: Path) -> None:
+    """Users by email join a group named in the sheet (POST), then leave it (DELETE + body)."""
+    async with Sandbox(SandboxConfig(seed=1, users=30)) as sb:
+        group = next(g for g in sb.store.groups.values() if not g.default_type and not g.internal)
+        outsiders = [u for u in sb.store.users.values() if u.id not in group.members][:2]
+    (tmp_path / "rows.csv").write_text(
+        "email,group\n" + "".join(f"{u.email},{group.name}\n" for u in outsiders)
+    )
+    for method in ("POST", "DELETE"):
+        path = tmp_path / f"{method.lower()}.yaml"  # a ledger each
+        path.write_text(MEMBERS_JOB.format(method=method))
+        job = load_job(path)
+        console = Console(file=io.StringIO(), width=120)
+        assert await run_job(job, console=console, handle_signals=False) == 0
+        async with Sandbox(SandboxConfig(state=str(tmp_path / "state.json"))) as sb:
+            members = set(sb.store.groups[group.id].members)
+        inside = {u.id for u in outsiders} & members
+        assert inside == ({u.id for u in outsiders} if method == "POST" else set())
