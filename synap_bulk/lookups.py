@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 import msgspec
 from msgspec import Struct
 
@@ -84,7 +85,8 @@ class LookupDef(Struct, frozen=True):
 
 
 class LookupStats(Struct):
-    """How one lookup was resolved: strategy used, requests sent, keys asked, keys found."""
+    """How one lookup was resolved: strategy used (listing, per-row, or mixed when attempts of
+    some exams were listed and others looked up per key), requests sent, keys, keys found."""
 
     strategy: str = ""
     requests: int = 0
@@ -193,20 +195,39 @@ class LookupResolver:
             scope_params = (
                 {params_of["exam"]: scope_value} if scope and params_of.get("exam") else {}
             )
-            filterable = all(
-                f == "id" or params_of.get(f) for f in fields if f != scope or not scope_params
-            )
+            filterable = all(f == "id" or params_of.get(f) for f in fields)
             strategy = lookup.strategy
             if strategy == "auto" or (strategy == "per-row" and not filterable):
                 strategy = "per-row" if filterable else "listing"
                 if filterable and lookup.strategy == "auto" and len(keys) > 1:
                     strategy = await self._cheaper(resource, scope_params, len(keys), stats)
-            stats.strategy = strategy if not stats.strategy else stats.strategy
+            if stats.strategy and stats.strategy != strategy:
+                stats.strategy = "mixed"  # some exams listed, others looked up per key
+            else:
+                stats.strategy = strategy
             if strategy == "listing":
                 await self._by_listing(resource, fields, keys, scope_params, stats)
             else:
-                for k in keys:
-                    await self._by_filter(resource, fields, k, params_of, stats)
+                await self._each(resource, fields, keys, params_of, stats)
+
+    async def _each(
+        self,
+        resource: str,
+        fields: tuple[str, ...],
+        keys: list[tuple[str, ...]],
+        params_of: dict[str, str],
+        stats: LookupStats,
+    ) -> None:
+        """One filtered GET per key, as many at once as the client's concurrency allows."""
+        limit = anyio.CapacityLimiter(max(1, min(16, self.client.concurrency)))
+
+        async def one(k: tuple[str, ...]) -> None:
+            async with limit:
+                await self._by_filter(resource, fields, k, params_of, stats)
+
+        async with anyio.create_task_group() as tg:
+            for k in keys:
+                tg.start_soon(one, k)
 
     async def _cheaper(
         self, resource: str, scope_params: dict[str, str], n_keys: int, stats: LookupStats
