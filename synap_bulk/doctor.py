@@ -149,7 +149,27 @@ async def diagnose(job: JobFile, client: SynapClient) -> list[Check]:
     for need in job_filters(job, p):
         ok, found = await filter_honoured(client, need)
         checks.append(Check(f"{need.param} on {need.path}", ok, f"{found} ({need.why})"))
+    if _acts_as_others(job):
+        checks.append(await _subject_user(client, p))
     return checks
+
+
+def _acts_as_others(job: JobFile) -> bool:
+    return bool(job.spec.api.subject_user or getattr(job.spec.task, "subject_user", None))
+
+
+async def _subject_user(client: SynapClient, p: ApiProfile) -> Check:
+    """An impossible Subject-User must be refused: a server that ignored the header would run
+    every request as the token's own user."""
+    name = f"Subject-User header {p.subject_user_header}"
+    if not p.current_user_path:
+        return Check(name, None, "no current_user_path in the profile to probe it with")
+    ghost = f"synap-bulk-doctor-{secrets.token_hex(6)}"
+    try:
+        await client.request("GET", p.current_user_path, headers={p.subject_user_header: ghost})
+    except ApiError as exc:
+        return Check(name, True, f"an unknown user is refused ({exc.status})")
+    return Check(name, False, "an unknown user is accepted: the header is ignored")
 
 
 async def _pagination(client: SynapClient, p: ApiProfile) -> list[Check]:

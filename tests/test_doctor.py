@@ -95,3 +95,27 @@ def test_doctor_of_a_lookup_job_checks_each_lookup_filter(tmp_path: Path, capsys
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     for param in ("filter[externalId] on users", "filter[user] on attempts"):
         assert f"ok    {param}" in out
+
+
+def test_doctor_checks_the_subject_user_header_of_a_job_that_acts_as_others(
+    tmp_path: Path, capsys: object
+) -> None:
+    """A job with subject_user (seed 1's admin): the profile's header must refuse an unknown
+    user; a profile naming a header the server does not know is reported (it would act as the
+    token's user)."""
+    path = _import_job(tmp_path, "sandbox")
+    text = path.read_text().replace(
+        "  base_url: sandbox\n", "  base_url: sandbox\n  subject_user: 4Xsoen7xYn\n"
+    )
+    path.write_text(text)
+    assert main(["doctor", str(path)]) == 0
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert "ok    Subject-User header Subject-User: an unknown user is refused (400)" in out
+    other = text.replace(
+        "  subject_user: 4Xsoen7xYn\n",
+        "  subject_user: 4Xsoen7xYn\n  profile: {subject_user_header: X-Other}\n",
+    ).replace("task:", "sandbox: {profile: {}}\ntask:")
+    path.write_text(other)
+    assert main(["doctor", str(path)]) == 1
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert "FAIL  Subject-User header X-Other: an unknown user is accepted" in out
