@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from synap_bulk.errors import SpecError
+from synap_bulk.planning import plan_job
 from synap_bulk.runner import run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
@@ -163,8 +164,13 @@ async def test_demo_extra_time_sheet_runs_as_shipped(tmp_path: Path) -> None:
         shutil.copy(DEMO / name, tmp_path / name)
     job = load_job(tmp_path / "extra-time-sheet.yaml")
     console = Console(file=io.StringIO(), width=120)
-    assert await run_job(job, console=console, handle_signals=False) == 1
+    assert await plan_job(job, console=console) == 0
     out = tmp_path / "out" / job.spec.name
+    plan = (out / "plan.csv").read_text()
+    assert (
+        "POST attempt-timer-resets (user EDwZATraUO, exam dkjNdPJJlc, attempt j8rAwYyVVv)" in plan
+    )
+    assert await run_job(job, console=console, handle_signals=False) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"]["created"] == 3
     failures = (out / "failures.csv").read_text().splitlines()[1:]

@@ -112,10 +112,22 @@ def test_a_user_import_runs_and_doctor_passes_under_the_profile(
 
 def test_the_standalone_sandbox_reads_a_profile_file(tmp_path: Path) -> None:
     """--profile FILE is a YAML mapping of overrides; a wrong setting is one clear error."""
+    import pytest
+
     good = tmp_path / "p.yaml"
     good.write_text("pagination: offset\nfilter_email: 'filter[email]'\n")
     assert read_profile_file(str(good)) == {"pagination": "offset", "filter_email": "filter[email]"}
-    import pytest
+    import argparse
 
+    from synap_bulk.sandbox.cli import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = build_config(parser.parse_args(["--profile", str(good)]))
+    assert config.profile == {"pagination": "offset", "filter_email": "filter[email]"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: a profile is a mapping"):
+        build_config(parser.parse_args(["--profile", str(bad)]))
     with pytest.raises(ValueError, match="profile"):
         SandboxConfig(profile={"no_such_setting": 1})

@@ -294,6 +294,12 @@ class RequestTask:
         quoted = {k: quote(v.strip(), safe="") for k, v in values.items()}
         path = str(self._path.render(quoted)).strip()
         payload: dict[str, Any] = {"path": path.lstrip("/")}
+        if self._lookups:
+            payload["targets"] = {
+                lk.name: values[f"{lk.name}.id"]
+                for lk in self._lookups
+                if f"{lk.name}.id" in values
+            }
         if self._subject is not None:
             subject = values.get("_subject_id") or str(self._subject.render(values)).strip()
             if not subject:
@@ -396,6 +402,9 @@ class RequestTask:
 
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
         detail = f"{self.method} {item.payload['path']}"
+        targets: Mapping[str, str] = item.payload.get("targets") or {}
+        if targets:  # what each lookup found, so the plan shows which record a row reaches
+            detail += " (" + ", ".join(f"{k} {v}" for k, v in targets.items()) + ")"
         if self.safety is Safety.RECONCILABLE:
             found = await self._look_up(item, client)
             if found is not None:
