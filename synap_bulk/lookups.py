@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import anyio
 import msgspec
@@ -287,7 +288,8 @@ class LookupResolver:
         if "id" in values:
             stats.requests += 1
             try:
-                doc = await self.client.request("GET", f"{path}/{values['id']}")
+                item_path = f"{path}/{quote(values['id'], safe='')}"  # one segment, always
+                doc = await self.client.request("GET", item_path)
             except NotFound:
                 doc = None
             if doc is not None:

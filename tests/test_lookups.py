@@ -311,3 +311,33 @@ async def test_groups_by_name_and_a_delete_with_a_body_removes_members(tmp_path:
             members = set(sb.store.groups[group.id].members)
         inside = {u.id for u in outsiders} & members
         assert inside == ({u.id for u in outsiders} if method == "POST" else set())
+
+
+async def test_a_lookup_by_id_checks_the_record_exists(tmp_path: Path) -> None:
+    """by: {id: ...} GETs the record (one segment, however odd the value): a missing or
+    path-like id is an invalid row, an existing one passes its fields on."""
+    from synap_bulk.tasks import build_task
+    from synap_bulk.tasks.request import RequestTask
+
+    async with Sandbox(SandboxConfig(seed=1, users=20)) as sb:
+        attempt = next(iter(sb.store.attempts.values()))
+        (tmp_path / "rows.csv").write_text(f"a\n{attempt.id}\nnope\n../users\n")
+        (tmp_path / "job.yaml").write_text(
+            "version: 1\nname: ids\napi: {base_url: sandbox}\ntask:\n  kind: request\n"
+            "  source: rows.csv\n  method: GET\n  path: attempts/{attempt.id}\n"
+            '  lookups:\n    attempt: {resource: attempts, by: {id: "{a}"}}\n'
+        )
+        job = load_job(tmp_path / "job.yaml")
+        task = build_task(job, job.profile)
+        assert isinstance(task, RequestTask)
+        from synap_bulk.client import SynapClient
+
+        async with SynapClient(sb.url, token=sb.token) as client:
+            await task.prepare(client, None)  # type: ignore[arg-type]
+        rows = [x async for x in task.items()]
+    assert [getattr(r, "payload", {}).get("path") for r in rows[:1]] == [f"attempts/{attempt.id}"]
+    details = [r.error.detail for r in rows[1:]]  # type: ignore[union-attr]
+    assert details == [
+        "attempt: no attempt with id 'nope'",
+        "attempt: no attempt with id '../users'",
+    ]
