@@ -277,7 +277,7 @@ async def test_a_server_ignoring_the_lookup_filter_still_gives_the_right_attempt
 
 MEMBERS_JOB = """\
 version: 1
-name: members
+name: members-{method}
 api: {{base_url: sandbox}}
 sandbox: {{seed: 1, users: 30, state: state.json}}
 task:
@@ -302,7 +302,7 @@ async def test_groups_by_name_and_a_delete_with_a_body_removes_members(tmp_path:
         "email,group\n" + "".join(f"{u.email},{group.name}\n" for u in outsiders)
     )
     for method in ("POST", "DELETE"):
-        path = tmp_path / f"{method.lower()}.yaml"  # a ledger each
+        path = tmp_path / f"{method.lower()}.yaml"  # a name, so a ledger, each
         path.write_text(MEMBERS_JOB.format(method=method))
         job = load_job(path)
         console = Console(file=io.StringIO(), width=120)
