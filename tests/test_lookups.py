@@ -341,3 +341,16 @@ async def test_a_lookup_by_id_checks_the_record_exists(tmp_path: Path) -> None:
         "attempt: no attempt with id 'nope'",
         "attempt: no attempt with id '../users'",
     ]
+
+
+def test_validate_of_a_lookup_job_leaves_lookups_to_plan_and_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline, a key made of lookup fields ("lock {attempt.id}") is no duplicate of another
+    row's: validate passes the demo's rows (the lookups are checked by plan and run)."""
+    from synap_bulk.cli import main
+
+    for name in ("lock-attempts.yaml", "lock-attempts.csv"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    assert main(["validate", str(tmp_path / "lock-attempts.yaml")]) == 0
+    assert "input: 4 rows, 4 valid, 0 invalid" in capsys.readouterr().out

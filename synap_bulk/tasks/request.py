@@ -326,10 +326,28 @@ class RequestTask:
         return key
 
     def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
-        """Every check of a row needs no server: the same as :meth:`items`."""
-        return self.items()
+        """The checks of :meth:`items` with no server: lookups are not resolved, so their
+        fields stand in as a value of their own per row (a row's duplicates and lookups are
+        left to ``plan`` and ``run``)."""
+        return self._rows(offline=True)
 
-    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+    def items(self) -> AsyncIterator[Item | InvalidRow]:
+        return self._rows(offline=False)
+
+    def _stand_ins(self, line: int) -> dict[str, str]:
+        """Offline values of the lookups' fields a template uses: one per row and lookup."""
+        names = {lk.name for lk in self._lookups}
+        out: dict[str, str] = {}
+        header = set(self._source.header)
+        for template in self._templates():
+            for column in template.columns:
+                if column not in header and column.split(".", 1)[0] in names:
+                    out[column] = f"{column.replace('.', '-')}-of-line-{line}"
+        if self._subject is not None:
+            out["_subject_id"] = f"subject-of-line-{line}"
+        return out
+
+    async def _rows(self, *, offline: bool) -> AsyncIterator[Item | InvalidRow]:
         seen = DuplicateTracker()
         for row in self._source:
             values = row.values
@@ -347,6 +365,8 @@ class RequestTask:
                 yield InvalidRow(key=hint, line=row.line, row=values, error=resolved)
                 continue
             filled = resolved if resolved is not None else values
+            if offline and resolved is None and (self._lookups or self._subject is not None):
+                filled = {**values, **self._stand_ins(row.line)}
             try:
                 payload = self._render(filled)
                 key = self._item_key(filled, payload)
