@@ -173,6 +173,14 @@ class ExportAttemptsSpec(
     commit_pages: Annotated[int, Meta(ge=1, le=10_000)] = 50
 
 
+class NamedLookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A named lookup of a row's target by natural keys (``synap_bulk.lookups``)."""
+
+    resource: Literal["users", "user-groups", "exams", "attempts"]
+    by: dict[str, str]
+    strategy: Literal["auto", "per-row", "listing"] = "auto"
+
+
 class ExportSpec(
     Struct, tag="export", tag_field="kind", kw_only=True, forbid_unknown_fields=True, frozen=True
 ):
@@ -194,6 +202,7 @@ class ExportSpec(
     parallel: Annotated[int, Meta(ge=1)] = 4
     commit_interval_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
     commit_pages: Annotated[int, Meta(ge=1, le=10_000)] = 50
+    lookups: dict[str, NamedLookupSpec] = {}
 
 
 class LookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -201,14 +210,6 @@ class LookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
 
     path: str
     params: dict[str, str] = {}
-
-
-class NamedLookupSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """A named lookup of a row's target by natural keys (``synap_bulk.lookups``)."""
-
-    resource: Literal["users", "user-groups", "exams", "attempts"]
-    by: dict[str, str]
-    strategy: Literal["auto", "per-row", "listing"] = "auto"
 
 
 class RequestSpec(
@@ -458,8 +459,9 @@ FIELD_DOCS: dict[str, str] = {
         "path, e.g. user-group-exports, exam-candidate-exports."
     ),
     "task[export].filters": (
-        "filter[...] values, e.g. {userGroup: G123} sends filter[userGroup]=G123; with mode "
-        "server, the export's attributes.filter object."
+        "filter[...] values, e.g. {userGroup: G123} sends filter[userGroup]=G123, or "
+        "{userGroup: '{group.id}'} with a lookup; with mode server, the export's "
+        "attributes.filter object."
     ),
     "task[export].sort": (
         "The sort parameter. Omitted: the profile's export_sort (a stable order for paging)."
@@ -503,6 +505,21 @@ FIELD_DOCS: dict[str, str] = {
     ),
     "task[export].commit_pages": (
         "Durability window: commit after at most this many pages, whatever the time."
+    ),
+    "task[export].lookups": (
+        "Named lookups resolved once before the first page, with constant keys, e.g. "
+        "{group: {resource: user-groups, by: {name: Cohort 01}}}; filters and relationships "
+        "may then use {group.id} (or {group}). Nothing or more than one found is an error."
+    ),
+    "task[export].lookups.<name>.resource": (
+        "The collection searched: users, user-groups, exams or attempts."
+    ),
+    "task[export].lookups.<name>.by": (
+        "key -> value: users by emailAddress, externalId or id; user-groups and exams by name "
+        "or id; attempts by user and exam; may use an earlier lookup's fields."
+    ),
+    "task[export].lookups.<name>.strategy": (
+        "auto (one listing when cheaper than a filtered GET per key), per-row or listing."
     ),
     # --- task: request ---
     "task[request].kind": "request: one templated API request per CSV row.",

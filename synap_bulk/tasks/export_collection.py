@@ -48,6 +48,7 @@ from ..jsonapi import UNSET, AnyResource, NewResource, Relationship, ResourceIde
 from ..sinks import check_columns
 from ..templates import spec_error
 from .base import CursorStore
+from .export_lookups import compile_export_lookups, resolve_query
 from .export_naming import _output_template, _Shown, _utc_date, output_for
 from .export_records import META_CURSOR, ExportProgress, ExportResult, ExportSettings, _load, _Meta
 from .export_stream import _Exporter, _row_filter
@@ -398,6 +399,9 @@ class ExportTask:
 
     def __init__(self, spec: ExportSpec, job: JobFile, profile: ApiProfile) -> None:
         self.settings, self.query = settings_from_spec(spec, job, profile)
+        templated = {f"task.filters.{k}": v for k, v in self.query.filters}
+        templated |= {f"task.relationships.{k}": v for k, v in self.query.relationships}
+        self.lookups = compile_export_lookups(spec.lookups, templated, job)
         self.job = job
         self.profile = profile
 
@@ -428,9 +432,10 @@ class ExportTask:
                 total, done = 100, round((p.job_progress or 0.0) * 100)
             progress(StreamProgress(done=done, total=total, note=note))
 
+        query = await resolve_query(self.query, self.lookups, client, self.profile, self.job)
         r = await run_collection_export(
             self.settings,
-            self.query,
+            query,
             self.job,
             client,
             cursors,
@@ -458,7 +463,8 @@ class ExportTask:
     async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
         """How many records the export would give, into which file, and whether the run would
         resume; reads one record (mode pages), writes nothing."""
-        s, q, p = self.settings, self.query, self.profile
+        s, p = self.settings, self.profile
+        q = await resolve_query(self.query, self.lookups, client, p, self.job)
         meta: _Meta | None = None
         if cursors is not None:
             meta = _load(await cursors.get_cursor(META_CURSOR), _Meta)
