@@ -511,16 +511,6 @@ FIELD_DOCS: dict[str, str] = {
         "{group: {resource: user-groups, by: {name: Cohort 01}}}; filters and relationships "
         "may then use {group.id} (or {group}). Nothing or more than one found is an error."
     ),
-    "task[export].lookups.<name>.resource": (
-        "The collection searched: users, user-groups, exams or attempts."
-    ),
-    "task[export].lookups.<name>.by": (
-        "key -> value: users by emailAddress, externalId or id; user-groups and exams by name "
-        "or id; attempts by user and exam; may use an earlier lookup's fields."
-    ),
-    "task[export].lookups.<name>.strategy": (
-        "auto (one listing when cheaper than a filtered GET per key), per-row or listing."
-    ),
     # --- task: request ---
     "task[request].kind": "request: one templated API request per CSV row.",
     "task[request].source": "The CSV, one request per row; relative to the job file's folder.",
