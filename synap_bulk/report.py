@@ -1,7 +1,8 @@
 """What a run leaves behind: the summary, the failures file, the success file and the plan file.
 
 The failures file is built to be fixed and fed straight back as the next run's source: the
-input's own columns, in the input's order and delimiter, values exactly as read, then
+input's own columns, in the input's order and delimiter, values as read (formula-looking ones
+escaped, below), then
 ``_line``, ``_error_status``, ``_error_code``, ``_error_field`` and ``_error_detail``. Reading it
 back with :class:`~synap_bulk.sources.CsvSource` gives the same values, so a re-run sends the
 same data; the ``_`` columns are ignored by tasks, and dropped from the input columns when a
@@ -48,6 +49,7 @@ __all__ = [
     "SuccessWriter",
     "Summary",
     "csv_safe",
+    "escape_formula",
     "format_duration",
 ]
 
@@ -61,12 +63,24 @@ RESERVED_COLUMNS = frozenset(FAILURE_COLUMNS + SUCCESS_COLUMNS)
 def csv_safe(value: str) -> str:
     """``value`` with a leading single quote if a spreadsheet would run it as a formula.
 
-    Applied to text that comes from elsewhere (the server's error detail, task messages), never
-    to the input's own columns: those must read back unchanged so a fixed failures file re-runs
-    with the same data (``'+44 20 7946 0958`` would be sent as a different phone number), and
-    they are the user's own values, no riskier than the file they came from.
+    Applied to text that comes from elsewhere (the server's error detail, task messages), not
+    reversed on reading. The input's own columns get :func:`escape_formula` instead, which
+    reading a result file back undoes, so a fixed failures file re-runs with the same data
+    (``+44 20 7946 0958`` is sent as written, not as ``'+44 20 7946 0958``).
     """
     if value and value[0] in FORMULA_START:
+        return "'" + value
+    return value
+
+
+def escape_formula(value: str) -> str:
+    """An input value made safe for a spreadsheet, reversibly (see the module docstring).
+
+    ``=1+1`` -> ``'=1+1``, ``'=1+1`` -> ``''=1+1``; anything else unchanged.
+    :func:`synap_bulk.sources.unescape_formula` undoes it.
+    """
+    rest = value.lstrip("'")
+    if rest and rest[0] in FORMULA_START:
         return "'" + value
     return value
 
@@ -176,7 +190,7 @@ class FailuresWriter(_CsvWriter):
     def write(self, line: int, row: Mapping[str, str], error: ItemError) -> None:
         self._row(
             [
-                *(row.get(c, "") for c in self.input_columns),
+                *(escape_formula(row.get(c, "")) for c in self.input_columns),
                 str(line),
                 csv_safe(error.status),
                 csv_safe(error.code),
@@ -208,7 +222,7 @@ class SuccessWriter(_CsvWriter):
         self.actions[action] = self.actions.get(action, 0) + 1
         self._row(
             [
-                *(row.get(c, "") for c in self.input_columns),
+                *(escape_formula(row.get(c, "")) for c in self.input_columns),
                 str(line),
                 csv_safe(action),
                 csv_safe(remote_id),

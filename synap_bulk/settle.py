@@ -31,6 +31,7 @@ from .errors import CheckpointError, SourceError, SynapBulkError
 from .ledger import FailedItem, Ledger
 from .report import RESERVED_COLUMNS
 from .runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, invoked_as, ledger_path
+from .sources import is_result_file, unescape_formula
 from .spec import JobFile
 
 __all__ = ["APPLIED_COLUMN", "parse_applied", "settle_job"]
@@ -290,6 +291,7 @@ def _read_answers(path: Path, delimiter: str) -> tuple[list[_Answer], int, list[
             ],
         )
     skip = RESERVED_COLUMNS | {APPLIED_COLUMN, KEY_COLUMN}
+    escaped = is_result_file(header)
     answers: list[_Answer] = []
     errors: list[str] = []
     blank = 0
@@ -320,6 +322,8 @@ def _read_answers(path: Path, delimiter: str) -> tuple[list[_Answer], int, list[
             )
             continue
         kept = {c: v for c, v in values.items() if c not in skip}
+        if escaped:  # values the failures file escaped against formulas compare as the run had
+            kept = {c: unescape_formula(v) for c, v in kept.items()}
         answers.append(_Answer(where=where, applied=answer, line=line, values=kept))
     return answers, blank, errors
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from msgspec import Struct
 
 from .errors import SourceError
+from .sinks import FORMULA_START
 
 if TYPE_CHECKING:
     from _csv import Reader
@@ -37,14 +38,41 @@ __all__ = [
     "DuplicateTracker",
     "delimiter_hint",
     "is_email",
+    "is_result_file",
     "missing_values",
     "normalize_email",
     "read_table",
+    "unescape_formula",
 ]
 
 #: The column of a result file (failures, success) that holds the row's line in the original
 #: input; a file fed back keeps those lines.
 ORIGIN_COLUMN = "_line"
+
+#: A value our result files wrote with one apostrophe added (``report.escape_formula``): one or
+#: more apostrophes, then a character a spreadsheet would start a formula with.
+_ESCAPED_FORMULA = re.compile("'+[" + re.escape("".join(sorted(FORMULA_START))) + "]", re.DOTALL)
+
+
+def is_result_file(header: Iterable[str]) -> bool:
+    """Whether a header is one of our result files (failures, success): ``_line`` plus an
+    ``_error_*`` or ``_action`` column. Only those have formula-looking values escaped."""
+    names = set(header)
+    return ORIGIN_COLUMN in names and (
+        "_action" in names or any(n.startswith("_error_") for n in names)
+    )
+
+
+def _our_column(name: str) -> bool:
+    """A column our writers add (its text is escaped one way, ``report.csv_safe``)."""
+    return name in (ORIGIN_COLUMN, "_action", "_remote_id") or name.startswith("_error_")
+
+
+def unescape_formula(value: str) -> str:
+    """``value`` as it was before ``report.escape_formula``: one leading ``'`` less when
+    apostrophes are followed by a formula character (``'=x`` -> ``=x``, ``''=x`` -> ``'=x``)."""
+    return value[1:] if _ESCAPED_FORMULA.match(value) else value
+
 
 #: How many header names a "missing column" message lists before eliding the rest.
 _HEADER_SHOWN = 12
@@ -167,11 +195,24 @@ class CsvSource:
     def __iter__(self) -> Iterator[CsvRow]:
         """The data rows. In a result file fed back (it has a ``_line`` column: the failures
         file, fixed by hand), a row keeps the line it had in the original input, so every later
-        result file still points at the row the person first wrote."""
+        result file still points at the row the person first wrote; and when it is one of our
+        result files (:func:`is_result_file`), a value escaped against spreadsheet formulas
+        (``'=x``) is read as it was (``=x``), so the next run sends exactly the original."""
         if ORIGIN_COLUMN not in self.header:
             yield from self._records()
             return
+        escaped = is_result_file(self.header)
         for row in self._records():
+            if escaped:
+                # Values our writers escaped against spreadsheet formulas get theirs back.
+                row = CsvRow(
+                    row.line,
+                    {
+                        c: v if _our_column(c) else unescape_formula(v)
+                        for c, v in row.values.items()
+                    },
+                    row.problem,
+                )
             origin = row.values.get(ORIGIN_COLUMN, "").strip()
             if origin.isdigit() and int(origin) > 0:
                 yield CsvRow(int(origin), row.values, row.problem)

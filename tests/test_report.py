@@ -120,7 +120,8 @@ def test_success_and_plan_files(tmp_path: Path) -> None:
     with SuccessWriter(success, ["email", "_action"]) as sw:
         sw.write(3, {"email": "-a@x.io"}, "created", "u-1")
     assert sw.actions == {"created": 1}
-    assert success.read_bytes() == b"email,_line,_action,_remote_id\r\n-a@x.io,3,created,u-1\r\n"
+    # An input value that starts like a formula is escaped (reversibly) in the success file too.
+    assert success.read_bytes() == b"email,_line,_action,_remote_id\r\n'-a@x.io,3,created,u-1\r\n"
     empty = tmp_path / "empty-success.csv"
     with SuccessWriter(empty, ["email"]):
         pass
