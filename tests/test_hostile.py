@@ -1,4 +1,7 @@
-"""The client against a hostile or broken server: echoed secrets, loops, huge answers."""
+"""The client against a hostile or broken server: echoed secrets, loops, huge answers, answers
+that are not the document, and Retry-After values nobody should obey. (A whole run through a
+hostile server is in ``test_hostile_server.py``; redirects in ``test_client.py``; an oversized
+body and a truncated one on a real socket in ``test_transport.py``.)"""
 
 from __future__ import annotations
 
@@ -8,12 +11,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import msgspec
 import pytest
 
 from synap_bulk.client import PaginationLoop
-from synap_bulk.errors import BadRequest
+from synap_bulk.errors import BadRequest, MalformedResponse, RateLimited, ServerError
+from synap_bulk.jsonapi import MEDIA_TYPE
 from synap_bulk.redact import REDACTED, redact
 from synap_bulk.resources import User
+from synap_bulk.retry import RetryPolicy
 from synap_bulk.transport import RawResponse, ResponseTooLarge
 
 from .test_client import BASE, TOKEN, Handler, fail, make, ok, script, user
@@ -211,3 +217,96 @@ async def test_a_streamed_file_with_an_endless_line_stops_at_the_cap() -> None:
             async for line in client.stream_lines(f"{BASE}/files/x.ndjson"):
                 got.append(line)
     assert got == [b"ok"]
+
+
+# -- answers that are not the document, and Retry-After nobody should obey ---------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"meta": {"total": 3}}',  # a document without data
+        b'{"data": {"type": "User", "id": "1"}}',  # data of the wrong type (one, not a list)
+        b'{"data": "users"}',
+        b'{"data": [{"type": "User", "attributes": {"name": "no id"}}]}',  # resources without id
+        b'{"data": [{"id": "1", "attributes": {}}]}',  # nor type
+        b'{"data": [{"type": "User", "id": "1"}], "links": {"next": 7}}',
+        b'{"data": [',  # truncated JSON
+        b"<html><body>200 OK</body></html>",
+        b"",
+    ],
+)
+async def test_a_listing_that_is_not_a_jsonapi_collection_is_malformed(body: bytes) -> None:
+    """A 2xx page that is not a collection of identified resources is MalformedResponse, once."""
+    client, transport, _ = make(script(RawResponse(200, {"Content-Type": "text/html"}, body)))
+    async with client:
+        with pytest.raises(MalformedResponse) as info:
+            [u async for u in client.paginate("users", None, User, page_size=10)]
+    assert info.value.status == 200 and "GET /v3/users" in str(info.value)
+    assert len(transport.requests) == 1
+
+
+async def test_the_wrong_content_type_on_a_good_document_is_read() -> None:
+    """The Content-Type is not trusted either way: a JSON:API body labelled text/html decodes
+    (the body decides), an HTML body labelled JSON:API is malformed."""
+    good = msgspec.json.encode({"data": user("7", "Bea")})
+    client, _, _ = make(script(RawResponse(200, {"Content-Type": "text/html"}, good)))
+    async with client:
+        assert (await client.get("users", "7", User)).attributes.name == "Bea"
+    html = RawResponse(200, {"Content-Type": MEDIA_TYPE}, b"<html>7</html>")
+    client, _, _ = make(script(html))
+    async with client:
+        with pytest.raises(MalformedResponse):
+            await client.get("users", "7", User)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (400, b'{"meta": {"reason": "no errors member"}}', BadRequest),
+        (400, b'{"errors": []}', BadRequest),
+        (400, b'{"errors": "bad"}', BadRequest),
+        (400, b'{"errors": [{"detail": 5}]}', BadRequest),
+        (500, b"{}", ServerError),
+        (503, b'{"errors": null}', ServerError),
+    ],
+)
+async def test_an_error_document_without_errors_is_still_a_typed_error(
+    status: int, body: bytes, error: type[Exception]
+) -> None:
+    client, _, _ = make(script(RawResponse(status, {}, body)), retry=RetryPolicy(max_attempts=2))
+    async with client:
+        with pytest.raises(error) as info:
+            await client.request("GET", "users")
+    assert f"{status} " in str(info.value) and "GET /v3/users" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["1e9", "99999999999999999999", "-5", "-inf", "nan", "soon"]
+)
+async def test_a_429_retry_after_huge_negative_or_garbage_is_bounded(retry_after: str) -> None:
+    """However absurd the Retry-After, the client waits at most its deadline in all, never
+    a tight loop, and then raises the typed RateLimited."""
+    policy = RetryPolicy(max_throttled=5, deadline=60.0)
+    client, transport, clock = make(script(fail(429, {"Retry-After": retry_after})), retry=policy)
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(RateLimited):
+                await client.request("GET", "users")
+    assert clock.now() <= policy.deadline
+    assert 1 <= len(transport.requests) <= policy.max_throttled + 1
+    if len(transport.requests) > 1:  # retried: each after a real pause, not at once
+        assert clock.now() >= 0.25 * (len(transport.requests) - 1)
+
+
+@pytest.mark.parametrize("retry_after", ["1e9", "-5", "garbage", ""])
+async def test_a_503_retry_after_huge_negative_or_garbage_is_bounded(retry_after: str) -> None:
+    """A 503's Retry-After lengthens the backoff only within the deadline; garbage is ignored."""
+    policy = RetryPolicy(max_attempts=4, deadline=30.0)
+    client, transport, clock = make(script(fail(503, {"Retry-After": retry_after})), retry=policy)
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(ServerError):
+                await client.request("GET", "users")
+    assert clock.now() <= policy.deadline
+    assert len(transport.requests) == (1 if retry_after == "1e9" else policy.max_attempts)
