@@ -96,7 +96,10 @@ ON CONFLICT(key) DO UPDATE SET
                      ELSE excluded.remote_id END,
     attempts = excluded.attempts, error = excluded.error, row = excluded.row,
     run = excluded.run, updated_at = excluded.updated_at
+WHERE items.status != 'done'
 """
+# Done is final: no later record (a late duplicate outcome, an in-flight mark) moves a done item
+# to anything else; only ``--restart`` (a fresh ledger) forgets it.
 
 
 class ItemState(Struct, frozen=True, kw_only=True):
@@ -286,7 +289,7 @@ class Ledger:
         key = item.key
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM items WHERE key = ?", (key,))
+            db.execute("DELETE FROM items WHERE key = ? AND status != 'done'", (key,))
 
         await self._call(write)
 
