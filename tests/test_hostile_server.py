@@ -340,3 +340,62 @@ async def test_a_self_referencing_next_on_the_import_listing_ends_the_run(tmp_pa
     assert listings < 20
     assert second == EXIT_OK, said
     assert set(server) == {no for no, _, _ in ROWS}
+
+
+def _next_back_to_page_one(after: int) -> Rule:
+    """The attempts listing's page ``after`` says its next page is page 1 (in a new spelling)."""
+
+    async def rule(request: web.Request, n: int, forward: Forward) -> web.StreamResponse | None:
+        if request.method != "GET" or not request.path.endswith("/attempts"):
+            return None
+        status, headers, data = await forward()
+        if status == 200 and request.query.get("page[number]") == str(after):
+            doc = json.loads(data)
+            size = request.query.get("page[size]", "10")
+            doc["links"]["next"] = f"{request.url.origin()}{request.path}?page[size]={size}"
+            data = json.dumps(doc).encode()
+        return web.Response(status=status, headers=headers, body=data)
+
+    return rule
+
+
+async def test_an_export_whose_next_leads_back_stops_and_resumes_to_each_attempt_once(
+    tmp_path: Path,
+) -> None:
+    """An export through a links.next that leads back to page 1 ends with the loop error (exit 2)
+    instead of writing the same attempts forever, is not called complete, and a resume through
+    an honest server writes every attempt exactly once."""
+    console = Console(file=io.StringIO(), width=200)
+    config = SandboxConfig(seed=1, users=20, exams=1, attempts_per_exam=60, token=TOKEN)
+    async with Sandbox(config) as sb:
+        proxy = Proxy(sb.root, _next_back_to_page_one(after=3))
+        async with proxy.running():
+            (tmp_path / "token.txt").write_text(sb.token)
+            (tmp_path / "token.txt").chmod(0o600)
+            job = tmp_path / "job.yaml"
+            job.write_text(
+                f"""version: 1
+name: loop-export
+api:
+  base_url: {proxy.root}/v3
+  token_file: token.txt
+task:
+  kind: export-attempts
+  format: ndjson
+  output: attempts.ndjson
+  page_size: 10
+  parallel: 1
+"""
+            )
+            with anyio.fail_after(60):
+                first = await run_job(load_job(job), console=console, handle_signals=False)
+                said_first = console.file.getvalue()  # type: ignore[attr-defined]
+                proxy.rule = _pass
+                second = await run_job(load_job(job), console=console, handle_signals=False)
+            expected = sorted(a.id for a in sb.store.attempts.values())
+    assert first == EXIT_INVALID, said_first
+    assert "error: links.next repeats a page already fetched" in said_first
+    assert second == EXIT_OK, console.file.getvalue()  # type: ignore[attr-defined]
+    lines = (tmp_path / "attempts.ndjson").read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in lines]
+    assert sorted(ids) == expected and len(ids) == len(set(ids)) == 60
