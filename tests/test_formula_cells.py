@@ -9,13 +9,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from synap_bulk.items import ItemError
+from synap_bulk.items import Item, ItemError
+from synap_bulk.ledger import Ledger
 from synap_bulk.report import FailuresWriter, SuccessWriter, escape_formula
-from synap_bulk.runner import EXIT_FAILED, EXIT_OK, run_job
+from synap_bulk.runner import EXIT_FAILED, EXIT_OK, ledger_path, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.sinks import FORMULA_START
 from synap_bulk.sources import CsvSource, unescape_formula
 from synap_bulk.spec import load_job
+
+from .test_settle import settle, statuses, write_job
 
 #: Every formula start, already-escaped values (one and two apostrophes), and plain ones.
 VALUES = [
@@ -136,3 +139,28 @@ task:
         }
     assert code == EXIT_OK, console.file.getvalue()  # type: ignore[attr-defined]
     assert names == dict(CANDIDATES)
+
+
+async def test_settle_matches_a_failures_row_whose_values_were_escaped(tmp_path: Path) -> None:
+    """`settle --csv failures.csv` compares the row's values with the ledger's as the run had
+    them: an escaped `'-1` in the file is the `-1` the ledger kept."""
+    job = write_job(tmp_path, "http://127.0.0.1:9/v3", [("a1", "-1", "=R1")])
+    ledger = await Ledger.open(
+        ledger_path(job), job_name="extra-time", task_hash=job.task_hash(), input_hash="i"
+    )
+    async with ledger:
+        row = {"attempt_id": "a1", "extra_ms": "-1", "ref": "=R1"}
+        item = Item(key="R1", line=2, row=row)
+        ledger.record(item, "in_doubt", 1, ItemError(status="in-doubt", code="ambiguous"))
+    failures = tmp_path / "failures.csv"
+    with FailuresWriter(failures, list(row)) as fw:
+        fw.write(2, row, ItemError(status="in-doubt", code="ambiguous"))
+    header, *body = _cells(failures)
+    assert body[0][:3] == ["a1", "'-1", "'=R1"]
+    with (tmp_path / "checked.csv").open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*header, "applied"])
+        w.writerows([*r, "yes"] for r in body)
+    code, text = await settle(job, csv_path=tmp_path / "checked.csv")
+    assert code == EXIT_OK, text
+    assert await statuses(job) == {"R1": "done"}
