@@ -179,7 +179,7 @@ api:
   base_url: {url}
   token_file: token.txt
   concurrency: 2
-  timeout: 1
+  timeout: 2
 run:
   max_item_attempts: 3
 task:
