@@ -703,20 +703,29 @@ class SynapClient:
                     raise self._api_error(
                         "GET", where, RawResponse(resp.status, resp.headers, body)
                     )
-                rest = b""
+                # The unfinished line's chunks are kept apart and joined once, when its newline
+                # comes: appending each chunk to one bytes object would copy the line again at
+                # every chunk (quadratic in a long line).
+                pending: list[bytes] = []
+                size = 0
                 async for chunk in resp.chunks:
-                    rest += chunk
                     if b"\n" not in chunk:
-                        if len(rest) > self.max_body_bytes:  # one endless line
+                        pending.append(chunk)
+                        size += len(chunk)
+                        if size > self.max_body_bytes:  # one endless line
                             raise ResponseTooLarge(
                                 self.max_body_bytes, method="GET", path=where, status=resp.status
                             )
                         continue
-                    *lines, rest = rest.split(b"\n")
+                    if pending:
+                        pending.append(chunk)
+                        chunk = b"".join(pending)
+                    *lines, rest = chunk.split(b"\n")
                     for line in lines:
                         yield line
-                if rest:
-                    yield rest
+                    pending, size = ([rest], len(rest)) if rest else ([], 0)
+                if pending:
+                    yield b"".join(pending)
         finally:
             self.rate.release()
 

@@ -310,3 +310,17 @@ async def test_a_503_retry_after_huge_negative_or_garbage_is_bounded(retry_after
                 await client.request("GET", "users")
     assert clock.now() <= policy.deadline
     assert len(transport.requests) == (1 if retry_after == "1e9" else policy.max_attempts)
+
+
+async def test_a_long_line_in_tiny_chunks_is_joined_once_not_per_chunk() -> None:
+    """A 3 MiB line arriving in 7-byte chunks (about 450,000 of them) comes out whole, in a few
+    seconds; appending chunk after chunk to one bytes object (as before) copies the line again
+    each time, four times the work per doubling of the line, and does not end within the
+    bound."""
+    line = b"x" * (3 << 20)
+    body = b"first\n" + line + b"\nlast"
+    client, _, _ = make(script(RawResponse(200, {}, body)))
+    with anyio.fail_after(60):
+        async with client:
+            got = [chunk async for chunk in client.stream_lines(f"{BASE}/files/x.ndjson")]
+    assert got == [b"first", line, b"last"]
