@@ -26,7 +26,7 @@ from aiohttp import web
 from rich.console import Console
 
 from synap_bulk.ledger import Ledger
-from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_job
+from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ledger_path, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.spec import load_job
 
@@ -257,7 +257,7 @@ async def test_a_hostile_answer_to_a_create_loses_no_row_and_leaks_no_token(
     assert second == EXIT_OK, console.file.getvalue()  # type: ignore[attr-defined]
     assert set(server) == {no for no, _, _ in ROWS}
     assert stats.duplicate_creates == 0 and max(stats.creates_by_key.values()) == 1
-    ledger = await Ledger.open_readonly(tmp_path / "job.ledger.sqlite")
+    ledger = await Ledger.open_readonly(ledger_path(load_job(job)))
     try:
         states = await ledger.load_states()
     finally:

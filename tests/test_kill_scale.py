@@ -29,8 +29,9 @@ import pytest
 from anyio.abc import Process
 
 from synap_bulk.ledger import Ledger
-from synap_bulk.runner import EXIT_FAILED
+from synap_bulk.runner import EXIT_FAILED, ledger_path
 from synap_bulk.sampledata import write_candidates
+from synap_bulk.spec import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "p:kill-at-scale"
@@ -178,7 +179,7 @@ async def test_twenty_kills_at_scale_leave_every_valid_row_exactly_once(tmp_path
     assert max(stats["creates_by_key"].values()) == 1
     assert set(server) == set(cands.valid_ids)  # 0 missing, 0 extra
     # The ledger agrees with the server: every valid row done with the id the server gave it.
-    ledger = await Ledger.open_readonly(tmp_path / "job.ledger.sqlite")
+    ledger = await Ledger.open_readonly(ledger_path(load_job(job, offline=True)))
     try:
         states = await ledger.load_states()
     finally:
