@@ -65,6 +65,14 @@ CLI_CORPUS: dict[str, tuple[str | None, str]] = {
     "wrong-type-concurrency": ("api.concurrency", ""),
     "wrong-type-fields": ("task.fields", ""),
     "wrong-type-version": ("version", ""),
+    "unknown-key-sandbox": ("sandbox", ""),
+    "unknown-key-breaker": ("run.breaker", ""),
+    "unknown-key-profile": (None, "api.profile is an open mapping; its keys are the profile's"),
+    "non-finite-nan": (None, "JSON has no NaN; a YAML editor's numbers do"),
+    "wrong-type-groups": ("task.groups", ""),
+    "wrong-type-breaker-threshold": ("run.breaker.threshold", ""),
+    "out-of-range-breaker-threshold": ("run.breaker.threshold", ""),
+    "env-var-in-url-missing": (None, "the environment at load time"),
 }
 
 
