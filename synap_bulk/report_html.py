@@ -103,19 +103,33 @@ def read_failures(path: Path, *, first: int = FIRST_ROWS) -> Failures | None:
         return None
     header = text.split("\n", 1)[0]
     delimiter = next((d for d in (",", ";", "\t", "|") if "_line" in header.split(d)), ",")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    out = Failures(columns=[c for c in reader.fieldnames or [] if c not in FAILURE_COLUMNS])
+    # The failures file keeps an input's too-long value whole (csv's field limit is 128 KiB):
+    # read it with room for any of its fields, and show long values cut short.
+    limit = csv.field_size_limit(max(len(text) + 1, csv.field_size_limit()))
+    try:
+        records = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+        columns = list(records[0]) if records else []
+    except csv.Error:
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    out = Failures(columns=[c for c in columns if c not in FAILURE_COLUMNS])
     reasons: Counter[str] = Counter()
     example: dict[str, tuple[str, str]] = {}
-    for row in reader:
+    for row in records:
         out.total += 1
         reason = _reason(row)
         reasons[reason] += 1
-        example.setdefault(reason, ((row.get("_error_detail") or ""), row.get("_line") or ""))
+        example.setdefault(reason, (_cut(row.get("_error_detail") or ""), row.get("_line") or ""))
         if len(out.rows) < first:
-            out.rows.append({k: v or "" for k, v in row.items() if k is not None})
+            out.rows.append({k: _cut(v or "") for k, v in row.items() if k is not None})
     out.reasons = [(r, n, *example[r]) for r, n in reasons.most_common()]
     return out
+
+
+def _cut(value: str, most: int = 300) -> str:
+    """A value as the report shows it: at most ``most`` characters."""
+    return value if len(value) <= most else f"{value[:most]}… ({len(value):,} characters)"
 
 
 def _reason(row: Mapping[str, str | None]) -> str:
@@ -159,7 +173,7 @@ def publish_report(run_dir: Path, console: Console, *, secrets: Sequence[str] = 
     """The run's own report, written as it ends: a failure is a warning, never the run's end."""
     try:
         return write_report(run_dir, secrets=secrets)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, csv.Error) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         console.print(f"warning: cannot write {run_dir / REPORT_FILE}: {why}", markup=False)
         return None

@@ -236,14 +236,15 @@ class CsvSource:
                     if len(record) == width:
                         if not "".join(record).strip():
                             continue
-                        yield CsvRow(start, dict(zip(header, record, strict=True)))
+                        values = dict(zip(header, record, strict=True))
+                        yield CsvRow(start, values, _nul_problem(values))
                     elif len(record) < width:
                         if not "".join(record).strip():
                             continue
                         values = dict(zip(header, record, strict=False))
                         for column in header[len(record) :]:
                             values[column] = ""
-                        yield CsvRow(start, values)
+                        yield CsvRow(start, values, _nul_problem(values))
                     else:
                         if not "".join(record).strip():
                             continue
@@ -267,7 +268,18 @@ class CsvSource:
                         "(it runs to the end of the file)"
                     ) from None
                 if message.startswith("field larger than field limit"):
-                    raise SourceError(f"{name}:{start}: {message}; is a quote left open?") from None
+                    if last > start:  # it ran over lines: a quote left open, the rest unsure
+                        raise SourceError(
+                            f"{name}:{start}: {message}; is a quote left open?"
+                        ) from None
+                    # One physical line with a huge value: that row is invalid, not the file.
+                    yield CsvRow(
+                        start,
+                        self._split_line(start),
+                        f"a value longer than {csv.field_size_limit():,} characters (the "
+                        "most one CSV field may hold)",
+                    )
+                    continue
                 # The reader drops the rest of the bad line and resumes at the next one; the
                 # failures file still gets the row's values, read leniently from its lines.
                 yield CsvRow(
@@ -277,6 +289,16 @@ class CsvSource:
                     if last > start
                     else f"malformed quoting: {message}",
                 )
+
+    def _split_line(self, line: int) -> dict[str, str]:
+        """The values of physical line ``line`` split on the delimiter (a row already in error
+        whose field is too long for the csv module: the failures file still gets its values)."""
+        if self._lines is None:
+            self._lines = io.StringIO(self._text, newline="").readlines()
+        fields = self._lines[line - 1].rstrip("\r\n").split(self.delimiter)
+        values = dict.fromkeys(self.header, "")
+        values.update(zip(self.header, fields, strict=False))
+        return values
 
     def _lenient_values(self, first: int, last: int) -> dict[str, str]:
         """Best-effort values of physical lines ``first..last`` (only for rows already in error)."""
@@ -288,6 +310,14 @@ class CsvSource:
         values = dict.fromkeys(self.header, "")
         values.update(zip(self.header, fields, strict=False))
         return values
+
+
+def _nul_problem(values: Mapping[str, str]) -> str | None:
+    """Why a row holding a NUL character is invalid (no API stores one in text), or None."""
+    for column, value in values.items():
+        if "\x00" in value:
+            return f"column {column} holds a NUL character (\\0); remove it"
+    return None
 
 
 def _line_of_offset(data: bytes, offset: int) -> int:
