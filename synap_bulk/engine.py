@@ -506,6 +506,10 @@ class Engine:
                 if safety is Safety.UNSAFE:  # a 2xx we cannot read: it probably took effect
                     self._record_in_doubt(item, attempts, "malformed-response", str(exc))
                     return
+                # A reconcilable write answered 2xx with a body we cannot read probably took
+                # effect: look it up now, so the row is not reported failed while it exists.
+                if safety is Safety.RECONCILABLE and await self._last_look(item, attempts):
+                    return
                 self._failed += 1
                 ledger.record(
                     item,
