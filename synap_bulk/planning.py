@@ -208,6 +208,15 @@ async def validate_job(job: JobFile, *, out: TextIO | None = None) -> int:
     What needs the server (a group's name, a marker's email, the attempts of an exam) is left to
     ``plan``: the same task checks, where the server's answers are known."""
     out = out or sys.stdout
+    token_file = job.spec.api.token_file
+    if token_file and not job.resolve(token_file).is_file():
+        # validate needs no token (the file may be written later, e.g. by CI from a secret),
+        # but says that `run` would refuse the job as it stands; never the path itself.
+        where = job.error(
+            "api.token_file",
+            "no such file yet (a relative path is taken from the job's folder); run needs it",
+        )
+        print(f"warning: {where}", file=sys.stderr)
     task = build_task(job, job.profile)  # every task's own checks, at their job-file line
     head = f"{job.path}: job file ok ({job.spec.task.kind})"
     if task.shape == "stream":

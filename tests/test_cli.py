@@ -237,4 +237,10 @@ def test_validate_and_status_need_no_token(
     assert "not started" in capsys.readouterr().out
     text = path.read_text().replace("token: ${SYNAP_TOKEN}", "token_file: secrets/token")
     path.write_text(text)
+    capsys.readouterr()
     assert main(["validate", str(path)]) == 0
+    # ... but it says, at its line, that run would refuse it as it stands
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "token_file:" in t)
+    err = capsys.readouterr().err
+    assert f"warning: {path}:{line}: api.token_file: no such file yet" in err
+    assert "secrets/token" not in err
