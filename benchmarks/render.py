@@ -1,0 +1,68 @@
+"""The Markdown of a ``python -m benchmarks`` run: one table per scenario, median (min–max)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = (
+    ("wall_s", "wall s", "{:.2f}"),
+    ("x_ideal", "x ideal", "{:.2f}"),
+    ("cpu_s", "client CPU s", "{:.2f}"),
+    ("cpu_ms_per_op", "CPU ms/op", "{:.3f}"),
+    ("cpu_x_bare", "CPU x bare", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("ops_per_s", "ops/s", "{:.0f}"),
+    ("requests", "requests", "{:.0f}"),
+    ("429s", "429s", "{:.0f}"),
+    ("duplicates", "dup", "{:.0f}"),
+    ("missing", "missing", "{:.0f}"),
+    ("misreported", "misrep.", "{:.0f}"),
+    ("server_cpu_share", "server CPU", "{:.0%}"),
+)
+
+
+def cell(stat: dict[str, float] | None, fmt: str) -> str:
+    if not stat:
+        return "-"
+    med, lo, hi = (fmt.format(stat[k]) for k in ("median", "min", "max"))
+    return med if lo == hi else f"{med} ({lo}–{hi})"
+
+
+def table(scn: dict[str, Any]) -> list[str]:
+    cols = [c for c in COLUMNS if any(c[0] in v for v in scn["variants"])]
+    lines = [
+        "| variant | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for v in scn["variants"]:
+        cells = [cell(v.get(key), fmt) for key, _, fmt in cols]
+        err = f" ({len(v['errors'])} failed runs)" if v["errors"] else ""
+        lines.append(f"| {v['label']}{err} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    out = [
+        f"# Benchmarks, {doc['date']}",
+        "",
+        f"`{doc['command']}`: {doc['repeats']} interleaved repeat(s) per variant, each variant in "
+        f"its own process against a standalone sandbox process; {m['nproc']} CPUs, Python "
+        f"{m['python']}, load average {m['load_average_start'][0]:.1f} at the start and "
+        f"{m['load_average_end'][0]:.1f} at the end; {doc['elapsed_s']:.0f} s in all.",
+        "Cells: median (min–max). Client CPU: the child's rusage less its interpreter start "
+        "(exports: the whole process). Requests, 429s and the counts of rows come from the "
+        "server's counters; server CPU is the share of one core the server processes used "
+        "during the child's run.",
+    ]
+    for scn in doc["scenarios"]:
+        out += ["", f"## {scn['name']}: {scn['title']}", ""]
+        ideal = f"; x ideal: wall / {scn['ideal']}" if scn["ideal"] else ""
+        if scn["ideal_s"]:
+            ideal += f" = {scn['ideal_s']:.2f} s"
+        out.append(f"{scn['size']:,} {'attempts' if scn['kind'] == 'export' else 'rows'}{ideal}.")
+        for note in [*scn["notes"], *scn["skipped"]]:
+            out.append(f"{note}")
+        out.append("")
+        out += table(scn)
+    return "\n".join(out) + "\n"
