@@ -6,8 +6,10 @@
     python -m benchmarks --scale 0.5           # every full size halved
 
 Writes ``<out>/<date>.json`` (every run's figures) and ``<out>/<date>.md`` (the tables: median
-with min–max); ``--out`` defaults to benchmarks/results. Needs the ``bench`` extra for the peers
-(``pip install -e ".[bench]"``); a peer whose package is missing is skipped, and said so.
+with min–max); ``--out`` defaults to benchmarks/results. A later run the same day replaces the
+scenarios it ran and keeps the others (each scenario records its command). Needs the ``bench``
+extra for the peers (``pip install -e ".[bench]"``); a peer whose package is missing is skipped,
+and said so.
 """
 
 from __future__ import annotations
@@ -20,10 +22,34 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.render import markdown
 from benchmarks.run import run_scenario, say
 from benchmarks.scenarios import BY_NAME, SCENARIOS
+
+
+def merge(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """The day's file with this run's scenarios in place of the same-named earlier ones.
+
+    A day's results are the latest run of each scenario (every scenario records the command
+    that produced it), so a long run may be split (``--only``) and still give one table.
+    """
+    if not path.exists():
+        doc["invocations"] = [doc["command"]]
+        return doc
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc["invocations"] = [doc["command"]]
+        return doc
+    fresh = {s["name"] for s in doc["scenarios"]}
+    kept = [s for s in old.get("scenarios", []) if s["name"] not in fresh]
+    order = {name: i for i, name in enumerate(BY_NAME)}
+    scenarios = sorted(kept + doc["scenarios"], key=lambda s: order.get(s["name"], 99))
+    used = {s.get("command") for s in scenarios}
+    invocations = [c for c in old.get("invocations", []) if c in used]
+    return {**doc, "scenarios": scenarios, "invocations": [*invocations, doc["command"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [BY_NAME[n] for n in ns.only] if ns.only else list(SCENARIOS)
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
-    doc = {
+    doc: dict[str, Any] = {
         "date": now.isoformat(timespec="seconds"),
         "command": " ".join(
             ["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]
@@ -70,13 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     for scn in chosen:
         n = ns.size or (scn.quick if ns.quick else max(1, int(scn.size * ns.scale)))
         say(f"{scn.name}: {scn.title} ({n:,})")
-        doc["scenarios"].append(run_scenario(scn, n, repeats, ns.timeout))
+        load0 = os.getloadavg()[0]
+        result = run_scenario(scn, n, repeats, ns.timeout)
+        result.update(command=doc["command"], load_average=[load0, os.getloadavg()[0]])
+        doc["scenarios"].append(result)
     doc["machine"]["load_average_end"] = list(os.getloadavg())
     doc["elapsed_s"] = round(time.perf_counter() - started, 1)
     ns.out.mkdir(parents=True, exist_ok=True)
     stem = now.strftime("%Y-%m-%d")
-    (ns.out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    (ns.out / f"{stem}.md").write_text(markdown(doc))
+    merged = merge(ns.out / f"{stem}.json", doc)
+    (ns.out / f"{stem}.json").write_text(json.dumps(merged, indent=1))
+    (ns.out / f"{stem}.md").write_text(markdown(merged))
     say(f"wrote {ns.out / (stem + '.json')} and {ns.out / (stem + '.md')} in {doc['elapsed_s']} s")
     errors = sum(len(v["errors"]) for s in doc["scenarios"] for v in s["variants"])
     return 1 if errors else 0

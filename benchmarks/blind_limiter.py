@@ -7,7 +7,8 @@ bucket per zone (here: one, every client alike) draining ``rate`` requests a sec
 to ``burst`` excess requests; a request that would overflow it is answered at once with a 429
 and nginx's HTML error page, no ``Retry-After`` and no rate-limit headers. Everything else is
 forwarded unchanged to ``--upstream`` (a sandbox without a limit). ``GET /_limiter/stats``
-gives what the limiter saw (``requests``, ``throttled``). The harness uses it where nginx is not
+gives what the limiter saw (``requests``, ``throttled``); ``POST /_limiter/reset``
+zeroes them and empties the bucket. The harness uses it where nginx is not
 installed; it prints ``blind limiter listening on http://127.0.0.1:PORT/v3`` once ready.
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -31,14 +34,17 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"
 class LeakyBucket:
     """nginx's ``limit_req`` arithmetic: ``excess`` drains at ``rate``/s; over ``burst``: no."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.burst = burst
+        self.clock = clock
         self.excess = 0.0
-        self.last = time.monotonic()
+        self.last = -math.inf  # a fresh zone: the first request finds it empty (excess 0)
 
     def admit(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         excess = max(0.0, self.excess - self.rate * (now - self.last) + 1.0)
         if excess > self.burst:
             return False
@@ -61,6 +67,11 @@ def app(upstream: str, rate: float, burst: float) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(counts)
 
+    async def reset(request: web.Request) -> web.Response:
+        counts.update(requests=0, throttled=0)
+        bucket.excess, bucket.last = 0.0, -math.inf
+        return web.json_response(counts)
+
     async def forward(request: web.Request) -> web.StreamResponse:
         counts["requests"] += 1
         if not bucket.admit():
@@ -78,6 +89,7 @@ def app(upstream: str, rate: float, burst: float) -> web.Application:
 
     application.cleanup_ctx.append(session_ctx)
     application.router.add_get("/_limiter/stats", stats)
+    application.router.add_post("/_limiter/reset", reset)
     application.router.add_route("*", "/{tail:.*}", forward)
     return application
 

@@ -41,11 +41,12 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def get_json(url: str, token: str | None = TOKEN) -> Any:
+def get_json(url: str, token: str | None = TOKEN, method: str = "GET") -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(url, headers=headers)
+    req = urllib.request.Request(url, headers=headers, method=method)
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+        raw = resp.read()
+    return json.loads(raw) if raw.strip() else None
 
 
 @dataclass
@@ -60,6 +61,13 @@ class Server:
 
     def cpu_s(self) -> float:
         return sum(proc_cpu_s(p.pid) for p in self.procs)
+
+    def reset(self) -> None:
+        """Fresh seed, zero counters, full buckets (``POST /_sandbox/reset``), before a run."""
+        root = self.sandbox_url.rsplit("/v3", 1)[0]
+        get_json(f"{root}/_sandbox/reset", self.token, method="POST")
+        if self.limiter_url is not None:
+            get_json(self.limiter_url.rsplit("/v3", 1)[0] + "/_limiter/reset", None, "POST")
 
     def stats(self) -> dict[str, Any]:
         root = self.sandbox_url.rsplit("/v3", 1)[0]
@@ -158,6 +166,7 @@ METRICS = (
     "ops_per_s",
     "server_cpu_s",
     "server_cpu_share",
+    "process_wall_s",
 )
 
 

@@ -43,13 +43,14 @@ def table(scn: dict[str, Any]) -> list[str]:
 
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
+    commands = ", ".join(f"`{c}`" for c in doc.get("invocations", [doc["command"]]))
     out = [
         f"# Benchmarks, {doc['date']}",
         "",
-        f"`{doc['command']}`: {doc['repeats']} interleaved repeat(s) per variant, each variant in "
-        f"its own process against a standalone sandbox process; {m['nproc']} CPUs, Python "
-        f"{m['python']}, load average {m['load_average_start'][0]:.1f} at the start and "
-        f"{m['load_average_end'][0]:.1f} at the end; {doc['elapsed_s']:.0f} s in all.",
+        f"{commands}: interleaved repeats (A B C A B C ...), each variant in its own process "
+        f"against a standalone sandbox process; {m['nproc']} CPUs, Python {m['python']}, "
+        f"{m['platform']}. The machine was shared (load averages below): read the ratios "
+        "measured side by side, not the absolute figures.",
         "Cells: median (min–max). Client CPU: the child's rusage less its interpreter start "
         "(exports: the whole process). Requests, 429s and the counts of rows come from the "
         "server's counters; server CPU is the share of one core the server processes used "
@@ -60,7 +61,13 @@ def markdown(doc: dict[str, Any]) -> str:
         ideal = f"; x ideal: wall / {scn['ideal']}" if scn["ideal"] else ""
         if scn["ideal_s"]:
             ideal += f" = {scn['ideal_s']:.2f} s"
-        out.append(f"{scn['size']:,} {'attempts' if scn['kind'] == 'export' else 'rows'}{ideal}.")
+        what = "attempts" if scn["kind"] == "export" else "rows"
+        out.append(f"{scn['size']:,} {what}, {scn['repeats']} repeat(s){ideal}.")
+        if "command" in scn:
+            lo, hi = scn["load_average"]
+            out.append(
+                f"`{scn['command']}`; load average {lo:.1f} at its start, {hi:.1f} at its end."
+            )
         for note in [*scn["notes"], *scn["skipped"]]:
             out.append(f"{note}")
         out.append("")
