@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, nginx_limiter
 
 ROOT = common.ROOT
 
 TOKEN = common.TOKEN
+#: Set (to anything) to use benchmarks/blind_limiter.py even where nginx is installed.
+NO_NGINX = "BENCH_NO_NGINX"
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -49,6 +51,20 @@ def get_json(url: str, token: str | None = TOKEN, method: str = "GET") -> Any:
     return json.loads(raw) if raw.strip() else None
 
 
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (nginx's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class Server:
     """The processes serving one run: the sandbox, and maybe a limiter in front of it."""
@@ -58,21 +74,30 @@ class Server:
     token: str
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     limiter_url: str | None = None
+    nginx: Any = None  # a benchmarks.nginx_limiter.Nginx when nginx is the blind limiter
+    limiter: str = ""  # which blind limiter: "nginx limit_req" or "blind_limiter.py"
 
     def cpu_s(self) -> float:
-        return sum(proc_cpu_s(p.pid) for p in self.procs)
+        pids = [p.pid for p in self.procs]
+        if self.nginx is not None:
+            pids += [self.nginx.proc.pid, *children(self.nginx.proc.pid)]
+        return sum(proc_cpu_s(pid) for pid in pids)
 
     def reset(self) -> None:
         """Fresh seed, zero counters, full buckets (``POST /_sandbox/reset``), before a run."""
         root = self.sandbox_url.rsplit("/v3", 1)[0]
         get_json(f"{root}/_sandbox/reset", self.token, method="POST")
-        if self.limiter_url is not None:
+        if self.nginx is not None:
+            self.nginx.reset()
+        elif self.limiter_url is not None:
             get_json(self.limiter_url.rsplit("/v3", 1)[0] + "/_limiter/reset", None, "POST")
 
     def stats(self) -> dict[str, Any]:
         root = self.sandbox_url.rsplit("/v3", 1)[0]
         doc: dict[str, Any] = get_json(f"{root}/_sandbox/stats", self.token)
-        if self.limiter_url is not None:
+        if self.nginx is not None:
+            doc = {**doc, **self.nginx.stats()}
+        elif self.limiter_url is not None:
             lim = get_json(self.limiter_url.rsplit("/v3", 1)[0] + "/_limiter/stats", None)
             doc = {**doc, "requests": lim["requests"], "throttled": lim["throttled"]}
         return doc
@@ -99,12 +124,19 @@ def server(
     proc, url = common.start_sandbox(*args, token=token)
     srv = Server(url=url, sandbox_url=url, token=token, procs=[proc])
     try:
-        if blind is not None:
+        if blind is not None and nginx_limiter.available() and not os.environ.get(NO_NGINX):
+            srv.nginx = nginx_limiter.Nginx(url.split("//", 1)[1].split("/", 1)[0], *blind)
+            srv.url = srv.limiter_url = srv.nginx.url
+            srv.limiter = "nginx limit_req"
+        elif blind is not None:
             lim, lim_url = _start_limiter(url.rsplit("/v3", 1)[0], *blind)
             srv.procs.append(lim)
             srv.url = srv.limiter_url = lim_url
+            srv.limiter = "benchmarks/blind_limiter.py"
         yield srv
     finally:
+        if srv.nginx is not None:
+            srv.nginx.stop()
         for p in reversed(srv.procs):
             common.stop_sandbox(p)
 

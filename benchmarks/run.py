@@ -39,11 +39,13 @@ def run_scenario(scn: Scenario, n: int, repeats: int, timeout: float) -> dict[st
     for line in skipped:
         say(line)
     runs: dict[str, list[dict[str, Any]]] = {v.label: [] for v in variants}
+    limiter = ""
     with tempfile.TemporaryDirectory(prefix=f"bench-{scn.name}-") as tmp:
         work = Path(tmp)
         if scn.kind == "write":
             emails = write_input(work / "rows.csv", n)
             with harness.server(sandbox_args(scn, n), blind=scn.blind) as srv:
+                limiter = srv.limiter
                 for rep in range(repeats):
                     for i, v in enumerate(variants):
                         say(f"  {scn.name} [{rep + 1}/{repeats}] {v.label} ...")
@@ -77,7 +79,7 @@ def run_scenario(scn: Scenario, n: int, repeats: int, timeout: float) -> dict[st
         "repeats": repeats,
         "ideal": scn.ideal,
         "ideal_s": ideal,
-        "notes": scn.notes,
+        "notes": [*scn.notes, *([f"Blind limiter used: {limiter}."] if limiter else [])],
         "skipped": skipped,
         "variants": [
             {

@@ -108,8 +108,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         ideal="rate: rows / 100 per s",
         blind=(RATE, 10.0),
         notes=[
-            "nginx is not required: benchmarks/blind_limiter.py, a leaky bucket with nginx's "
-            "limit_req arithmetic (nodelay), sits in front of an unlimited sandbox."
+            "nginx limit_req (burst=10 nodelay, limit_req_status 429) in front of an unlimited "
+            "sandbox where nginx is installed; elsewhere benchmarks/blind_limiter.py, a leaky "
+            "bucket with limit_req's arithmetic answering nginx's HTML 429 page."
         ],
     ),
     Scenario(
