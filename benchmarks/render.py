@@ -1,7 +1,13 @@
-"""The Markdown of a ``python -m benchmarks`` run: one table per scenario, median (min–max)."""
+"""The Markdown of a ``python -m benchmarks`` run: one table per scenario, median (min–max).
+
+python -m benchmarks.render benchmarks/results/<date>.json   # rewrites <date>.md beside it
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 COLUMNS = (
@@ -17,6 +23,7 @@ COLUMNS = (
     ("duplicates", "dup", "{:.0f}"),
     ("missing", "missing", "{:.0f}"),
     ("misreported", "misrep.", "{:.0f}"),
+    ("in_doubt", "in doubt", "{:.0f}"),
     ("server_cpu_share", "server CPU", "{:.0%}"),
 )
 
@@ -73,3 +80,35 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append("")
         out += table(scn)
     return "\n".join(out) + "\n"
+
+
+def compact(doc: dict[str, Any]) -> str:
+    """One table of every scenario, the columns that compare (README's Performance section)."""
+    lines = [
+        "| scenario | variant | wall s | x ideal | CPU ms/op | x bare CPU | peak RSS MB | 429s "
+        "| dup / missing / misrep. |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for scn in doc["scenarios"]:
+        for v in scn["variants"]:
+            if not v.get("runs"):
+                continue
+            faults = "/".join(cell(v.get(k), "{:.0f}") for k in ("duplicates", "missing"))
+            faults += "/" + cell(v.get("misreported"), "{:.0f}")
+            lines.append(
+                f"| {scn['name']} | {v['label']} | {cell(v.get('wall_s'), '{:.2f}')} "
+                f"| {cell(v.get('x_ideal'), '{:.2f}')} | {cell(v.get('cpu_ms_per_op'), '{:.3f}')} "
+                f"| {cell(v.get('cpu_x_bare'), '{:.2f}')} "
+                f"| {cell(v.get('peak_rss_mb'), '{:.0f}')} | {cell(v.get('429s'), '{:.0f}')} "
+                f"| {faults} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    doc = json.loads(source.read_text())
+    if "--compact" in sys.argv[2:]:
+        print(compact(doc), end="")
+    else:
+        source.with_suffix(".md").write_text(markdown(doc))

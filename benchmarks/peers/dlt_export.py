@@ -3,7 +3,8 @@
 How dlt's docs say to pull a paginated REST API into files: a ``rest_api_source`` with bearer
 auth and a ``json_link`` paginator following JSON:API's ``links.next``, the records under
 ``data``, loaded by a pipeline into a local ``filesystem`` bucket as ``jsonl`` (the NDJSON
-runs) or ``csv``. Best reasonable settings: ``page[size]=500`` (the server's maximum),
+runs) or ``csv``. Best reasonable settings: ``page[size]=500`` (the server's maximum), the
+server's default order (creation order: stable pages without asking the server to sort),
 ``max_table_nesting=0`` (one table; nested objects kept as JSON instead of child tables, the
 closest to one line per attempt), file compression off, telemetry off. dlt follows ``next``
 links, so its pages are fetched one after another (no pages in flight).
@@ -38,7 +39,7 @@ def main() -> None:
                     "name": "attempts",
                     "endpoint": {
                         "path": "attempts",
-                        "params": {"page[size]": 500, "sort": "id"},
+                        "params": {"page[size]": 500},
                         "data_selector": "data",
                     },
                 }
