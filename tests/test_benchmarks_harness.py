@@ -77,3 +77,19 @@ def test_blind_limiter_admits_like_nginx_limit_req() -> None:
     assert bucket.admit() is False
     now[0] += 1.0  # all drained: a burst again
     assert sum(bucket.admit() for _ in range(20)) == 11
+
+
+def test_a_peer_whose_package_is_missing_is_skipped_and_said_so() -> None:
+    from dataclasses import replace
+
+    from benchmarks.run import available
+    from benchmarks.scenarios import BY_NAME, Variant
+
+    missing = Variant("peer of a missing package", "bare_aiohttp", needs="no_such_package_xyz")
+    present = Variant("bare", "bare_aiohttp")
+    scn = replace(BY_NAME["cpu"], variants=(missing, present))
+    keep, skipped = available(scn)
+    assert keep == [present]
+    assert skipped == [
+        "cpu: skipped 'peer of a missing package' (no_such_package_xyz is not installed)"
+    ]
