@@ -153,7 +153,9 @@ async def test_blind_limiter_answers_like_nginx_limit_req(http: aiohttp.ClientSe
         assert b"429 Too Many Requests" in body and b"nginx" in body
         clock.advance(0.5)  # the bucket refills at 2/s as with limiter=api
         assert (await get(http, sb, "/portals/current"))[0] == 200
-        assert sb.statistics().throttled == 1
+        stats = sb.statistics()
+        assert stats.throttled == 1 and stats.retry_after_announced == {}
+        assert stats.requests_inside_retry_after == 0  # nothing announced, nothing to respect
 
 
 async def test_unlimited_sandbox_sends_no_ratelimit_headers(http: aiohttp.ClientSession) -> None:
