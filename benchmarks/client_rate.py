@@ -11,9 +11,11 @@ started with ``python -m synap_bulk sandbox``; traffic only to 127.0.0.1):
   for CUBIC and AIMD, with the sandbox's X-RateLimit-* headers off (the recovery algorithm
   alone) and on (header pacing).
 * ``learn``: a fixed number of GETs against sandbox ``--rate 100 --burst 10`` (Retry-After in
-  seconds), headers off and on: client ``rate=100`` (told the limit: the ideal of the same run)
-  against ``rate="auto"`` (from no knowledge); wall time as a multiple of the told run, the
-  429 share and the sandbox process's CPU share (from /proc: it must not be the bottleneck).
+  seconds) with X-RateLimit-* headers, without them, and behind the blind limiter (an nginx
+  ``limit_req`` mimic: HTML 429, no Retry-After, no headers): client ``rate=100`` (told the
+  limit: the ideal of the same run) against ``rate="auto"`` (from no knowledge); wall time as
+  a multiple of the told run, the 429 share and the sandbox process's CPU share (from /proc:
+  it must not be the bottleneck).
 * ``cpu``: unthrottled sandbox, 20,000 GETs: client CPU ms per request for a bare aiohttp loop,
   ``client.request`` and ``client.get`` (typed decode); target <= 2x the bare loop.
 * ``pacer``: CPU per throttled acquire of the GCRA pacer, no HTTP (asyncio event loop).
@@ -314,15 +316,23 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def learn_scenario(total: int, headers: bool) -> list[dict[str, Any]]:
-    """``total`` GETs against a 100/s bucket of 10 (Retry-After seconds): told, then auto.
+LIMITERS = ("headers", "no-headers", "blind")
 
+
+def learn_scenario(total: int, limiter: str) -> list[dict[str, Any]]:
+    """``total`` GETs against a 100/s bucket of 10: told, then auto.
+
+    ``limiter``: ``headers`` (Retry-After seconds and X-RateLimit-*), ``no-headers`` (Retry-After
+    only) or ``blind`` (the sandbox's nginx ``limit_req`` mimic: an HTML 429, no headers at all).
     Each variant gets a fresh sandbox; the ideal is the told run of the same scenario, and
     ``total / 100`` s is the floor (plus the bucket's 10 free requests).
     """
+    headers = limiter == "headers"
     flags = ["--rate", "100", "--burst", "10", "--retry-after", "seconds"]
     if not headers:
         flags.append("--no-ratelimit-headers")
+    if limiter == "blind":
+        flags += ["--limiter", "blind"]
     rows = []
     for rate in ("100", "auto"):
         proc, url = common.start_sandbox("--seed", "1", "--users", "200", *flags, token=TOKEN)
@@ -342,7 +352,7 @@ def learn_scenario(total: int, headers: bool) -> list[dict[str, Any]]:
         rows.append(
             {
                 "client_rate": rate,
-                "headers": headers,
+                "limiter": limiter,
                 "gets": got["ok"],
                 "wall_s": round(got["wall_s"], 2),
                 "floor_s": round((total - 10) / 100.0, 2),
@@ -444,6 +454,14 @@ def main() -> None:
     parser.add_argument(
         "--learn-gets", type=int, default=6000, help="GETs per run of the learn scenario"
     )
+    parser.add_argument(
+        "--limiters",
+        default=",".join(LIMITERS),
+        help=f"learn scenario: comma-separated limiter kinds ({', '.join(LIMITERS)})",
+    )
+    parser.add_argument(
+        "--learn-repeats", type=int, default=1, help="learn scenario: interleaved repeats"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -491,12 +509,13 @@ def main() -> None:
         print_table(f"rate=auto, {auto_s:.0f} s", rows, keys)
     if "learn" in only:
         total = 1500 if ns.quick else ns.learn_gets
-        rows = [r for headers in (False, True) for r in learn_scenario(total, headers)]
+        kinds = ns.limiters.split(",")
+        rows = [r for _ in range(ns.learn_repeats) for k in kinds for r in learn_scenario(total, k)]
         figures["learn"] = rows
         print_table(
             f"Told 100/s against auto, bucket 100/s burst 10, {total} GETs",
             rows,
-            ["client_rate", "headers", "gets", "wall_s", "floor_s", "x_ideal", "share_429",
+            ["client_rate", "limiter", "gets", "wall_s", "floor_s", "x_ideal", "share_429",
              "throttled", "inside_retry_after", "pauses", "failed", "sandbox_cpu_share"],
         )  # fmt: skip
     if "cpu" in only:

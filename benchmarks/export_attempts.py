@@ -4,7 +4,8 @@ Starts ``python -m synap_bulk sandbox`` in its own process (seeded, no rate limi
 only), then runs each variant in a fresh child process and reads the child's own
 ``resource.getrusage``: wall time, CPU time (user + system) and peak RSS; and the sandbox
 process's CPU during that child (from ``/proc/<pid>/stat``). Every variant exports the same
-attempts; each is repeated and the median reported. The variants, for each format:
+attempts; each is repeated and the median reported (repeats interleaved: every variant, then
+every variant again). The variants, for each format:
 
 - ``bare``: a bare aiohttp loop, ``--parallel`` pages in flight, written in order to the file
   (NDJSON: the resources' bytes; CSV: the default columns through ``csv.writer``), no
@@ -286,21 +287,24 @@ def bench(attempts: int, exams: int, args: argparse.Namespace) -> list[dict[str,
     try:
         # One unmeasured pass first: the sandbox's first listing of each exam costs it more.
         run_variant(url, "ndjson", "bare", exams * per_exam, proc.pid, args)
-        for fmt in args.formats.split(","):
-            for variant in args.variants.split(","):
-                runs = [
+        combos = [(f, v) for f in args.formats.split(",") for v in args.variants.split(",")]
+        runs_of: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in combos}
+        for _ in range(args.repeats):  # interleaved: each variant sees the same machine
+            for fmt, variant in combos:
+                runs_of[fmt, variant].append(
                     run_variant(url, fmt, variant, exams * per_exam, proc.pid, args)
-                    for _ in range(args.repeats)
-                ]
-                med = {k: statistics.median(r[k] for r in runs) for k in keys}
-                med.update(format=fmt, variant=variant, attempts=exams * per_exam)
-                rows.append(med)
-                print(
-                    f"  {fmt} {variant}: {med['wall_s']:.2f} s wall, {med['cpu_s']:.2f} s CPU, "
-                    f"{med['peak_rss_mb']:.0f} MB peak RSS, server {med['server_cpu_s']:.2f} s "
-                    f"CPU, {med['commits']:.0f} ledger writes",
-                    flush=True,
                 )
+        for (fmt, variant), runs in runs_of.items():
+            med = {k: statistics.median(r[k] for r in runs) for k in keys}
+            walls = [r["wall_s"] for r in runs]
+            med.update(format=fmt, variant=variant, attempts=exams * per_exam)
+            rows.append(med)
+            print(
+                f"  {fmt} {variant}: {med['wall_s']:.2f} s wall (min-max {min(walls):.2f}-"
+                f"{max(walls):.2f}), {med['cpu_s']:.2f} s CPU, {med['peak_rss_mb']:.0f} MB peak "
+                f"RSS, server {med['server_cpu_s']:.2f} s CPU, {med['commits']:.0f} ledger writes",
+                flush=True,
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -6,8 +6,12 @@ a. ``--rate 100`` on the sandbox and ``rate: 100`` in the job: achieved request 
    limit (target >= 95%).
 b. no limit, 50 ms latency, concurrency 16: items/s against concurrency / latency = 320/s
    (target >= 90%).
-c. no limit, no latency: CPU ms per row of the whole run (CSV, ledger, engine, client), beside a
-   bare aiohttp loop doing the same POSTs in the same kind of process (target <= 3x).
+c. no limit, no latency: CPU ms per create of the whole run (CSV, ledger, engine, client), beside
+   a bare aiohttp loop doing the same POSTs in the same kind of process, and the same loop paced
+   by aiolimiter (set far above what the loop reaches, so it costs its acquire but never waits;
+   target <= 1.2x that, issue 12), interleaved repeats, medians; with each child's peak RSS and
+   the sandbox process's CPU during it (from /proc).
+m. memory: peak RSS of one import of ``--mem-rows`` rows (200,000; target <= 100 MB).
 d. the exam-season shape: every candidate into a cohort *and* the Students group (the second
    group goes through batched relationship calls, and group joins are slow), 20 +- 10 ms
    latency, 3% faults, a server limit of 200/s and ``rate: auto``: achieved request rate
@@ -15,6 +19,7 @@ d. the exam-season shape: every candidate into a cohort *and* the Students group
 
     python benchmarks/import_users.py               # 10,000 rows, all three scenarios
     python benchmarks/import_users.py --quick       # 1,000 rows, a smoke run
+    python benchmarks/import_users.py --only c --only m --repeats 5   # CPU and memory only
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -30,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TOKEN, child, median, sandbox
+from common import TOKEN, child, median, sandbox, start_sandbox, stop_sandbox
 
 HERE = Path(__file__).resolve()
 COHORTS = ["Cohort 01", "Cohort 02", "Cohort 03"]
@@ -91,12 +98,33 @@ def child_import(job_path: str) -> dict[str, Any]:
     code = anyio.run(lambda: run_job(job, restart=True, console=console, handle_signals=False))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     summary = json.loads((out_dir(job) / "summary.json").read_text())
-    return {"code": code, "cpu_s": cpu, "wall_s": wall, "summary": summary}
+    return {"code": code, "cpu_s": cpu, "wall_s": wall, "summary": summary, "rss_mb": _rss_mb()}
 
 
-def child_bare(url: str, rows: int) -> dict[str, Any]:
-    """The floor: aiohttp POSTs of the same registrations, 16 at a time, nothing else."""
+def _rss_mb() -> float:
+    """This process's peak RSS so far (MB; ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_bare(url: str, rows: int, limiter: bool = False) -> dict[str, Any]:
+    """The floor: aiohttp POSTs of the same registrations, 16 at a time, nothing else; with
+    ``limiter``, each POST first acquires an aiolimiter ``AsyncLimiter`` (1,000,000/s: never
+    waits, so the difference is its cost alone)."""
+    import contextlib
+
     import aiohttp
+
+    pace: Any = contextlib.nullcontext()
+    if limiter:
+        from aiolimiter import AsyncLimiter
+
+        pace = AsyncLimiter(1_000_000, 1.0)
 
     headers = {
         "Authorization": f"Bearer {TOKEN}",
@@ -124,9 +152,10 @@ def child_bare(url: str, rows: int) -> dict[str, Any]:
                             },
                         }
                     }
-                    async with session.post(
-                        f"{url}/user-registrations", data=json.dumps(body)
-                    ) as resp:
+                    async with (
+                        pace,
+                        session.post(f"{url}/user-registrations", data=json.dumps(body)) as resp,
+                    ):
                         await resp.read()
                         ok += resp.status == 201
 
@@ -135,7 +164,7 @@ def child_bare(url: str, rows: int) -> dict[str, Any]:
             return time.process_time() - cpu0, time.perf_counter() - wall0, ok
 
     cpu, wall, ok = asyncio.run(go())
-    return {"cpu_s": cpu, "wall_s": wall, "ok": ok}
+    return {"cpu_s": cpu, "wall_s": wall, "ok": ok, "rss_mb": _rss_mb()}
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -209,23 +238,74 @@ def scenario_groups(rows: int, folder: Path) -> dict[str, Any]:
     return limited_row("d. two groups, 20+-10 ms, 3% faults, limit 200, rate auto", rows, r, 200)
 
 
-def scenario_cpu(rows: int, folder: Path, repeats: int) -> list[dict[str, Any]]:
-    engine: list[float] = []
-    bare: list[float] = []
-    for i in range(repeats):
-        # Fresh sandbox per variant and repeat, so each sees the same empty directory.
-        with sandbox("--users", "0", "--groups", "3") as url:
-            job = write_job(folder, url, rows, None, f"cpu{i}")
+def _cpu_run(kind: str, folder: Path, rows: int, name: str) -> dict[str, Any]:
+    """One variant against a fresh sandbox process: client CPU, peak RSS, the sandbox's CPU."""
+    proc, url = start_sandbox("--users", "0", "--groups", "3")
+    try:
+        cpu0 = proc_cpu_s(proc.pid)
+        if kind == "engine":
+            job = write_job(folder, url, rows, None, name)
             r = child(HERE, ["import", str(job)])
-            engine.append(r["cpu_s"] * 1000 / rows)
-        with sandbox("--users", "0", "--groups", "3") as url:
-            b = child(HERE, ["bare", url, str(rows)])
-            bare.append(b["cpu_s"] * 1000 / rows)
-    e, b_ = median(engine), median(bare)
+            r["creates"] = r["summary"]["counts"]["done"]
+            r["requests"] = r["summary"]["requests"]
+        else:
+            r = child(
+                HERE, ["bare", url, str(rows), *(["aiolimiter"] if kind == "limiter" else [])]
+            )
+            r["creates"] = r["requests"] = r["ok"]
+        r["server_cpu_s"] = proc_cpu_s(proc.pid) - cpu0
+    finally:
+        stop_sandbox(proc)
+    return r
+
+
+def scenario_cpu(rows: int, folder: Path, repeats: int) -> list[dict[str, Any]]:
+    labels = {
+        "engine": "synap_bulk run (whole engine)",
+        "limiter": "aiohttp + aiolimiter POST loop",
+        "bare": "bare aiohttp POST loop",
+    }
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in labels}
+    for i in range(repeats):  # interleaved: every variant sees the same moment of the machine
+        for kind in labels:
+            runs[kind].append(_cpu_run(kind, folder, rows, f"cpu{i}"))
+    per = {k: median([r["cpu_s"] * 1000 / r["creates"] for r in v]) for k, v in runs.items()}
+    out = []
+    for kind, label in labels.items():
+        v = runs[kind]
+        out.append(
+            {
+                "variant": label,
+                "creates": v[0]["creates"],
+                "requests": v[0]["requests"],
+                "cpu_ms_per_create": round(per[kind], 3),
+                "min_max": "{:.3f}-{:.3f}".format(
+                    *(f(r["cpu_s"] * 1000 / r["creates"] for r in v) for f in (min, max))
+                ),
+                "x_aiolimiter": f"{per[kind] / per['limiter']:.2f}x",
+                "wall_s": round(median([r["wall_s"] for r in v]), 2),
+                "peak_rss_mb": round(median([r["rss_mb"] for r in v]), 1),
+                "server_cpu_ms_per_create": round(
+                    median([r["server_cpu_s"] * 1000 / r["creates"] for r in v]), 3
+                ),
+                "repeats": len(v),
+            }
+        )
+    return out
+
+
+def scenario_memory(rows: int, folder: Path) -> list[dict[str, Any]]:
+    """One import of ``rows`` rows: peak RSS (target <= 100 MB) and CPU per create."""
+    r = _cpu_run("engine", folder / "mem", rows, "mem")
     return [
-        {"variant": "synap_bulk run (whole engine)", "cpu_ms_per_row": round(e, 3)},
-        {"variant": "bare aiohttp POST loop", "cpu_ms_per_row": round(b_, 3)},
-        {"variant": "ratio", "cpu_ms_per_row": f"{e / b_:.2f}x"},
+        {
+            "variant": f"m. synap_bulk import of {rows:,} rows",
+            "creates": r["creates"],
+            "peak_rss_mb": round(r["rss_mb"], 1),
+            "cpu_ms_per_create": round(r["cpu_s"] * 1000 / r["creates"], 3),
+            "wall_s": round(r["wall_s"], 1),
+            "server_cpu_s": round(r["server_cpu_s"], 1),
+        }
     ]
 
 
@@ -244,7 +324,7 @@ def main() -> None:
         result = (
             child_import(sys.argv[3])
             if kind == "import"
-            else child_bare(sys.argv[3], int(sys.argv[4]))
+            else child_bare(sys.argv[3], int(sys.argv[4]), sys.argv[5:] == ["aiolimiter"])
         )
         print(json.dumps(result))
         return
@@ -252,11 +332,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of scenario c")
     parser.add_argument("--quick", action="store_true", help="1,000 rows, one repeat")
-    parser.add_argument("--only", choices=["a", "b", "c", "d"], action="append")
+    parser.add_argument("--only", choices=["a", "b", "c", "d", "m"], action="append")
+    parser.add_argument("--mem-rows", type=int, default=200_000, help="rows of scenario m")
     ns = parser.parse_args()
     rows = 1_000 if ns.quick else ns.rows
     repeats = 1 if ns.quick else ns.repeats
-    only = set(ns.only or ["a", "b", "c", "d"])
+    only = set(ns.only or ["a", "b", "c", "d", "m"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if only & {"a", "b", "d"}:
@@ -271,6 +352,10 @@ def main() -> None:
             print()
         if "c" in only:
             print(table(scenario_cpu(rows, folder, repeats)))
+            print()
+        if "m" in only:
+            (folder / "mem").mkdir()
+            print(table(scenario_memory(1_000 if ns.quick else ns.mem_rows, folder)))
 
 
 if __name__ == "__main__":

@@ -223,6 +223,9 @@ class SynapClient:
         self.concurrency = concurrency
         #: The largest answer (and, of a streamed file, the longest line) read into memory.
         self.max_body_bytes = max_body_bytes
+        #: The largest page size the server gives, once a listing found it (see
+        #: :func:`synap_bulk.pagination.pages`); later listings ask for no more.
+        self.page_size_cap: int | None = None
         self._rng = rng or random.Random()
         self._transport: Transport | None = transport
         self._own_transport = transport is None

@@ -68,11 +68,19 @@ class RateSettings(Struct, frozen=True, kw_only=True):
     #: probe at ``(1 + auto_probe)`` x L for ``auto_probe_for`` s. A probe that lasts makes its
     #: rate the new L (and the next probe follows at once); one that fails (a 429, or Remaining
     #: falling to half the bucket) goes back to the hold.
+    #: From the second probe in a row that lasts, each doubles the next one's step (up to
+    #: ``auto_probe_step_max``); a probe lasts ``auto_probe_for`` x ``auto_probe`` / step (at
+    #: least ``auto_probe_min_for``: a bigger step drains a bucket sooner). So an estimate far
+    #: too low (a 429 caused by a stall of the server, not by the limit) is left in seconds,
+    #: not minutes. A failed probe with a step above ``auto_probe`` bounds the limit: the next
+    #: probes bisect between L and the refused rate, the first ``auto_probe_for`` s later.
     auto_hold: float = 0.97
     auto_probe: float = 0.03
     auto_probe_every: float = 10.0
     auto_probe_max: float = 160.0
     auto_probe_for: float = 5.0
+    auto_probe_step_max: float = 0.48
+    auto_probe_min_for: float = 1.0
     #: Computed pause when a 429 gives no usable Retry-After: base x 2^n, capped (seconds).
     pause_base: float = 0.5
     pause_cap: float = 30.0
@@ -310,6 +318,10 @@ class RateController:
         self._pause_end = -math.inf
         self.learned: float | None = None
         self._probe_every = s.auto_probe_every
+        self._probe_step = s.auto_probe
+        #: After a big probe failed: the rate it refused (the limit lies below it).
+        self._probe_above: float | None = None
+        self._probe_wins = 0  # probes in a row that lasted (while no refusal bounds them)
         self._probe_at = math.inf
         self._probing_since: float | None = None
         # X-RateLimit-Remaining samples of the current unsaturated run: (sent_at, remaining).
@@ -460,9 +472,8 @@ class RateController:
         resume = max(now, self.paused_until)
         if self._probing_since is not None and self.learned is not None:
             # The probe found the limit between the hold (which went unthrottled) and the probe:
-            # back to the hold, and probe less often.
-            self._probe_every = min(s.auto_probe_max, self._probe_every * 2.0)
-            self._settle_on(self.learned, resume)
+            # back to the hold, and probe less often (or, after a big step, halfway).
+            self._probe_failed(resume)
             return
         self._settle_on(estimate, resume)
 
@@ -474,15 +485,31 @@ class RateController:
         self._probe_at = now + (s.auto_probe_for if first else self._probe_every)
         self._set_rate(limit * s.auto_hold)
 
+    def _probe_failed(self, now: float) -> None:
+        """Back to the hold. A small step waits twice as long for the next probe; a big one
+        bounds the limit from above, and the next probe, soon, tries halfway (bisection)."""
+        s = self.settings
+        learned = self.learned
+        assert learned is not None
+        step = self._probe_step
+        self._probe_wins = 0
+        if step <= s.auto_probe * 1.5:
+            self._probe_every = min(s.auto_probe_max, self._probe_every * 2.0)
+            self._probe_step = s.auto_probe
+            self._probe_above = None
+            self._settle_on(learned, now)
+            return
+        self._probe_above = learned * (1.0 + step)
+        self._probe_step = max(s.auto_probe, step / 2.0)
+        self._settle_on(learned, now)
+        self._probe_at = now + s.auto_probe_for
+
     def _learn_from_remaining(self, sent_at: float, left: int, cap: int | None) -> None:
         """Refill = (accepted sends + rise of Remaining) / time, while the bucket is not full."""
         samples = self._hdr_samples
         if self._probing_since is not None and cap is not None and left <= cap // 2:
             # The probe drains the bucket: the limit is below it. Back to the hold, no 429.
-            assert self.learned is not None
-            s = self.settings
-            self._probe_every = min(s.auto_probe_max, self._probe_every * 2.0)
-            self._settle_on(self.learned, self.clock.now())
+            self._probe_failed(self.clock.now())
             samples.clear()
             return
         if cap is None or left >= cap - 1:  # full: it says only that the refill keeps up
@@ -548,16 +575,31 @@ class RateController:
         s = self.settings
         learned = self.learned
         assert learned is not None
+        step = self._probe_step
         if self._probing_since is None:
             if now >= self._probe_at:
                 self._probing_since = now
-                self._set_rate(learned * (1.0 + s.auto_probe))
+                self._set_rate(learned * (1.0 + step))
             return
-        if now - self._probing_since >= s.auto_probe_for:
-            # No 429 for a whole probe: the limit is at least the probe's rate.
+        lasts = max(s.auto_probe_min_for, s.auto_probe_for * s.auto_probe / step)
+        if now - self._probing_since >= lasts:
+            # No 429 for a whole probe: the limit is at least the probe's rate. Probe again at
+            # once, with twice the step.
             self._probe_every = s.auto_probe_every
-            self._settle_on(learned * (1.0 + s.auto_probe), now)
-            self._probe_at = now + s.auto_probe_for
+            found = learned * (1.0 + step)
+            above = self._probe_above
+            if above is None:
+                # One probe that lasts may be the bucket's slack; two in a row are a trend.
+                self._probe_wins += 1
+                if self._probe_wins >= 2:
+                    self._probe_step = min(s.auto_probe_step_max, step * 2.0)
+            elif above > found * (1.0 + 2.0 * s.auto_probe):  # halfway to the known refusal
+                self._probe_step = (above / found - 1.0) / 2.0
+            else:  # close enough: back to small probes
+                self._probe_step = s.auto_probe
+                self._probe_above = None
+            self._settle_on(found, now)
+            self._probe_at = now
 
     def _pace_to_headers(
         self, sent_at: float, remaining: str, reset: str | None, limit: str | None, now: float

@@ -576,6 +576,10 @@ FIELD_DOCS: dict[str, str] = {
     "sandbox.ratelimit_headers": (
         "Whether every /v3 answer carries X-RateLimit-Limit, -Remaining and -Reset."
     ),
+    "sandbox.limiter": (
+        "How a 429 looks: api (JSON:API, Retry-After, X-RateLimit-*) or blind (an nginx "
+        "limit_req HTML page, no Retry-After, no X-RateLimit-* headers)."
+    ),
     "sandbox.retry_after_grace_ms": (
         "A request arriving this soon after a 429 is not counted as inside the Retry-After "
         "window (it was already on the wire)."
@@ -595,6 +599,10 @@ FIELD_DOCS: dict[str, str] = {
     "sandbox.subject_user_header": "The header naming the user to act as.",
     "sandbox.default_page_size": "Page size when a request gives none.",
     "sandbox.max_page_size": "The largest page size accepted.",
+    "sandbox.page_size_over_max": (
+        "A page size above max_page_size: reject (400 naming the parameter) or clamp (a page "
+        "of the maximum, with a next link)."
+    ),
     "sandbox.export_job_steps": "Polls of an export's background job until it is completed.",
     "sandbox.host": "The address the sandbox listens on.",
     "sandbox.port": "The port the sandbox listens on; 0: a free one.",

@@ -170,6 +170,23 @@ async def test_parallel_pages_detect_a_loop_after_the_counted_pages() -> None:
     assert len(transport.requests) == 3
 
 
+async def test_the_same_page_under_ever_new_links_is_a_loop() -> None:
+    """A server that answers every next link (all new) with page 1's resources again."""
+    inner = looping({})
+
+    async def same_rows(
+        method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> RawResponse:
+        return await inner(method, url.replace("page[number]=", "page[was]="), headers, body)
+
+    client, transport, _ = make(same_rows)
+    with anyio.fail_after(5):
+        async with client:
+            with pytest.raises(PaginationLoop) as info:
+                [u async for u in client.paginate("users", None, User, page_size=10)]
+    assert len(transport.requests) == 2 and "repeats the previous page" in str(info.value)
+
+
 async def test_more_pages_than_meta_total_allows_is_an_error() -> None:
     """Ever-new next links beyond ceil(total / size) + 1 pages raise instead of going on."""
     client, transport, _ = make(looping({}, total=25))

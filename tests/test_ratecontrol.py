@@ -8,6 +8,7 @@ import math
 import random
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Any
 
 import anyio
 import pytest
@@ -562,3 +563,36 @@ async def test_auto_probes_rarely_and_backs_off_after_a_failed_probe() -> None:
     after_fail = [next(t for t in starts if t > f) - f for f in fails if any(t > f for t in starts)]
     assert after_fail == sorted(after_fail)
     assert all(g >= 19.0 for g in after_fail)
+
+
+class StallingBucket(TokenBucket):
+    """A bucket that refuses one request at ``at`` seconds whatever its tokens (a server stall
+    that let the queue through at once): a 429 that says nothing about the limit."""
+
+    def __init__(self, at: float, *args: Any) -> None:
+        super().__init__(*args)
+        self.at = at
+
+    def answer(self, now: float) -> tuple[int, dict[str, str]]:
+        if now >= self.at:
+            self.at = math.inf
+            self.refused += 1
+            return 429, {"Retry-After": "1"}
+        return super().answer(now)
+
+
+@pytest.mark.parametrize("headers", [False, True])
+async def test_auto_leaves_an_estimate_far_too_low_in_seconds(headers: bool) -> None:
+    """A spurious 429 at 40 % of the limit teaches 40/s; probes that last grow their step, a
+    big one that fails is bisected, so the rate is back near the limit within 30 s (probing
+    +3 % every 5-10 s took minutes: 2,501 accepted in the 60 s)."""
+    rc = controller("auto")
+    bucket = StallingBucket(1.9, 100.0, 10.0, headers)
+    await run_against(rc, bucket, 2.5)
+    assert rc.learned is not None and rc.learned < 50.0  # the stall taught it far too low
+    await run_against(rc, bucket, 32.0)
+    assert rc.learned >= 90.0
+    await run_against(rc, bucket, 60.0)
+    assert rc.learned <= 106.0
+    assert bucket.accepted >= 0.65 * 6000
+    assert bucket.refused <= 0.01 * (bucket.accepted + bucket.refused)

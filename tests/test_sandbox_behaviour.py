@@ -139,6 +139,25 @@ async def test_retry_after_as_http_date_and_headers_off(http: aiohttp.ClientSess
         assert sb.statistics().requests_inside_retry_after == 0
 
 
+async def test_blind_limiter_answers_like_nginx_limit_req(http: aiohttp.ClientSession) -> None:
+    """limiter=blind: the same bucket, but a 429 is an HTML page with nothing to go on (no
+    Retry-After, no X-RateLimit-* on any answer), as nginx limit_req sends it."""
+    clock = FakeClock()
+    async with Sandbox(small(rate=2, burst=2, limiter="blind"), clock=clock.now) as sb:
+        seen = [await get(http, sb, "/portals/current") for _ in range(3)]
+        assert [s for s, _, _ in seen] == [200, 200, 429]
+        for _, headers, _ in seen:
+            assert not any(h.startswith("X-RateLimit") for h in headers)
+        _, headers, body = seen[-1]
+        assert "Retry-After" not in headers and headers["Content-Type"].startswith("text/html")
+        assert b"429 Too Many Requests" in body and b"nginx" in body
+        clock.advance(0.5)  # the bucket refills at 2/s as with limiter=api
+        assert (await get(http, sb, "/portals/current"))[0] == 200
+        stats = sb.statistics()
+        assert stats.throttled == 1 and stats.retry_after_announced == {}
+        assert stats.requests_inside_retry_after == 0  # nothing announced, nothing to respect
+
+
 async def test_unlimited_sandbox_sends_no_ratelimit_headers(http: aiohttp.ClientSession) -> None:
     """rate=0 means unlimited, and there is nothing to announce."""
     async with Sandbox(small()) as sb:

@@ -14,7 +14,8 @@ Open point            What the sandbox does
 Success statuses      create: 201 with the document and a ``Location``; PATCH: 200 with the
                       document; DELETE of an item: 204; relationship POST/DELETE/PATCH: 204.
 Pagination            ``page[number]`` (1-based) and ``page[size]``, default 100, maximum 500
-                      (outside 1..500: 400 with ``source.parameter``);
+                      (outside 1..500: 400 with ``source.parameter``; above the maximum a
+                      page of the maximum instead with ``page_size_over_max=clamp``);
                       ``page[offset]``/``page[limit]`` also accepted. ``links``
                       self/first/prev/next/last are absolute URLs (prev/next null at the ends);
                       ``meta.total``. Default order: creation order.
@@ -63,7 +64,9 @@ Rate limit            a token bucket per token (``rate``/s, ``burst``); 429 with
                       and ``Retry-After`` in whole seconds (ceil, >= 1) or an HTTP-date;
                       ``X-RateLimit-Limit`` (bucket size), ``X-RateLimit-Remaining`` (whole tokens
                       left), ``X-RateLimit-Reset`` (seconds until full) on every /v3 answer of a
-                      limited sandbox (switchable off).
+                      limited sandbox (switchable off). ``limiter=blind`` mimics nginx
+                      ``limit_req``: the same bucket, a 429 with an HTML page, no Retry-After
+                      and no X-RateLimit-* headers.
 Faults                500 with ``meta.traceId``; 502/503/504 as JSON:API with a traceId; ``html502``
                       an nginx HTML page; ``drop`` closes the connection before any byte;
                       ``truncate`` sends a Content-Length, half the body, then closes (a write

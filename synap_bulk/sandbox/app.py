@@ -57,6 +57,11 @@ _HTML_502 = (
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
+_HTML_429 = (
+    b"<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
+    b"<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
 
 
 def _page_params() -> tuple[str, str, str, str]:
@@ -296,7 +301,13 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes
                 # --- rate limit
                 if cfg.rate > 0:
                     decision = state.limiter.check(label, cfg)
-                    if cfg.ratelimit_headers:
+                    blind = cfg.limiter == "blind"
+                    if not decision.allowed and blind:
+                        status = 429  # nginx limit_req: an HTML page and nothing to go on
+                        return web.Response(
+                            body=_HTML_429, status=429, headers={"Content-Type": "text/html"}
+                        )
+                    if cfg.ratelimit_headers and not blind:
                         rl_headers = {
                             _P.ratelimit_limit_header: str(decision.limit),
                             _P.ratelimit_remaining_header: str(decision.remaining),
@@ -553,15 +564,13 @@ class SandboxApp(PeopleRoutes, MarkingRoutes, CollectionRoutes, AttemptOpsRoutes
         offset_mode = _P.page_offset_param in query or _P.page_limit_param in query
         if not any(p in query for p in page_params):
             offset_mode = _P.pagination == "offset"  # links in the profile's style
+        cap = cfg.max_page_size  # page_size_over_max: reject above it (400), or clamp to it
+        high = cap if cfg.page_size_over_max == "reject" else None
         if offset_mode:
-            size = _int_param(
-                query, _P.page_limit_param, cfg.default_page_size, 1, cfg.max_page_size
-            )
+            size = min(_int_param(query, _P.page_limit_param, cfg.default_page_size, 1, high), cap)
             start = _int_param(query, _P.page_offset_param, 0, 0)
         else:
-            size = _int_param(
-                query, _P.page_size_param, cfg.default_page_size, 1, cfg.max_page_size
-            )
+            size = min(_int_param(query, _P.page_size_param, cfg.default_page_size, 1, high), cap)
             number = _int_param(query, _P.page_number_param, 1, 1)
             start = (number - 1) * size
         chunk = items[start : start + size]

@@ -203,6 +203,9 @@ class RateLimiter:
             )
         wait = (1.0 - bucket.tokens) / rate
         seconds = max(1, math.ceil(wait))
+        if config.limiter == "blind":  # announces nothing: no window to be inside of
+            self.counters.throttled += 1
+            return RateDecision(allowed=False, limit=limit, remaining=0, reset_s=0)
         if config.retry_after == "http-date":
             wall_now = self.wall()
             until_wall = math.ceil(wall_now + seconds)

@@ -72,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Retry-After format on 429",
     )
     g.add_argument("--no-ratelimit-headers", action="store_true", help="omit X-RateLimit-* headers")
+    g.add_argument(
+        "--limiter",
+        choices=("api", "blind"),
+        default=d.limiter,
+        help="429 style: api (JSON:API, Retry-After) or blind (nginx HTML, no headers)",
+    )
     g.add_argument("--latency-ms", type=float, default=d.latency_ms, help="added to every answer")
     g.add_argument("--jitter-ms", type=float, default=d.jitter_ms, help="uniform extra, seeded")
     g.add_argument(
@@ -111,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--subject-user-header", default=d.subject_user_header)
     g.add_argument("--page-size", type=int, default=d.default_page_size)
     g.add_argument("--max-page-size", type=int, default=d.max_page_size)
+    g.add_argument(
+        "--page-size-over-max",
+        choices=("reject", "clamp"),
+        default=d.page_size_over_max,
+        help="a page size above the maximum: 400, or a page of the maximum",
+    )
     g.add_argument("--export-job-steps", type=int, default=d.export_job_steps)
     g = parser.add_argument_group("persistence")
     g.add_argument(
@@ -158,6 +170,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         "burst": args.burst,
         "retry_after": args.retry_after,
         "ratelimit_headers": not args.no_ratelimit_headers,
+        "limiter": args.limiter,
         "latency_ms": args.latency_ms,
         "jitter_ms": args.jitter_ms,
         "route_latency_ms": dict(args.route_latency),
@@ -167,6 +180,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         "subject_user_header": args.subject_user_header,
         "default_page_size": args.page_size,
         "max_page_size": args.max_page_size,
+        "page_size_over_max": args.page_size_over_max,
         "export_job_steps": args.export_job_steps,
         "state": args.state,
     }

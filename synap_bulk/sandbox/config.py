@@ -129,6 +129,10 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     burst: float | None = None  #: bucket size; None means ``max(1, rate)``
     retry_after: Literal["seconds", "http-date"] = "seconds"
     ratelimit_headers: bool = True  #: X-RateLimit-Limit/Remaining/Reset on every /v3 answer
+    #: How a refusal looks: ``api`` a JSON:API 429 with Retry-After (and the X-RateLimit-*
+    #: headers); ``blind`` what nginx ``limit_req`` sends: a 429 with an HTML body, no
+    #: Retry-After and no X-RateLimit-* headers at all (the client must find the limit itself).
+    limiter: Literal["api", "blind"] = "api"
     #: A request arriving this soon after a 429 is not counted as "inside the Retry-After
     #: window": it was already on the wire when the client got the 429.
     retry_after_grace_ms: float = 50.0
@@ -156,6 +160,9 @@ class SandboxConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # --- pagination and exports ---
     default_page_size: int = DEFAULT_PROFILE.page_size
     max_page_size: int = DEFAULT_PROFILE.max_page_size
+    #: A page size above ``max_page_size``: ``reject`` answers 400 with ``source.parameter``
+    #: naming the parameter; ``clamp`` answers a page of the maximum (with a ``next`` link).
+    page_size_over_max: Literal["reject", "clamp"] = "reject"
     export_job_steps: int = 3  #: polls of a BackgroundJob until it is completed (>= 1)
 
     # --- a server that ignores filters (to test the client's checks) ---
