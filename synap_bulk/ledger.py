@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -317,6 +317,23 @@ class Ledger:
                     run=run,
                 )
             return out
+
+        return await self._call(read)
+
+    async def done_in_run(self, run: int, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """``key -> (action, remote_id)`` of those of ``keys`` that run ``run`` made done (the
+        success file reads a batch of items at a time; keep ``keys`` to a few hundred)."""
+        if not keys:
+            return {}
+
+        def read(db: sqlite3.Connection) -> dict[str, tuple[str, str]]:
+            marks = ",".join("?" * len(keys))
+            cur = db.execute(
+                "SELECT key, action, remote_id FROM items "
+                f"WHERE run = ? AND status = 'done' AND key IN ({marks})",
+                (run, *keys),
+            )
+            return {key: (action, remote_id) for key, action, remote_id in cur}
 
         return await self._call(read)
 

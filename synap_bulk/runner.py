@@ -29,7 +29,7 @@ from .client import ClientStatistics, Identity, SynapClient
 from .doctor import check_reconcile_filters
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SynapBulkError
-from .items import RunContext, Safety, StreamProgress, StreamResult
+from .items import InvalidRow, Item, RunContext, Safety, StreamProgress, StreamResult
 from .ledger import Ledger
 from .profile import ApiProfile
 from .progress import Progress, Snapshot
@@ -609,12 +609,22 @@ async def _item_reports(
         with FailuresWriter(failures_path, columns, delimiter=style.delimiter, bom=style.bom) as fw:
             for rec in failed:
                 fw.write(rec.line, rec.row, rec.error)
-    states = await ledger.load_states()
     with SuccessWriter(success_path, columns, delimiter=style.delimiter, bom=style.bom) as sw:
+        # In input order, a batch of items at a time (memory stays flat however many rows).
+        batch: list[Item | InvalidRow] = []
+
+        async def write(batch: list[Item | InvalidRow]) -> None:
+            done = await ledger.done_in_run(run_id, [item.key for item in batch])
+            for item in batch:
+                if item.key in done:
+                    sw.write(item.line, item.row, *done[item.key])
+            batch.clear()
+
         async for item in task.items():
-            state = states.get(item.key)
-            if state is not None and state.status == "done" and state.run == run_id:
-                sw.write(item.line, item.row, state.action, state.remote_id)
+            batch.append(item)
+            if len(batch) >= _SUCCESS_BATCH:
+                await write(batch)
+        await write(batch)
     e = engine.statistics()
     job_total = await ledger.counts()
     total = task.total
@@ -642,6 +652,10 @@ async def _item_reports(
     return msgspec.structs.replace(
         summary, this_run=_counted(this_run), job_total=_counted(job_total)
     )
+
+
+#: Items whose ledger records the success file reads at once.
+_SUCCESS_BATCH = 500
 
 
 def _counted(counts: dict[str, int]) -> dict[str, int]:

@@ -122,8 +122,11 @@ class CsvSource:
         self._sha256 = hashlib.sha256(data).hexdigest()
         self.has_bom = data.startswith(codecs.BOM_UTF8)
         skip = len(codecs.BOM_UTF8) if self.has_bom else 0
+        # Kept as bytes (one byte a character for ASCII) and decoded as it is read, in chunks:
+        # a str of the whole file in a StringIO costs up to four bytes a character, per reader.
+        self._data = data[skip:] if skip else data
         try:
-            self._text = data[skip:].decode("utf-8")
+            self._data.decode("utf-8")  # checked once, whole: the error names its byte and line
         except UnicodeDecodeError as exc:
             offset = skip + exc.start
             raise SourceError(
@@ -136,13 +139,17 @@ class CsvSource:
 
     # -- header -------------------------------------------------------------------------------
 
-    def _reader(self, text: str) -> Reader:
+    def _stream(self) -> io.TextIOWrapper:
+        """The file's text, decoded a chunk at a time (the BytesIO shares the bytes)."""
+        return io.TextIOWrapper(io.BytesIO(self._data), encoding="utf-8", newline="")
+
+    def _reader(self) -> Reader:
         # strict: malformed quoting is reported (per row) instead of silently merged.
-        return csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter, strict=True)
+        return csv.reader(self._stream(), delimiter=self.delimiter, strict=True)
 
     def _read_header(self) -> tuple[list[str], int, int]:
         """The header names, the line they are on, and the line the data starts after."""
-        reader = self._reader(self._text)
+        reader = self._reader()
         last = 0
         try:
             for record in reader:
@@ -222,7 +229,7 @@ class CsvSource:
     def _records(self) -> Iterator[CsvRow]:
         header = self.header
         width = len(header)
-        reader = self._reader(self._text)
+        reader = self._reader()
         name = self.display_name
         last = 0  # reader.line_num after the previous record
         # Skip up to the end of the header record (leading blank lines included).
@@ -294,7 +301,7 @@ class CsvSource:
         """The values of physical line ``line`` split on the delimiter (a row already in error
         whose field is too long for the csv module: the failures file still gets its values)."""
         if self._lines is None:
-            self._lines = io.StringIO(self._text, newline="").readlines()
+            self._lines = self._stream().readlines()
         fields = self._lines[line - 1].rstrip("\r\n").split(self.delimiter)
         values = dict.fromkeys(self.header, "")
         values.update(zip(self.header, fields, strict=False))
@@ -303,7 +310,7 @@ class CsvSource:
     def _lenient_values(self, first: int, last: int) -> dict[str, str]:
         """Best-effort values of physical lines ``first..last`` (only for rows already in error)."""
         if self._lines is None:
-            self._lines = io.StringIO(self._text, newline="").readlines()
+            self._lines = self._stream().readlines()
         raw = "".join(self._lines[first - 1 : last])
         records = list(csv.reader(io.StringIO(raw, newline=""), delimiter=self.delimiter))
         fields = [v for record in records[:1] for v in record]
