@@ -1,0 +1,289 @@
+"""The undo of a run: its before-images (``images.py``) played backwards, as an item task.
+
+One item per item of the undone run (all the writes one input row made), newest first; within
+an item the writes are reversed in reverse order (memberships before the user that was created
+with them). Every step looks at the server first and writes only what is still the run's doing:
+
+- a created user is deleted, unless its attributes are no longer what the run wrote (conflict);
+- a changed attribute is set back to its previous value when it still holds the run's value;
+  when it holds neither, it is a conflict reported with both values and left alone;
+- a link (group membership, marker assignment) the run added is removed, unless it existed
+  before the run (or whether it did is unknown); a link the run removed is added back;
+- a ``request`` row is reversed by its rendered ``undo:`` request; without one it is listed as
+  not reversible.
+
+So every step is safe to repeat (the task is idempotent): a resumed undo finds what is already
+reversed and moves on. Undoing an undo is a plain re-run of the job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import ApiError
+from ..images import BeforeImage
+from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
+from ..jsonapi import ResourceIdentifier, ResourcePatch
+from ..profile import ApiProfile
+from ..resources import User
+from ..sources import normalize_email
+
+if TYPE_CHECKING:
+    from ..client import SynapClient
+    from .base import CursorStore
+
+__all__ = ["STEP_ACTIONS", "UndoTask"]
+
+#: Actions of one step, as the plan counts them.
+STEP_ACTIONS = (
+    "delete",
+    "restore",
+    "remove",
+    "unassign",
+    "re-add",
+    "reassign",
+    "request",
+    "conflict",
+    "not reversible",
+    "kept",
+    "already undone",
+)
+
+_ADDS = ("add-member", "assign")
+_REMOVES = ("remove-member", "unassign")
+
+
+class _Step:
+    __slots__ = ("action", "conflict", "count", "detail", "group")
+
+    def __init__(
+        self, action: str, detail: str = "", *, count: int = 1, conflict: str = "", group: str = ""
+    ) -> None:
+        self.action = action
+        self.detail = detail
+        self.count = count
+        self.conflict = conflict
+        self.group = group
+
+
+def _same(attr: str, a: Any, b: Any) -> bool:
+    if attr == "emailAddress":
+        return normalize_email(str(a or "")) == normalize_email(str(b or ""))
+    return (a or "") == (b or "")
+
+
+def _link_key(im: BeforeImage) -> tuple[str, str, str]:
+    return (im.path, im.resource_id, im.relationship)
+
+
+class UndoTask:
+    """Reverse the writes of one or more runs; see the module docstring."""
+
+    shape: Literal["items"] = "items"
+    kind = "undo"
+    safety = Safety.IDEMPOTENT
+    plan_actions = STEP_ACTIONS
+    input_columns = ("run", "item", "writes")
+    csv_style = CsvStyle()
+
+    def __init__(self, images: Sequence[BeforeImage], profile: ApiProfile) -> None:
+        self.profile = profile
+        by_item: dict[tuple[int, str], list[BeforeImage]] = defaultdict(list)
+        for im in images:
+            by_item[(im.run, im.item_key)].append(im)
+        # Newest item first; each item's writes newest first.
+        self._items = sorted(by_item.items(), key=lambda kv: -max(i.seq for i in kv[1]))
+        self._links: dict[tuple[str, str, str], set[str] | None] = {}
+        #: Steps by action, filled by plan() and execute() (the plan's and the report's counts).
+        self.steps: Counter[str] = Counter()
+        #: Links a plan would remove, by owner ("user-groups/7"), and the owners' sizes now.
+        self.removals: Counter[str] = Counter()
+        self.sizes: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return len(self._items)
+
+    def input_hash(self) -> str:
+        return ""
+
+    def render_plan(self) -> None:
+        return None
+
+    async def prepare(self, client: SynapClient, memory: CursorStore) -> None:
+        """Read the current members of every relationship the runs wrote to."""
+        for _, images in self._items:
+            for im in images:
+                if im.op in _ADDS or im.op in _REMOVES:
+                    self._links.setdefault(_link_key(im), None)
+        for key in list(self._links):
+            path, rid, rel = key
+            try:
+                found = await client.get_members(path, rid, rel)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                self._links[key] = set()
+                continue
+            self._links[key] = {r.id for r in found}
+            self.sizes[f"{path}/{rid}"] = len(found)
+
+    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        for n, ((run, key), images) in enumerate(self._items, start=1):
+            ordered = sorted(images, key=lambda i: -i.seq)
+            writes = ", ".join(dict.fromkeys(i.op for i in ordered))
+            yield Item(
+                key=f"undo:{run}:{key}",
+                line=n,
+                row={"run": str(run), "item": key, "writes": writes},
+                payload={"images": ordered},
+            )
+
+    async def plan(self, item: Item, client: SynapClient) -> PlanRow:
+        steps = [await self._step(im, client, write=False) for im in item.payload["images"]]
+        return self._row(item, steps)
+
+    async def execute(self, item: Item, client: SynapClient) -> Outcome:
+        steps = [await self._step(im, client, write=True) for im in item.payload["images"]]
+        row = self._row(item, steps)
+        conflicts = [s.conflict for s in steps if s.conflict]
+        if conflicts:
+            error = ItemError(status="conflict", code="conflict", detail="; ".join(conflicts))
+            return Outcome(status="failed", action="conflict", error=error)
+        return Outcome(status="done", action=row.action)
+
+    async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
+        return None  # idempotent: never asked
+
+    def column_for_pointer(self, pointer: str) -> str:
+        return ""
+
+    def absent_means_done(self, item: Item) -> str:
+        return "already undone"
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": dict(self.steps)}
+
+    def _row(self, item: Item, steps: list[_Step]) -> PlanRow:
+        for s in steps:
+            self.steps[s.action] += s.count
+            if s.action in ("remove", "unassign") and s.group:
+                self.removals[s.group] += 1
+        actions = [s.action for s in steps if s.action != "already undone"] or ["already undone"]
+        action = "+".join(dict.fromkeys(actions))
+        detail = "; ".join(s.conflict or s.detail for s in steps if s.conflict or s.detail)
+        return PlanRow(key=item.key, line=item.line, action=action, detail=detail)
+
+    # -- the steps --------------------------------------------------------------------------
+
+    async def _step(self, im: BeforeImage, client: SynapClient, *, write: bool) -> _Step:
+        if im.op == "create":
+            return await self._uncreate(im, client, write)
+        if im.op == "patch":
+            return await self._unpatch(im, client, write)
+        if im.op in _ADDS or im.op in _REMOVES:
+            return await self._unlink(im, client, write)
+        if not im.undo:
+            return _Step("not reversible", "the job's request has no undo: template")
+        method, path = str(im.undo.get("method", "")), str(im.undo.get("path", ""))
+        if write:
+            try:
+                await client.request(method, path, body=im.undo.get("body"), idempotent=True)
+            except ApiError as exc:
+                if exc.status != 404 or method != "DELETE":
+                    raise
+                return _Step("already undone", f"{method} {path}: gone")
+        return _Step("request", f"{method} {path}")
+
+    async def _user(self, im: BeforeImage, client: SynapClient) -> User | None:
+        if im.resource_id:
+            try:
+                return await client.get(im.path, im.resource_id, User)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        m = im.match
+        if not m:
+            return None
+        async for user in client.paginate(im.path, {m["filter"]: m["value"]}, User):
+            if _same(m["attribute"], getattr(user.attributes, m["attribute"], None), m["value"]):
+                return user
+        return None
+
+    async def _uncreate(self, im: BeforeImage, client: SynapClient, write: bool) -> _Step:
+        user = await self._user(im, client)
+        if user is None:
+            return _Step("already undone", "the created user is gone")
+        changed = [
+            f"{a}: the run wrote {v!r}, the server now has {now!r}"
+            for a, v in im.after.items()
+            for now in (getattr(user.attributes, a, None),)
+            if hasattr(user.attributes, a) and not _same(a, now, v)
+        ]
+        if changed:
+            return _Step(
+                "conflict", conflict=f"user {user.id} changed since the run: {'; '.join(changed)}"
+            )
+        if write:
+            try:
+                await client.delete(im.path, user.id)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        return _Step("delete", f"user {user.id}")
+
+    async def _unpatch(self, im: BeforeImage, client: SynapClient, write: bool) -> _Step:
+        try:
+            user = await client.get(im.path, im.resource_id, User)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return _Step("conflict", conflict=f"user {im.resource_id} is gone")
+        restore: dict[str, Any] = {}
+        conflicts: list[str] = []
+        for a, wrote in im.after.items():
+            now = getattr(user.attributes, a, None)
+            was = im.before.get(a)
+            if _same(a, now, wrote) and not _same(a, now, was):
+                restore[a] = was
+            elif not _same(a, now, was):
+                conflicts.append(f"{a}: the run wrote {wrote!r}, the server now has {now!r}")
+        if restore and write:
+            patch = ResourcePatch(type=im.resource_type, id=im.resource_id, attributes=restore)
+            await client.update(im.path, patch, User)
+        conflict = f"user {im.resource_id}: {'; '.join(conflicts)}" if conflicts else ""
+        if conflict:
+            return _Step("conflict", conflict=conflict, count=len(conflicts))
+        if not restore:
+            return _Step("already undone")
+        return _Step("restore", f"{', '.join(sorted(restore))}", count=len(restore))
+
+    async def _unlink(self, im: BeforeImage, client: SynapClient, write: bool) -> _Step:
+        owner = f"{im.path}/{im.resource_id}"
+        what = f"{im.member_id} in {owner}/{im.relationship}"
+        links = self._links.get(_link_key(im))
+        current = links if links is not None else set()
+        added = im.op in _ADDS
+        if added and im.existed_before is not False:
+            return _Step("kept", f"{what}: there before the run (or not known), kept")
+        if not added and not im.existed_before:
+            return _Step("already undone", f"{what}: was not there before the run")
+        there = im.member_id in current
+        if added != there:
+            return _Step("already undone")
+        target = [ResourceIdentifier(type=im.member_type, id=im.member_id)]
+        if write:
+            if added:
+                await client.remove_members(im.path, im.resource_id, im.relationship, target)
+                current.discard(im.member_id)
+            else:
+                await client.add_members(im.path, im.resource_id, im.relationship, target)
+                current.add(im.member_id)
+        if im.op == "assign":
+            return _Step("unassign", what, group=owner)
+        if im.op == "unassign":
+            return _Step("reassign", what)
+        return _Step("remove" if added else "re-add", what, group=owner)

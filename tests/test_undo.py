@@ -1,0 +1,248 @@
+"""Undo against a server that remembers (a standalone sandbox, as a real portal): the server
+after an import and its undo equals a snapshot taken before, field by field; the same with a
+SIGKILL in the middle of the undo; a change made by someone else is a conflict, kept."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from rich.console import Console
+
+from synap_bulk.images import images_of
+from synap_bulk.ledger import Ledger, RunInfo
+from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_job
+from synap_bulk.sandbox import Sandbox, SandboxConfig
+from synap_bulk.sandbox.store import Store
+from synap_bulk.spec import load_job
+from synap_bulk.undo import runs_to_undo, undo_job
+from tests.requests_seen import RequestsSeen
+
+#: Two existing candidates change (a new name; a new group), one is unchanged, three are new.
+ROWS = """\
+candidate_no,first_name,last_name,email,cohort
+S000001,Nils,Haddad-Smith,nils.haddad.1@students.example,Cohort 02
+S000002,Olu,Silva,olu.silva.2@students.example,Cohort 02
+S000003,Sami,Garcia,sami.garcia.3@students.example,Cohort 02
+N1,Ada,Lovelace,ada@example.edu,Cohort 01
+N2,Alan,Turing,alan@example.edu,Cohort 01
+N3,Grace,Hopper,grace@example.edu,Cohort 02
+"""
+
+
+def import_job(tmp: Path, url: str, rows: str = ROWS) -> Path:
+    (tmp / "token.txt").write_text("p:sandbox-token")
+    (tmp / "candidates.csv").write_text(rows)
+    path = tmp / "job.yaml"
+    path.write_text(
+        f"""version: 1
+name: imp
+api:
+  base_url: "{url}"
+  token_file: token.txt
+  concurrency: 4
+task:
+  kind: user-import
+  source: candidates.csv
+  match: externalId
+  lookup: per-row
+  fields:
+    name: "{{first_name}} {{last_name}}"
+    emailAddress: "{{email}}"
+    externalId: "{{candidate_no}}"
+  groups: ["{{cohort}}"]
+"""
+    )
+    return path
+
+
+def snapshot(store: Store) -> dict[str, Any]:
+    """Users (every attribute a run can change) and every group's members."""
+    users = {
+        u.id: (u.name, u.email, u.external_id, u.time_zone, u.locale, u.role, sorted(u.groups))
+        for u in store.users.values()
+    }
+    groups = {g.id: sorted(g.members) for g in store.groups.values()}
+    return {"users": users, "groups": groups}
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def said(console: Console) -> str:
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def sandbox(**kw: Any) -> Sandbox:
+    base: dict[str, Any] = {"users": 4, "groups": 2, "seed": 1, "token": "p:sandbox-token"}
+    return Sandbox(SandboxConfig(**(base | kw)))
+
+
+def writes(sb: Sandbox) -> int:
+    """Requests that changed something on the server so far."""
+    by_route = sb.statistics().by_route
+    return sum(n for r, n in by_route.items() if r.endswith((".delete", ".remove", ".update")))
+
+
+def plan_rows(tmp: Path, label: str = "1") -> list[dict[str, str]]:
+    path = tmp / "out" / "imp" / "undo" / f"run-{label}" / "plan.csv"
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+
+
+async def test_an_import_undone_leaves_the_server_as_it_was(tmp_path: Path) -> None:
+    """Creates, an attribute change and new memberships, undone: the server equals the snapshot
+    from before the import, field by field. The plan comes first and changes nothing; the
+    guard stops the undo (it would empty half of a group) until --yes."""
+    async with sandbox() as sb:
+        before = snapshot(sb.store)
+        path = import_job(tmp_path, sb.url)
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        after_import = snapshot(sb.store)
+        assert after_import != before
+        console = quiet()
+        assert await undo_job(load_job(path), plan_only=True, console=console) == EXIT_OK
+        assert snapshot(sb.store) == after_import
+        assert "Undo plan for 5 items: 3 delete, 1 restore, 2 remove" in said(console)
+        actions = {r["key"]: r["action"] for r in plan_rows(tmp_path)}
+        assert actions["undo:1:externalId:S000001"] == "remove+restore"
+        assert actions["undo:1:externalId:N1"] == "delete"
+        assert actions["undo:1:externalId:S000003"] == "remove"
+        assert "undo:1:externalId:S000002" not in actions  # it wrote nothing
+        console = quiet()
+        assert await undo_job(load_job(path), console=console) == EXIT_INVALID
+        assert "guard: stopped before the first destructive write" in said(console)
+        assert snapshot(sb.store) == after_import
+        console = quiet()
+        assert await undo_job(load_job(path), yes=True, console=console) == EXIT_OK, said(console)
+        assert snapshot(sb.store) == before
+        # Idempotent: a second undo finds everything done and writes nothing.
+        done = writes(sb)
+        assert await undo_job(load_job(path), yes=True, console=quiet()) == EXIT_OK
+        assert snapshot(sb.store) == before and writes(sb) == done
+
+
+async def test_a_membership_there_before_the_run_is_never_removed(tmp_path: Path) -> None:
+    """The import puts S000002 in Cohort 02, where it already was: its undo keeps it there,
+    and a membership added by the run is removed."""
+    async with sandbox() as sb:
+        path = import_job(tmp_path, sb.url)
+        cohort2 = next(g for g in sb.store.groups.values() if g.name == "Cohort 02")
+        olu = sb.store.users[sb.store.by_external_id["S000002"]]
+        assert olu.id in cohort2.members
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        assert await undo_job(load_job(path), yes=True, console=quiet()) == EXIT_OK
+        assert olu.id in cohort2.members
+        assert sb.store.by_external_id["S000003"] not in cohort2.members
+
+
+async def test_a_value_changed_since_the_run_is_a_conflict_and_kept(tmp_path: Path) -> None:
+    """Someone renames a user after the run: the undo reports both values, leaves the name as
+    it is, and reverses everything else."""
+    async with sandbox() as sb:
+        before = snapshot(sb.store)
+        path = import_job(tmp_path, sb.url)
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        nils = sb.store.users[sb.store.by_external_id["S000001"]]
+        nils.name = "Nils H. Smith"  # someone else, after the run
+        nils.raw = None
+        console = quiet()
+        code = await undo_job(load_job(path), yes=True, console=console)
+        assert code == EXIT_FAILED
+        text = said(console)
+        assert "the run wrote 'Nils Haddad-Smith', the server now has 'Nils H. Smith'" in text
+        assert nils.name == "Nils H. Smith"
+        now = snapshot(sb.store)
+        expected = dict(before["users"])
+        was = expected[nils.id]
+        expected[nils.id] = ("Nils H. Smith", *was[1:])
+        assert now["users"] == expected and now["groups"] == before["groups"]
+        failures = tmp_path / "out" / "imp" / "undo" / "run-1" / "failures.csv"
+        assert "conflict" in failures.read_text()
+
+
+async def _kill_when(seen: RequestsSeen, proc: Process, requests: int) -> bool:
+    ended = False
+
+    async def on_exit(scope: anyio.CancelScope) -> None:
+        nonlocal ended
+        await proc.wait()
+        ended = True
+        scope.cancel()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(on_exit, tg.cancel_scope)
+            await seen.reached(requests)
+            tg.cancel_scope.cancel()
+    if ended:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    return True
+
+
+async def test_an_undo_killed_mid_way_resumes_to_the_snapshot(tmp_path: Path) -> None:
+    """SIGKILL in the middle of an undo of 40 creates, then the same command again: the server
+    equals the snapshot from before the import."""
+    lines = ["candidate_no,first_name,last_name,email,cohort"]
+    lines += [f"N{i},Name{i},Last{i},n{i}@example.edu,Cohort 01" for i in range(40)]
+    lines.append("S000001,Nils,Haddad-Smith,nils.haddad.1@students.example,Cohort 02")
+    seen = RequestsSeen()
+    config = SandboxConfig(users=4, groups=2, seed=1, token="p:sandbox-token", latency_ms=1)
+    async with Sandbox(config, sleep=seen.sleep) as sb:
+        before = snapshot(sb.store)
+        path = import_job(tmp_path, sb.url, "\n".join(lines) + "\n")
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        cmd = [sys.executable, "-m", "synap_bulk", "undo", str(path), "--yes"]
+        # identity (2) + the plan (a GET per user, the groups' members): then the undo writes.
+        start = seen.count
+        log = tmp_path / "undo-1.log"
+        with log.open("wb") as err:
+            proc = await anyio.open_process(
+                cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err
+            )
+            killed = await _kill_when(seen, proc, start + 2 + 2 + 41 + 30)
+        assert killed, log.read_text()[-2000:]
+        assert snapshot(sb.store) != before  # part undone
+        final = await anyio.run_process(cmd, check=False)
+        assert final.returncode == EXIT_OK, final.stderr.decode()[-2000:]
+        assert snapshot(sb.store) == before
+
+
+def _run(id: int, status: str) -> RunInfo:
+    return RunInfo(id=id, started_at="", ended_at=None, status=status)
+
+
+def test_the_default_undo_takes_the_last_run_and_the_runs_it_resumed() -> None:
+    runs = [_run(1, "completed"), _run(2, "stopped"), _run(3, "aborted"), _run(4, "completed")]
+    assert runs_to_undo(runs, None) == [2, 3, 4]
+    assert runs_to_undo(runs[:1], None) == [1]
+    assert runs_to_undo(runs, 1) == [1]
+
+
+async def test_before_images_are_durable_before_the_write(tmp_path: Path) -> None:
+    """The ledger holds the create's image (with the new id), the PATCH's previous values and
+    the memberships with whether each existed before."""
+    async with sandbox() as sb:
+        path = import_job(tmp_path, sb.url)
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        async with await Ledger.open_readonly(tmp_path / "job.ledger.sqlite") as ledger:
+            images = await images_of(ledger, [1])
+        ada = sb.store.by_external_id["N1"]  # the id
+    by_op: dict[str, list[Any]] = {}
+    for im in images:
+        by_op.setdefault(im.op, []).append(im)
+    assert {im.resource_id for im in by_op["create"]} >= {ada}
+    (patch,) = by_op["patch"]
+    assert patch.before == {"name": "Nils Haddad"} and patch.after == {"name": "Nils Haddad-Smith"}
+    assert {im.existed_before for im in by_op["add-member"]} == {False}
+    assert len(by_op["add-member"]) == 2  # S000001 and S000003 into Cohort 02 (not S000002)
