@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --restart: forget even the done items of an unsafe task (they are re-sent)",
     )
+    _yes_arg(p)
     p.set_defaults(handler=_cmd_run)
 
     p = _add(
@@ -233,6 +234,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             source=args.source,
             force=args.force,
+            yes=args.yes,
         )
 
     return _run_async(go)

@@ -10,7 +10,8 @@ run stops there, with the counts, unless ``--yes``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from msgspec import Struct
@@ -18,7 +19,19 @@ from msgspec import Struct
 from .identity import Identity
 from .spec_undo import GuardSpec
 
-__all__ = ["Destructive", "confirm_first_write", "is_sandbox_url", "refusal"]
+if TYPE_CHECKING:
+    from .client import SynapClient
+    from .tasks.base import Task
+
+__all__ = [
+    "Destructive",
+    "check_guard",
+    "confirm_first_write",
+    "first_write_refused",
+    "interactive",
+    "is_sandbox_url",
+    "refusal",
+]
 
 
 class Destructive(Struct, kw_only=True):
@@ -70,12 +83,64 @@ def refusal(found: Destructive, guard: GuardSpec, *, command: str) -> str:
     )
 
 
+async def check_guard(
+    task: object, client: SynapClient, guard: GuardSpec, *, yes: bool, command: str
+) -> str:
+    """'' when the prepared task may go on; else why it stops (see :func:`refusal`). A task
+    says what it would destroy with ``async destructive(client) -> Destructive``."""
+    probe: Callable[[SynapClient], Awaitable[Destructive]] | None = getattr(
+        task, "destructive", None
+    )
+    if probe is None or yes:
+        return ""
+    return refusal(await probe(client), guard, command=command)
+
+
 def is_sandbox_url(base_url: str) -> bool:
     """The embedded sandbox, or a server on this machine (a standalone sandbox)."""
     if base_url == "sandbox":
         return True
     host = urlsplit(base_url).hostname or ""
     return host in ("localhost", "127.0.0.1", "::1")
+
+
+def interactive() -> bool:
+    """Whether a person is at the terminal to answer a question."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def ask(prompt: str) -> str:
+    try:
+        return input(prompt)
+    except EOFError:
+        return ""
+
+
+async def first_write_refused(
+    task: Task,
+    client: SynapClient,
+    ident: Identity,
+    *,
+    base_url: str,
+    known_portal: str | None,
+    concurrency: int,
+    yes: bool,
+) -> str:
+    """On a terminal, before a job's first write to a portal that is not a sandbox: show the
+    identity and the plan's counts and ask. '' to go on, else why not (nothing was written)."""
+    if yes or known_portal or is_sandbox_url(base_url) or not interactive():
+        return ""
+    if task.shape != "items":
+        return ""  # an export reads; it writes nothing to the portal
+    from .engine import Engine, EngineConfig
+
+    rows = await Engine(task, client, None, config=EngineConfig(concurrency=concurrency)).plan()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.action] = counts.get(row.action, 0) + 1
+    if confirm_first_write(ident, counts, ask=ask):
+        return ""
+    return "not confirmed: nothing was written (run with --yes to skip the question)"
 
 
 def confirm_first_write(

@@ -11,6 +11,7 @@ conflict, reported with both values and left as it is.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -97,6 +98,22 @@ async def undo_job(
     except (SynapBulkError, OSError) as exc:
         _say(console, f"error: {as_error(exc)}")
         return EXIT_INVALID
+
+
+async def _forget_undone(path: Path, undo_keys: list[str]) -> None:
+    """The job's ledger forgets the items whose writes are undone, so that a plain re-run of
+    the job does them again (undoing an undo is a re-run)."""
+    pairs: list[tuple[str, int]] = []
+    for key in undo_keys:
+        _, run, item_key = key.split(":", 2)
+        pairs.append((item_key, int(run)))
+
+    def write(db: sqlite3.Connection) -> None:
+        db.executemany("DELETE FROM items WHERE key = ? AND run = ?", pairs)
+
+    if pairs:
+        async with await Ledger.open_readonly(path) as ledger:
+            await ledger.transact(write)
 
 
 async def _undo(
@@ -187,6 +204,8 @@ async def _undo(
                 failures_file=str(folder / "failures.csv") if failed else "",
             )
             await ledger.end_run(run, result.status, summary.to_builtins())
+            undone = [k for k, st in (await ledger.load_states()).items() if st.status == "done"]
+        await _forget_undone(ledger_path(job), undone)
         summary.write(folder / "summary.json")
         console.print(summary)
         for rec in failed:

@@ -86,7 +86,10 @@ class GroupBatcher:
         size: int = 100,
         linger: float = 0.05,
         clock: Clock | None = None,
+        remove: bool = False,
     ) -> None:
+        """``remove``: the batches remove their users from the group instead (group-sync)."""
+        self._remove = remove
         self._client = client
         self._profile = profile
         self._size = size
@@ -129,7 +132,8 @@ class GroupBatcher:
         self._detach(batch)
         try:
             self.calls += 1
-            await self._client.add_members(
+            send = self._client.remove_members if self._remove else self._client.add_members
+            await send(
                 self._profile.user_groups_path,
                 batch.group_id,
                 self._profile.group_members_relationship,
