@@ -246,3 +246,51 @@ async def test_before_images_are_durable_before_the_write(tmp_path: Path) -> Non
     assert patch.before == {"name": "Nils Haddad"} and patch.after == {"name": "Nils Haddad-Smith"}
     assert {im.existed_before for im in by_op["add-member"]} == {False}
     assert len(by_op["add-member"]) == 2  # S000001 and S000003 into Cohort 02 (not S000002)
+
+
+def marker_job(tmp: Path, url: str, name: str, per_attempt: int) -> Path:
+    (tmp / "token.txt").write_text("p:sandbox-token")
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        f"""version: 1
+name: {name}
+api:
+  base_url: "{url}"
+  token_file: token.txt
+task:
+  kind: assign-markers
+  role: provisional
+  exams: ["Sandbox Exam 1"]
+  statuses: [submitted]
+  strategy: balanced
+  per_attempt: {per_attempt}
+"""
+    )
+    return path
+
+
+def assignments(sb: Sandbox) -> dict[str, dict[str, list[str]]]:
+    return {a.id: {r: sorted(ms) for r, ms in a.roles.items()} for a in sb.store.attempts.values()}
+
+
+async def test_a_marker_assignment_undone_leaves_exactly_the_assignments_before(
+    tmp_path: Path,
+) -> None:
+    """A first job gives each attempt one provisional marker; a second gives a second one.
+    Undoing the second leaves exactly the first's assignments: those that existed before the
+    run are never removed."""
+    config = SandboxConfig(
+        users=40, exams=2, attempts_per_exam=12, markers=6, seed=2, token="p:sandbox-token"
+    )
+    async with Sandbox(config) as sb:
+        one = marker_job(tmp_path, sb.url, "one", 1)
+        assert await run_job(load_job(one), console=quiet(), handle_signals=False) == EXIT_OK
+        before = assignments(sb)
+        assert any(r.get("provisionalMarkers") for r in before.values())
+        two = marker_job(tmp_path, sb.url, "two", 2)
+        assert await run_job(load_job(two), console=quiet(), handle_signals=False) == EXIT_OK
+        assert assignments(sb) != before
+        console = quiet()
+        assert await undo_job(load_job(two), yes=True, console=console) == EXIT_OK, said(console)
+        assert "unassign" in said(console)
+        assert assignments(sb) == before

@@ -50,10 +50,11 @@ from ..allocation import (
     id_sort_key,
 )
 from ..errors import SpecError
+from ..images import BeforeImage, ImageBook, NullImages
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import RelationshipDocument, ResourceIdentifier
 from ..profile import ApiProfile
-from ..resources import MARKER_ROLES, TYPE_USER, Exam, MarkerRole
+from ..resources import MARKER_ROLES, TYPE_ATTEMPT, TYPE_USER, Exam, MarkerRole
 from .assign_mapping import (
     MAPPING_DEFAULTS,
     check_mapping,
@@ -229,6 +230,7 @@ class AssignMarkersTask:
                 f"the API profile has no marker_role_paths entry for {spec.role!r}", "task.role"
             )
         self.role_path = role_path
+        self._images: ImageBook = NullImages()
         if spec.action not in ("assign", "unassign"):
             raise self._error(
                 f"action must be assign or unassign, got {spec.action!r}", "task.action"
@@ -704,6 +706,7 @@ class AssignMarkersTask:
             return Outcome(status="done", action="unchanged", remote_id=aid)
         body = [ResourceIdentifier(type=TYPE_USER, id=m) for m in markers]
         p = self.profile
+        await self._record_images(item, client, aid, markers)
         method = p.marker_assign_method if self.assign else p.marker_unassign_method
         path = f"{p.attempts_path}/{quote(aid, safe='')}/relationships/{self.role_path}"
         await client.request(method, path, body=RelationshipDocument(data=body), idempotent=True)
@@ -711,6 +714,35 @@ class AssignMarkersTask:
         return Outcome(
             status="done", action="assigned" if self.assign else "unassigned", remote_id=aid
         )
+
+    def bind_images(self, book: ImageBook) -> None:
+        """Where the writes' before-images go (the engine binds the run's ledger)."""
+        self._images = book
+
+    async def _record_images(
+        self, item: Item, client: SynapClient, aid: str, markers: list[str]
+    ) -> None:
+        """Before the write: each marker's assignment and whether it existed before (read
+        from the server now), so that an undo removes only what this run added."""
+        if isinstance(self._images, NullImages):
+            return
+        p = self.profile
+        current = {r.id for r in await client.get_members(p.attempts_path, aid, self.role_path)}
+        images = [
+            BeforeImage(
+                op="assign" if self.assign else "unassign",
+                ref=f"{p.attempts_path}/{aid}/{self.role_path}/{m}",
+                path=p.attempts_path,
+                resource_type=TYPE_ATTEMPT,
+                resource_id=aid,
+                relationship=self.role_path,
+                member_type=TYPE_USER,
+                member_id=m,
+                existed_before=m in current,
+            )
+            for m in markers
+        ]
+        await self._images.before(item.key, images)
 
     async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
         aid = str(item.payload["attempt"])
