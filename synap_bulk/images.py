@@ -81,8 +81,9 @@ class ImageBook(Protocol):
         """Record images of writes about to be sent; returns once they are durable."""
         ...
 
-    async def created(self, ref: str, resource_id: str) -> None:
-        """The server answered a create: keep the new resource's id with its image."""
+    async def created(self, ref: str, resource_id: str, undo: dict[str, Any] | None = None) -> None:
+        """The server answered: keep the new resource's id (and a reverse request rendered
+        from the response) with its image."""
         ...
 
 
@@ -92,7 +93,7 @@ class NullImages:
     async def before(self, item_key: str, images: Sequence[BeforeImage]) -> None:
         return None
 
-    async def created(self, ref: str, resource_id: str) -> None:
+    async def created(self, ref: str, resource_id: str, undo: dict[str, Any] | None = None) -> None:
         return None
 
 
@@ -117,7 +118,7 @@ class LedgerImages:
 
         await self._ledger.transact(write)
 
-    async def created(self, ref: str, resource_id: str) -> None:
+    async def created(self, ref: str, resource_id: str, undo: dict[str, Any] | None = None) -> None:
         run = self._ledger.run_id
 
         def write(db: sqlite3.Connection) -> None:
@@ -127,6 +128,8 @@ class LedgerImages:
             if row is None:
                 return
             image = msgspec.structs.replace(_decode(row[1]), resource_id=resource_id)
+            if undo is not None:
+                image = msgspec.structs.replace(image, undo=undo)
             db.execute(
                 "UPDATE before_images SET image = ? WHERE seq = ?",
                 (_encode(image).decode(), row[0]),

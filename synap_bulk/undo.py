@@ -64,7 +64,7 @@ def _say(console: Console, text: str) -> None:
 
 def _destructive(task: UndoTask) -> Destructive:
     return Destructive(
-        deletes=task.steps["delete"],
+        deletes=task.steps["delete"] + task.request_deletes,
         removals={g: n for g, n in task.removals.items() if not g.startswith("attempts")},
         sizes=dict(task.sizes),
         unassignments=task.steps["unassign"],

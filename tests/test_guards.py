@@ -107,3 +107,40 @@ async def test_a_first_write_not_confirmed_writes_nothing(
         assert await run_job(load_job(path), console=console, handle_signals=False) == EXIT_OK
         assert len(at_a_terminal) == 1
         assert sum(1 for u in sb.store.users.values() if (u.external_id or "").startswith("A")) == 2
+
+
+async def test_a_request_job_removing_60_percent_of_a_group_stops_before_any_removal(
+    tmp_path: Path,
+) -> None:
+    """Six rows of DELETE user-groups/{id}/relationships/users against a group of ten: the
+    guard stops the run before the first request; --yes lets it through."""
+    async with Sandbox(SandboxConfig(users=20, groups=2, seed=3, token=TOKEN)) as sb:
+        group = next(g for g in sb.store.groups.values() if g.name == "Cohort 01")
+        leaving = list(group.members)[:6]
+        (tmp_path / "token.txt").write_text(TOKEN)
+        (tmp_path / "rm.csv").write_text("user\n" + "".join(f"{u}\n" for u in leaving))
+        path = tmp_path / "rm.yaml"
+        path.write_text(
+            f"""version: 1
+name: rm
+api:
+  base_url: "{sb.url}"
+  token_file: token.txt
+task:
+  kind: request
+  source: rm.csv
+  method: DELETE
+  path: user-groups/{group.id}/relationships/users
+  key: "{{user}}"
+  body:
+    data: [{{type: User, id: "{{user}}"}}]
+"""
+        )
+        console = Console(file=io.StringIO(), width=200)
+        code = await run_job(load_job(path), console=console, handle_signals=False)
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert code == EXIT_INVALID, text
+        assert "remove 6 of 10 (60%) members of user-groups/" in text
+        assert len(group.members) == 10
+        code = await run_job(load_job(path), console=console, handle_signals=False, yes=True)
+        assert code == EXIT_OK and len(group.members) == 4

@@ -294,3 +294,56 @@ async def test_a_marker_assignment_undone_leaves_exactly_the_assignments_before(
         assert await undo_job(load_job(two), yes=True, console=console) == EXIT_OK, said(console)
         assert "unassign" in said(console)
         assert assignments(sb) == before
+
+
+def request_job(tmp: Path, url: str, *, undo: str) -> Path:
+    (tmp / "token.txt").write_text("p:sandbox-token")
+    (tmp / "groups.csv").write_text("name\nResit A\nResit B\nResit C\n")
+    path = tmp / "groups.yaml"
+    path.write_text(
+        f"""version: 1
+name: groups
+api:
+  base_url: "{url}"
+  token_file: token.txt
+task:
+  kind: request
+  source: groups.csv
+  method: POST
+  path: user-groups
+  key: "{{name}}"
+  body:
+    data: {{type: UserGroup, attributes: {{name: "{{name}}"}}}}
+{undo}"""
+    )
+    return path
+
+
+async def test_a_request_job_with_an_undo_template_is_undone(tmp_path: Path) -> None:
+    """POST user-groups per row, with undo: DELETE user-groups/{response.id}: after the undo the
+    server has exactly its groups from before."""
+    undo = "  undo: {method: DELETE, path: 'user-groups/{response.id}'}\n"
+    async with sandbox() as sb:
+        before = snapshot(sb.store)
+        path = request_job(tmp_path, sb.url, undo=undo)
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        assert len(snapshot(sb.store)["groups"]) == len(before["groups"]) + 3
+        console = quiet()
+        assert await undo_job(load_job(path), console=console) == EXIT_OK, said(console)
+        assert "Undo plan for 3 items: 3 request" in said(console)
+        assert snapshot(sb.store) == before
+
+
+async def test_request_rows_without_an_undo_template_are_listed_as_not_reversible(
+    tmp_path: Path,
+) -> None:
+    async with sandbox() as sb:
+        path = request_job(tmp_path, sb.url, undo="")
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        console = quiet()
+        assert await undo_job(load_job(path), plan_only=True, console=console) == EXIT_OK
+        assert "3 not reversible" in said(console)
+        rows = list(
+            csv.DictReader(io.StringIO((tmp_path / "out/groups/undo/run-1/plan.csv").read_text()))
+        )
+        assert {r["action"] for r in rows} == {"not reversible"}

@@ -101,6 +101,8 @@ class UndoTask:
         #: Links a plan would remove, by owner ("user-groups/7"), and the owners' sizes now.
         self.removals: Counter[str] = Counter()
         self.sizes: dict[str, int] = {}
+        #: Reverse requests that are DELETEs (the guard counts them as deletes).
+        self.request_deletes = 0
 
     @property
     def total(self) -> int:
@@ -188,6 +190,8 @@ class UndoTask:
         if not im.undo:
             return _Step("not reversible", "the job's request has no undo: template")
         method, path = str(im.undo.get("method", "")), str(im.undo.get("path", ""))
+        if method == "DELETE":
+            self.request_deletes += 1
         if write:
             try:
                 await client.request(method, path, body=im.undo.get("body"), idempotent=True)
