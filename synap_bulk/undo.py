@@ -39,7 +39,16 @@ from .runner import (
 from .spec import JobFile
 from .tasks.undo_task import UndoTask
 
-__all__ = ["runs_to_undo", "undo_job"]
+__all__ = ["runs_to_undo", "undo_job", "undo_ledger_path"]
+
+
+def undo_ledger_path(job_ledger: Path, label: str) -> Path:
+    """``<job>.undo-<run>.ledger.sqlite`` beside the job's ledger."""
+    name = job_ledger.name
+    stem = (
+        name.removesuffix(".ledger.sqlite") if name.endswith(".ledger.sqlite") else job_ledger.stem
+    )
+    return job_ledger.with_name(f"{stem}.undo-{label}.ledger.sqlite")
 
 
 def runs_to_undo(runs: list[RunInfo], run_id: int | None) -> list[int]:
@@ -158,7 +167,7 @@ async def _undo(
             _say(console, f"error: {refused}")
             return EXIT_INVALID
         task = UndoTask(images, profile)
-        undo_ledger = ledger_path(job).with_name(f"{ledger_path(job).stem}.undo-{label}.sqlite")
+        undo_ledger = undo_ledger_path(ledger_path(job), label)
         async with await Ledger.open(
             undo_ledger,
             job_name=f"{job.spec.name}.undo-{label}",

@@ -5,6 +5,8 @@ group stops before any removal without --yes; undo restores the membership befor
 from __future__ import annotations
 
 import io
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from synap_bulk.spec import load_job
 from synap_bulk.undo import undo_job
 
 TOKEN = "p:sandbox-token"
+DEMO = Path(__file__).resolve().parent.parent / "jobs" / "demo"
 
 
 def sync_job(tmp: Path, url: str, ids: list[str], *, batch: int = 100, extra: str = "") -> Path:
@@ -136,4 +139,21 @@ async def test_unknown_and_duplicate_users_are_invalid_rows(tmp_path: Path) -> N
         failures = (tmp_path / "out" / "sync" / "failures.csv").read_text()
         assert "no user with externalId 'S999999'" in failures
         assert "duplicate externalId 'S000001': already on line 2" in failures
+        assert members(sb) == sorted(ODD)
+
+
+async def test_the_demo_job_runs_as_shipped(tmp_path: Path) -> None:
+    """jobs/demo/group-sync.yaml: 2 added, 1 removed (10%: within the guard), 9 kept; its undo
+    puts Cohort 01 back as it was."""
+    for name in ("group-sync.yaml", "cohort-01-final.csv"):
+        shutil.copy(DEMO / name, tmp_path / name)
+    job = tmp_path / "group-sync.yaml"
+    state = tmp_path / "out" / "demo-group-sync" / "sandbox-state.json"
+    assert await run_job(load_job(job), console=quiet(), handle_signals=False) == EXIT_OK
+    s = json.loads((tmp_path / "out" / "demo-group-sync" / "summary.json").read_text())
+    assert s["this_run"]["added"] == 2 and s["this_run"]["removed"] == 1
+    async with Sandbox(SandboxConfig(state=str(state))) as sb:
+        assert members(sb) == sorted([*ODD[:-1], "S000002", "S000004"])
+    assert await undo_job(load_job(job), yes=True, console=quiet()) == EXIT_OK
+    async with Sandbox(SandboxConfig(state=str(state))) as sb:
         assert members(sb) == sorted(ODD)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from synap_bulk.sandbox.store import Store
 from synap_bulk.spec import load_job
 from synap_bulk.undo import runs_to_undo, undo_job
 from tests.requests_seen import RequestsSeen
+
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Two existing candidates change (a new name; a new group), one is unchanged, three are new.
 ROWS = """\
@@ -347,3 +350,40 @@ async def test_request_rows_without_an_undo_template_are_listed_as_not_reversibl
             csv.DictReader(io.StringIO((tmp_path / "out/groups/undo/run-1/plan.csv").read_text()))
         )
         assert {r["action"] for r in rows} == {"not reversible"}
+
+
+async def test_readme_undo_walkthrough(tmp_path: Path) -> None:
+    """README's "Undo and guards", step by step, on the demo import (its sandbox with a state
+    file, faults included): the import; undo --plan; undo, stopped by the guard; undo --yes;
+    the server equals the state from before the import; run again redoes the import."""
+    for name in ("user-import.yaml", "candidates.csv"):
+        shutil.copy(ROOT / "jobs" / "demo" / name, tmp_path / name)
+    job = tmp_path / "user-import.yaml"
+    state = tmp_path / "out" / "demo-user-import" / "sandbox-state.json"
+    demo = load_job(job).spec.sandbox or {}
+    seeded = {k: v for k, v in demo.items() if k in ("seed", "users", "groups")}
+    async with Sandbox(SandboxConfig(state=str(state), **seeded)) as sb:
+        before = snapshot(sb.store)
+        people_before = people(sb.store)
+    assert await run_job(load_job(job), console=quiet(), handle_signals=False) == EXIT_FAILED
+    async with Sandbox(SandboxConfig(state=str(state))) as sb:
+        imported = people(sb.store)
+    console = quiet()
+    assert await undo_job(load_job(job), plan_only=True, console=console) == EXIT_OK
+    assert "Undo plan for 390 items: 341 delete, 98 restore, 390 remove" in said(console)
+    console = quiet()
+    assert await undo_job(load_job(job), console=console) == EXIT_INVALID
+    assert "341 deletes > max_deletes 50" in said(console)
+    console = quiet()
+    assert await undo_job(load_job(job), yes=True, console=console) == EXIT_OK, said(console)
+    async with Sandbox(SandboxConfig(state=str(state))) as sb:
+        assert snapshot(sb.store) == before
+    # Undoing the undo is a plain run: the job's ledger forgot what was undone.
+    assert await run_job(load_job(job), console=quiet(), handle_signals=False) == EXIT_FAILED
+    async with Sandbox(SandboxConfig(state=str(state))) as sb:
+        assert people(sb.store) == imported != people_before
+
+
+def people(store: Store) -> set[tuple[Any, ...]]:
+    """The users by their attributes (not ids: a re-created user has a new one)."""
+    return {(u.name, u.email, u.external_id, u.role) for u in store.users.values()}
