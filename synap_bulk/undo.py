@@ -17,17 +17,22 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .engine import Engine, EngineConfig
+from .client import SynapClient
+from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SynapBulkError
 from .guards import Destructive, refusal
 from .images import BeforeImage, images_of
 from .ledger import Ledger, RunInfo
+from .progress import Progress, Snapshot
 from .report import FailuresWriter, PlanWriter, Summary
 from .retry import RetryPolicy
 from .runner import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
+    _alongside,
+    _Stopper,
+    _watch_signals,
     as_error,
     engine_workers,
     invoked_as,
@@ -35,6 +40,7 @@ from .runner import (
     make_dir,
     open_client,
     out_dir,
+    progress_snapshot,
 )
 from .spec import JobFile
 from .tasks.undo_task import UndoTask
@@ -87,6 +93,7 @@ async def undo_job(
     plan_only: bool = False,
     yes: bool = False,
     console: Console | None = None,
+    handle_signals: bool = True,
 ) -> int:
     """Plan, guard and apply the undo of a run of ``job``; returns the exit code."""
     console = console or Console(stderr=True)
@@ -103,10 +110,42 @@ async def undo_job(
         folder = out_dir(job) / "undo" / f"run-{label}"
         make_dir(job, folder)
         _say(console, f"Undo of run {label}: {len(images):,} recorded writes")
-        return await _undo(job, images, portal, label, folder, plan_only, yes, console, started)
+        return await _undo(
+            job, images, portal, label, folder, plan_only, yes, console, started, handle_signals
+        )
     except (SynapBulkError, OSError) as exc:
         _say(console, f"error: {as_error(exc)}")
         return EXIT_INVALID
+
+
+async def _with_progress(
+    engine: Engine,
+    client: SynapClient,
+    console: Console,
+    started: float,
+    total: int,
+    handle_signals: bool,
+) -> RunResult:
+    """The engine's run with the progress bar, and Ctrl-C as for a run (stop, then abort)."""
+
+    def snapshot() -> Snapshot:
+        e = engine.statistics()
+        return progress_snapshot(
+            client.statistics(),
+            started,
+            total=total,
+            done=e.done,
+            failed=e.failed,
+            skipped=e.skipped_done,
+            item_retries=e.retried,
+        )
+
+    progress = Progress(snapshot, console=console)
+    stopper = _Stopper(lambda: engine.stop(graceful=True), lambda: engine.stop(graceful=False))
+    try:
+        return await _alongside(engine.run, progress.run, lambda: _watch_signals(stopper, console))
+    finally:
+        progress.final()
 
 
 async def _forget_undone(path: Path, undo_keys: list[str]) -> None:
@@ -135,6 +174,7 @@ async def _undo(
     yes: bool,
     console: Console,
     started: float,
+    handle_signals: bool,
 ) -> int:
     profile = job.profile
     async with open_client(job, profile) as (client, token_from):
@@ -187,7 +227,9 @@ async def _undo(
                     item_retry=RetryPolicy(max_attempts=cfg.max_item_attempts, base=0.5, cap=30.0),
                 ),
             )
-            result = await engine.run()
+            result = await _with_progress(
+                engine, client, console, started, task.total, handle_signals
+            )
             await ledger.flush()
             failed = await ledger.failed_items()
             if failed:

@@ -94,6 +94,9 @@ async def test_a_sync_removing_60_percent_stops_before_any_removal(tmp_path: Pat
     async with sandbox() as sb:
         path = sync_job(tmp_path, sb.url, wanted)
         console = quiet()
+        assert await plan_job(load_job(path), console=console) == EXIT_OK
+        assert "note: guard: stopped before the first destructive write" in said(console)
+        console = quiet()
         code = await run_job(load_job(path), console=console, handle_signals=False)
         assert code == EXIT_INVALID
         assert "remove 6 of 10 (60%) members of user-groups/" in said(console)
@@ -122,7 +125,10 @@ async def test_a_sync_undone_restores_the_membership_before(tmp_path: Path) -> N
         assert await run_job(load_job(path), console=quiet(), handle_signals=False, yes=True) == 0
         assert members(sb) == sorted(wanted)
         console = quiet()
-        assert await undo_job(load_job(path), yes=True, console=console) == EXIT_OK, said(console)
+        assert (
+            await undo_job(load_job(path), yes=True, console=console, handle_signals=False)
+            == EXIT_OK
+        ), said(console)
         assert "2 remove, 2 re-add" in said(console)
         assert members(sb) == sorted(ODD)
         # Undoing the undo is a plain re-run: the sync again.
@@ -154,6 +160,6 @@ async def test_the_demo_job_runs_as_shipped(tmp_path: Path) -> None:
     assert s["this_run"]["added"] == 2 and s["this_run"]["removed"] == 1
     async with Sandbox(SandboxConfig(state=str(state))) as sb:
         assert members(sb) == sorted([*ODD[:-1], "S000002", "S000004"])
-    assert await undo_job(load_job(job), yes=True, console=quiet()) == EXIT_OK
+    assert await undo_job(load_job(job), yes=True, console=quiet(), handle_signals=False) == EXIT_OK
     async with Sandbox(SandboxConfig(state=str(state))) as sb:
         assert members(sb) == sorted(ODD)

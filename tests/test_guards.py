@@ -144,3 +144,53 @@ task:
         assert len(group.members) == 10
         code = await run_job(load_job(path), console=console, handle_signals=False, yes=True)
         assert code == EXIT_OK and len(group.members) == 4
+
+
+def _markers_job(tmp: Path, url: str, name: str, action: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    strategy = "  strategy: balanced\n" if action == "assign" else ""
+    path.write_text(
+        f"""version: 1
+name: {name}
+api:
+  base_url: "{url}"
+  token_file: token.txt
+task:
+  kind: assign-markers
+  role: provisional
+  action: {action}
+  exams: ["Sandbox Exam 1"]
+  statuses: [submitted]
+{strategy}"""
+    )
+    return path
+
+
+async def test_unassigning_more_than_the_limit_stops_before_the_first_unassignment(
+    tmp_path: Path,
+) -> None:
+    config = SandboxConfig(
+        users=200, exams=2, attempts_per_exam=160, markers=6, seed=2, token=TOKEN
+    )
+    async with Sandbox(config) as sb:
+        (tmp_path / "token.txt").write_text(TOKEN)
+        give = _markers_job(tmp_path, sb.url, "give", "assign")
+        assert (
+            await run_job(load_job(give), console=Console(file=io.StringIO()), handle_signals=False)
+            == EXIT_OK
+        )
+
+        def assigned() -> int:
+            return sum(
+                len(a.roles.get("provisionalMarkers", {})) for a in sb.store.attempts.values()
+            )
+
+        n = assigned()
+        assert n > 50
+        take = _markers_job(tmp_path, sb.url, "take", "unassign")
+        console = Console(file=io.StringIO(), width=200)
+        assert await run_job(load_job(take), console=console, handle_signals=False) == EXIT_INVALID
+        assert f"{n} unassignments > max_unassignments 50" in console.file.getvalue()  # type: ignore[attr-defined]
+        assert assigned() == n
+        code = await run_job(load_job(take), console=console, handle_signals=False, yes=True)
+        assert code == EXIT_OK and assigned() == 0

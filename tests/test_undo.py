@@ -112,7 +112,10 @@ async def test_an_import_undone_leaves_the_server_as_it_was(tmp_path: Path) -> N
         after_import = snapshot(sb.store)
         assert after_import != before
         console = quiet()
-        assert await undo_job(load_job(path), plan_only=True, console=console) == EXIT_OK
+        assert (
+            await undo_job(load_job(path), plan_only=True, console=console, handle_signals=False)
+            == EXIT_OK
+        )
         assert snapshot(sb.store) == after_import
         assert "Undo plan for 5 items: 3 delete, 1 restore, 2 remove" in said(console)
         actions = {r["key"]: r["action"] for r in plan_rows(tmp_path)}
@@ -121,15 +124,21 @@ async def test_an_import_undone_leaves_the_server_as_it_was(tmp_path: Path) -> N
         assert actions["undo:1:externalId:S000003"] == "remove"
         assert "undo:1:externalId:S000002" not in actions  # it wrote nothing
         console = quiet()
-        assert await undo_job(load_job(path), console=console) == EXIT_INVALID
+        assert await undo_job(load_job(path), console=console, handle_signals=False) == EXIT_INVALID
         assert "guard: stopped before the first destructive write" in said(console)
         assert snapshot(sb.store) == after_import
         console = quiet()
-        assert await undo_job(load_job(path), yes=True, console=console) == EXIT_OK, said(console)
+        assert (
+            await undo_job(load_job(path), yes=True, console=console, handle_signals=False)
+            == EXIT_OK
+        ), said(console)
         assert snapshot(sb.store) == before
         # Idempotent: a second undo finds everything done and writes nothing.
         done = writes(sb)
-        assert await undo_job(load_job(path), yes=True, console=quiet()) == EXIT_OK
+        assert (
+            await undo_job(load_job(path), yes=True, console=quiet(), handle_signals=False)
+            == EXIT_OK
+        )
         assert snapshot(sb.store) == before and writes(sb) == done
 
 
@@ -142,7 +151,10 @@ async def test_a_membership_there_before_the_run_is_never_removed(tmp_path: Path
         olu = sb.store.users[sb.store.by_external_id["S000002"]]
         assert olu.id in cohort2.members
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
-        assert await undo_job(load_job(path), yes=True, console=quiet()) == EXIT_OK
+        assert (
+            await undo_job(load_job(path), yes=True, console=quiet(), handle_signals=False)
+            == EXIT_OK
+        )
         assert olu.id in cohort2.members
         assert sb.store.by_external_id["S000003"] not in cohort2.members
 
@@ -158,7 +170,7 @@ async def test_a_value_changed_since_the_run_is_a_conflict_and_kept(tmp_path: Pa
         nils.name = "Nils H. Smith"  # someone else, after the run
         nils.raw = None
         console = quiet()
-        code = await undo_job(load_job(path), yes=True, console=console)
+        code = await undo_job(load_job(path), yes=True, console=console, handle_signals=False)
         assert code == EXIT_FAILED
         text = said(console)
         assert "the run wrote 'Nils Haddad-Smith', the server now has 'Nils H. Smith'" in text
@@ -294,7 +306,10 @@ async def test_a_marker_assignment_undone_leaves_exactly_the_assignments_before(
         assert await run_job(load_job(two), console=quiet(), handle_signals=False) == EXIT_OK
         assert assignments(sb) != before
         console = quiet()
-        assert await undo_job(load_job(two), yes=True, console=console) == EXIT_OK, said(console)
+        assert (
+            await undo_job(load_job(two), yes=True, console=console, handle_signals=False)
+            == EXIT_OK
+        ), said(console)
         assert "unassign" in said(console)
         assert assignments(sb) == before
 
@@ -332,7 +347,9 @@ async def test_a_request_job_with_an_undo_template_is_undone(tmp_path: Path) -> 
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
         assert len(snapshot(sb.store)["groups"]) == len(before["groups"]) + 3
         console = quiet()
-        assert await undo_job(load_job(path), console=console) == EXIT_OK, said(console)
+        assert await undo_job(load_job(path), console=console, handle_signals=False) == EXIT_OK, (
+            said(console)
+        )
         assert "Undo plan for 3 items: 3 request" in said(console)
         assert snapshot(sb.store) == before
 
@@ -344,7 +361,10 @@ async def test_request_rows_without_an_undo_template_are_listed_as_not_reversibl
         path = request_job(tmp_path, sb.url, undo="")
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
         console = quiet()
-        assert await undo_job(load_job(path), plan_only=True, console=console) == EXIT_OK
+        assert (
+            await undo_job(load_job(path), plan_only=True, console=console, handle_signals=False)
+            == EXIT_OK
+        )
         assert "3 not reversible" in said(console)
         rows = list(
             csv.DictReader(io.StringIO((tmp_path / "out/groups/undo/run-1/plan.csv").read_text()))
@@ -369,13 +389,18 @@ async def test_readme_undo_walkthrough(tmp_path: Path) -> None:
     async with Sandbox(SandboxConfig(state=str(state))) as sb:
         imported = people(sb.store)
     console = quiet()
-    assert await undo_job(load_job(job), plan_only=True, console=console) == EXIT_OK
+    assert (
+        await undo_job(load_job(job), plan_only=True, console=console, handle_signals=False)
+        == EXIT_OK
+    )
     assert "Undo plan for 390 items: 341 delete, 98 restore, 390 remove" in said(console)
     console = quiet()
-    assert await undo_job(load_job(job), console=console) == EXIT_INVALID
+    assert await undo_job(load_job(job), console=console, handle_signals=False) == EXIT_INVALID
     assert "341 deletes > max_deletes 50" in said(console)
     console = quiet()
-    assert await undo_job(load_job(job), yes=True, console=console) == EXIT_OK, said(console)
+    assert (
+        await undo_job(load_job(job), yes=True, console=console, handle_signals=False) == EXIT_OK
+    ), said(console)
     async with Sandbox(SandboxConfig(state=str(state))) as sb:
         assert snapshot(sb.store) == before
     # Undoing the undo is a plain run: the job's ledger forgot what was undone.
@@ -387,3 +412,46 @@ async def test_readme_undo_walkthrough(tmp_path: Path) -> None:
 def people(store: Store) -> set[tuple[Any, ...]]:
     """The users by their attributes (not ids: a re-created user has a new one)."""
     return {(u.name, u.email, u.external_id, u.role) for u in store.users.values()}
+
+
+def _locale_job(tmp: Path, url: str, profile: str = "") -> Path:
+    (tmp / "token.txt").write_text("p:sandbox-token")
+    (tmp / "c.csv").write_text("id,loc\nS000001,fr-FR\n")
+    path = tmp / "loc.yaml"
+    path.write_text(
+        f"""version: 1
+name: loc
+api:
+  base_url: "{url}"
+  token_file: token.txt
+{profile}task:
+  kind: user-import
+  source: c.csv
+  match: externalId
+  mode: update
+  fields: {{externalId: "{{id}}", locale: "{{loc}}"}}
+"""
+    )
+    return path
+
+
+async def test_an_attribute_that_had_no_value_is_cleared_again(tmp_path: Path) -> None:
+    """A locale given to a user who had none: the undo clears it (a PATCH with null, the
+    profile's patch_null_clears); with patch_null_clears false it is a conflict, kept."""
+    async with sandbox() as sb:
+        before = snapshot(sb.store)
+        path = _locale_job(tmp_path, sb.url)
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        user = sb.store.users[sb.store.by_external_id["S000001"]]
+        assert user.locale == "fr-FR"
+        assert await undo_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        assert user.locale is None and snapshot(sb.store) == before
+    async with sandbox() as sb:
+        other = tmp_path / "strict"
+        other.mkdir()
+        path = _locale_job(other, sb.url, "  profile: {patch_null_clears: false}\n")
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        console = quiet()
+        code = await undo_job(load_job(path), console=console, handle_signals=False)
+        assert code == EXIT_FAILED and "patch_null_clears" in said(console)
+        assert sb.store.users[sb.store.by_external_id["S000001"]].locale == "fr-FR"

@@ -50,6 +50,7 @@ from ..allocation import (
     id_sort_key,
 )
 from ..errors import SpecError
+from ..guards import Destructive
 from ..images import BeforeImage, ImageBook, NullImages
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import RelationshipDocument, ResourceIdentifier
@@ -714,6 +715,13 @@ class AssignMarkersTask:
         return Outcome(
             status="done", action="assigned" if self.assign else "unassigned", remote_id=aid
         )
+
+    async def destructive(self, client: SynapClient) -> Destructive:
+        """The assignments an unassign run would remove (for the guard; after prepare)."""
+        if self.assign:
+            return Destructive()
+        n = sum(len(e.payload.get("markers", [])) for e in self._prepared if isinstance(e, Item))
+        return Destructive(unassignments=n)
 
     def bind_images(self, book: ImageBook) -> None:
         """Where the writes' before-images go (the engine binds the run's ledger)."""

@@ -478,11 +478,12 @@ class RequestTask:
         return self._count(Outcome(status="done", action=action, remote_id=remote))
 
     def _image(self, item: Item, ref: str) -> BeforeImage:
-        """The row's before-image: its reverse request, when the job has an ``undo:`` (one
-        that needs the response is completed when the response comes)."""
+        """The row's before-image: its reverse request, when the job has an ``undo:``."""
         undo: dict[str, Any] = {}
-        if self._undo is not None and not self._undo.needs_response:
-            undo = self._undo.render(item.row, "")
+        if self._undo is not None:
+            # One that needs the response is completed when the response comes.
+            needs = self._undo.needs_response
+            undo = {"pending": "response"} if needs else self._undo.render(item.row, "")
         return BeforeImage(op="request", ref=ref, path=item.payload["path"], undo=undo)
 
     async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
@@ -491,6 +492,10 @@ class RequestTask:
         found = await self._look_up(item, client)
         if found is None:
             return None
+        if self._undo is not None and self._undo.needs_response and found:
+            await self._images.created(
+                f"request:{item.key}", found, self._undo.render(item.row, found)
+            )
         return self._count(Outcome(status="done", action="found", remote_id=found))
 
     async def _look_up(self, item: Item, client: SynapClient) -> str | None:

@@ -189,6 +189,10 @@ class UndoTask:
             return await self._unlink(im, client, write)
         if not im.undo:
             return _Step("not reversible", "the job's request has no undo: template")
+        if im.undo.get("pending"):
+            return _Step(
+                "not reversible", "the run stopped before the answer its undo: template needs"
+            )
         method, path = str(im.undo.get("method", "")), str(im.undo.get("path", ""))
         if method == "DELETE":
             self.request_deletes += 1
@@ -252,6 +256,12 @@ class UndoTask:
             now = getattr(user.attributes, a, None)
             was = im.before.get(a)
             if _same(a, now, wrote) and not _same(a, now, was):
+                if was is None and not self.profile.patch_null_clears:
+                    conflicts.append(
+                        f"{a}: had no value before the run, and the API profile says a PATCH "
+                        "cannot clear it (patch_null_clears)"
+                    )
+                    continue
                 restore[a] = was
             elif not _same(a, now, was):
                 conflicts.append(f"{a}: the run wrote {wrote!r}, the server now has {now!r}")

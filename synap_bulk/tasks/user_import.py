@@ -566,7 +566,8 @@ class UserImportTask:
             )
         body = NewResource(type=TYPE_USER_REGISTRATION, attributes=attrs, relationships=rels)
         ref = f"create:{item.key}"
-        written = dict(item.payload["attributes"])
+        # What the undo compares with the server (never a password).
+        written = {a: v for a, v in item.payload["attributes"].items() if a not in _CREATE_ONLY}
         filter_name = p.filter_email if self.spec.match == "emailAddress" else p.filter_external_id
         value = item.key.split(":", 1)[1]
         match = {"filter": filter_name, "attribute": self.spec.match, "value": value}
