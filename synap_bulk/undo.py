@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -35,6 +37,7 @@ from .runner import (
     _watch_signals,
     as_error,
     engine_workers,
+    forgets_between_runs,
     invoked_as,
     ledger_path,
     make_dir,
@@ -99,23 +102,41 @@ async def undo_job(
     console = console or Console(stderr=True)
     started = time.monotonic()
     try:
-        path = ledger_path(job)
-        async with await Ledger.open_readonly(path) as ledger:
-            runs = await ledger.runs()
-            chosen = runs_to_undo(runs, run_id)
+        if forgets_between_runs(job):
+            raise CheckpointError(
+                "the embedded sandbox without a state file forgets its data when a run ends: "
+                "there is nothing to undo (give it sandbox.state to keep it)"
+            )
+        async with await _open_job_ledger(ledger_path(job), job) as ledger:
+            chosen = runs_to_undo(await ledger.runs(), run_id)
+            if not chosen:
+                raise CheckpointError(f"{ledger.path}: the job has no run to undo")
             portal = await ledger.get_meta("portal_id")
             images = await images_of(ledger, chosen)
-        label = "-".join(str(r) for r in (chosen[0], chosen[-1]) if chosen) or "none"
-        label = str(chosen[0]) if len(set(chosen)) == 1 else label
-        folder = out_dir(job) / "undo" / f"run-{label}"
-        make_dir(job, folder)
-        _say(console, f"Undo of run {label}: {len(images):,} recorded writes")
-        return await _undo(
-            job, images, portal, label, folder, plan_only, yes, console, started, handle_signals
-        )
+            label = str(chosen[0]) if len(chosen) == 1 else f"{chosen[0]}-{chosen[-1]}"
+            folder = out_dir(job) / "undo" / f"run-{label}"
+            make_dir(job, folder)
+            _say(console, f"Undo of run {label}: {len(images):,} recorded writes")
+            undo = _Undo(job, ledger, images, label, folder, console, started)
+            return await undo.go(portal, plan_only, yes, handle_signals)
     except (SynapBulkError, OSError) as exc:
         _say(console, f"error: {as_error(exc)}")
         return EXIT_INVALID
+
+
+async def _open_job_ledger(path: Path, job: JobFile) -> Ledger:
+    """The job's ledger, held (its run lock) for the whole undo: no run of the job meanwhile.
+    Its images stand alone, so a job file edited since the run does not stop the undo."""
+    async with await Ledger.open_readonly(path) as reader:
+        task_hash = await reader.get_meta("task_hash") or ""
+        input_hash = await reader.get_meta("input_hash") or ""
+    return await Ledger.open(
+        path,
+        job_name=job.spec.name,
+        task_hash=task_hash,
+        input_hash=input_hash,
+        check_input=False,
+    )
 
 
 async def _with_progress(
@@ -142,13 +163,16 @@ async def _with_progress(
 
     progress = Progress(snapshot, console=console)
     stopper = _Stopper(lambda: engine.stop(graceful=True), lambda: engine.stop(graceful=False))
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [progress.run]
+    if handle_signals:
+        background.append(lambda: _watch_signals(stopper, console))
     try:
-        return await _alongside(engine.run, progress.run, lambda: _watch_signals(stopper, console))
+        return await _alongside(engine.run, *background)
     finally:
         progress.final()
 
 
-async def _forget_undone(path: Path, undo_keys: list[str]) -> None:
+def _forget(job_ledger: Ledger, undo_keys: list[str]) -> Callable[[sqlite3.Connection], None]:
     """The job's ledger forgets the items whose writes are undone, so that a plain re-run of
     the job does them again (undoing an undo is a re-run)."""
     pairs: list[tuple[str, int]] = []
@@ -159,62 +183,72 @@ async def _forget_undone(path: Path, undo_keys: list[str]) -> None:
     def write(db: sqlite3.Connection) -> None:
         db.executemany("DELETE FROM items WHERE key = ? AND run = ?", pairs)
 
-    if pairs:
-        async with await Ledger.open_readonly(path) as ledger:
-            await ledger.transact(write)
+    return write
 
 
-async def _undo(
-    job: JobFile,
-    images: list[BeforeImage],
-    portal: str | None,
-    label: str,
-    folder: Path,
-    plan_only: bool,
-    yes: bool,
-    console: Console,
-    started: float,
-    handle_signals: bool,
-) -> int:
-    profile = job.profile
-    async with open_client(job, profile) as (client, token_from):
-        ident = await client.identity()
-        _say(console, f"Acting as {ident.describe()} (token from {token_from})")
-        if portal and portal != ident.portal_id:
-            raise CheckpointError(
-                f"the run was made on portal {portal}, but the token acts on portal "
-                f"{ident.portal_id}: nothing is undone"
-            )
-        concurrency = job.spec.api.concurrency
-        planner = UndoTask(images, profile)
-        rows = await Engine(
-            planner, client, None, config=EngineConfig(concurrency=concurrency)
-        ).plan()
-        with PlanWriter(folder / "plan.csv") as pw:
-            for row in rows:
-                pw.write(row)
-        counted = [(a, planner.steps[a]) for a in planner.plan_actions]
-        steps = ", ".join(f"{n:,} {a}" for a, n in counted if n) or "nothing"
-        _say(console, f"Undo plan for {len(rows):,} items: {steps}")
-        _say(console, f"Plan file: {folder / 'plan.csv'}")
-        if plan_only:
-            return EXIT_OK
-        command = f"{invoked_as()} undo {job.path}" + (
+class _Undo:
+    """One undo: plan, guard, apply, report (the job's ledger held throughout)."""
+
+    def __init__(
+        self,
+        job: JobFile,
+        job_ledger: Ledger,
+        images: list[BeforeImage],
+        label: str,
+        folder: Path,
+        console: Console,
+        started: float,
+    ) -> None:
+        self.job = job
+        self.job_ledger = job_ledger
+        self.images = images
+        self.label = label
+        self.folder = folder
+        self.console = console
+        self.started = started
+        self.command = f"{invoked_as()} undo {job.path}" + (
             f" --run {label}" if "-" not in label else ""
         )
-        refused = "" if yes else refusal(_destructive(planner), job.spec.guard, command=command)
-        if refused:
-            _say(console, f"error: {refused}")
-            return EXIT_INVALID
-        task = UndoTask(images, profile)
-        undo_ledger = undo_ledger_path(ledger_path(job), label)
+
+    async def go(self, portal: str | None, plan_only: bool, yes: bool, signals: bool) -> int:
+        job, console = self.job, self.console
+        async with open_client(job, job.profile) as (client, token_from):
+            ident = await client.identity()
+            _say(console, f"Acting as {ident.describe()} (token from {token_from})")
+            if portal and portal != ident.portal_id:
+                raise CheckpointError(
+                    f"the run was made on portal {portal}, but the token acts on portal "
+                    f"{ident.portal_id}: nothing is undone"
+                )
+            planner = UndoTask(self.images, job.profile)
+            config = EngineConfig(concurrency=job.spec.api.concurrency)
+            rows = await Engine(planner, client, None, config=config).plan()
+            with PlanWriter(self.folder / "plan.csv") as pw:
+                for row in rows:
+                    pw.write(row)
+            counted = [(a, planner.steps[a]) for a in planner.plan_actions]
+            steps = ", ".join(f"{n:,} {a}" for a, n in counted if n) or "nothing"
+            _say(console, f"Undo plan for {len(rows):,} items: {steps}")
+            _say(console, f"Plan file: {self.folder / 'plan.csv'}")
+            if plan_only:
+                return EXIT_OK
+            guard = job.spec.guard
+            refused = "" if yes else refusal(_destructive(planner), guard, command=self.command)
+            if refused:
+                _say(console, f"error: {refused}")
+                return EXIT_INVALID
+            return await self._apply(client, ident.portal_id, signals)
+
+    async def _apply(self, client: SynapClient, portal_id: str, signals: bool) -> int:
+        job, console, folder = self.job, self.console, self.folder
+        task = UndoTask(self.images, job.profile)
         async with await Ledger.open(
-            undo_ledger,
-            job_name=f"{job.spec.name}.undo-{label}",
-            task_hash=f"undo:{label}:{len(images)}",
+            undo_ledger_path(ledger_path(job), self.label),
+            job_name=f"{job.spec.name}.undo-{self.label}",
+            task_hash=f"undo:{self.label}:{len(self.images)}",
             input_hash="",
         ) as ledger:
-            await ledger.set_meta("portal_id", ident.portal_id)
+            await ledger.set_meta("portal_id", portal_id)
             run = await ledger.begin_run()
             cfg = job.spec.run
             engine = Engine(
@@ -222,14 +256,13 @@ async def _undo(
                 client,
                 ledger,
                 config=EngineConfig(
-                    concurrency=engine_workers(concurrency, task.safety),
+                    concurrency=engine_workers(job.spec.api.concurrency, task.safety),
                     grace_seconds=cfg.grace_seconds,
                     item_retry=RetryPolicy(max_attempts=cfg.max_item_attempts, base=0.5, cap=30.0),
                 ),
             )
-            result = await _with_progress(
-                engine, client, console, started, task.total, handle_signals
-            )
+            started = self.started
+            result = await _with_progress(engine, client, console, started, task.total, signals)
             await ledger.flush()
             failed = await ledger.failed_items()
             if failed:
@@ -256,7 +289,7 @@ async def _undo(
             )
             await ledger.end_run(run, result.status, summary.to_builtins())
             undone = [k for k, st in (await ledger.load_states()).items() if st.status == "done"]
-        await _forget_undone(ledger_path(job), undone)
+        await self.job_ledger.transact(_forget(self.job_ledger, undone))
         summary.write(folder / "summary.json")
         console.print(summary)
         for rec in failed:
@@ -266,6 +299,6 @@ async def _undo(
             )
         if result.status != "completed":
             _say(console, f"Undo {result.status}: {result.reason}")
-            _say(console, f"Resume with: {command}")
+            _say(console, f"Resume with: {self.command}")
             return EXIT_INVALID if result.status == "aborted" else EXIT_FAILED
         return EXIT_FAILED if failed else EXIT_OK

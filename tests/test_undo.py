@@ -455,3 +455,44 @@ async def test_an_attribute_that_had_no_value_is_cleared_again(tmp_path: Path) -
         code = await undo_job(load_job(path), console=console, handle_signals=False)
         assert code == EXIT_FAILED and "patch_null_clears" in said(console)
         assert sb.store.users[sb.store.by_external_id["S000001"]].locale == "fr-FR"
+
+
+async def test_an_undo_refuses_while_a_run_of_the_job_holds_its_ledger(tmp_path: Path) -> None:
+    async with sandbox() as sb:
+        before = snapshot(sb.store)
+        path = import_job(tmp_path, sb.url)
+        assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+        job = load_job(path)
+        async with await Ledger.open(
+            tmp_path / "job.ledger.sqlite",
+            job_name="imp",
+            task_hash=job.task_hash(),
+            input_hash="",
+            check_input=False,
+        ):
+            console = quiet()
+            code = await undo_job(job, yes=True, console=console, handle_signals=False)
+            assert code == EXIT_INVALID and "another run of this job" in said(console)
+        assert snapshot(sb.store) != before
+        assert await undo_job(job, yes=True, console=quiet(), handle_signals=False) == EXIT_OK
+        assert snapshot(sb.store) == before
+
+
+async def test_nothing_to_undo_on_an_embedded_sandbox_that_forgets(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("id,email\nA1,a1@example.edu\n")
+    path = tmp_path / "j.yaml"
+    path.write_text(
+        """version: 1
+name: forget
+api: {base_url: sandbox}
+task:
+  kind: user-import
+  source: c.csv
+  match: externalId
+  fields: {name: "{id}", emailAddress: "{email}", externalId: "{id}"}
+"""
+    )
+    assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
+    console = quiet()
+    assert await undo_job(load_job(path), console=console, handle_signals=False) == EXIT_INVALID
+    assert "forgets its data when a run ends: there is nothing to undo" in said(console)
