@@ -48,16 +48,7 @@ from .runner import (
 from .spec import JobFile
 from .tasks.undo_task import UndoTask
 
-__all__ = ["runs_to_undo", "undo_job", "undo_ledger_path"]
-
-
-def undo_ledger_path(job_ledger: Path, label: str) -> Path:
-    """``<job>.undo-<run>.ledger.sqlite`` beside the job's ledger."""
-    name = job_ledger.name
-    stem = (
-        name.removesuffix(".ledger.sqlite") if name.endswith(".ledger.sqlite") else job_ledger.stem
-    )
-    return job_ledger.with_name(f"{stem}.undo-{label}.ledger.sqlite")
+__all__ = ["runs_to_undo", "undo_job"]
 
 
 def runs_to_undo(runs: list[RunInfo], run_id: int | None) -> list[int]:
@@ -243,7 +234,7 @@ class _Undo:
         job, console, folder = self.job, self.console, self.folder
         task = UndoTask(self.images, job.profile)
         async with await Ledger.open(
-            undo_ledger_path(ledger_path(job), self.label),
+            self.folder / "ledger.sqlite",
             job_name=f"{job.spec.name}.undo-{self.label}",
             task_hash=f"undo:{self.label}:{len(self.images)}",
             input_hash="",

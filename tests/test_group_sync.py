@@ -80,7 +80,7 @@ async def test_the_group_becomes_exactly_the_list_in_batched_calls(tmp_path: Pat
         assert await plan_job(load_job(path), console=console) == EXIT_OK
         text = said(console)
         assert "add (3)" in text and "remove (1)" in text
-        assert "Plan for 13 rows: 3 add, 1 remove, 9 keep, 0 invalid" in text
+        assert "Plan for 13 users: 3 add, 1 remove, 9 keep, 0 invalid" in text
         assert members(sb) == sorted(ODD)  # the plan wrote nothing
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
         assert members(sb) == sorted(wanted)

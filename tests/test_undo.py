@@ -20,7 +20,7 @@ from rich.console import Console
 
 from synap_bulk.images import images_of
 from synap_bulk.ledger import Ledger, RunInfo
-from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, run_job
+from synap_bulk.runner import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ledger_path, run_job
 from synap_bulk.sandbox import Sandbox, SandboxConfig
 from synap_bulk.sandbox.store import Store
 from synap_bulk.spec import load_job
@@ -250,7 +250,7 @@ async def test_before_images_are_durable_before_the_write(tmp_path: Path) -> Non
     async with sandbox() as sb:
         path = import_job(tmp_path, sb.url)
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
-        async with await Ledger.open_readonly(tmp_path / "job.ledger.sqlite") as ledger:
+        async with await Ledger.open_readonly(ledger_path(load_job(path))) as ledger:
             images = await images_of(ledger, [1])
         ada = sb.store.by_external_id["N1"]  # the id
     by_op: dict[str, list[Any]] = {}
@@ -464,7 +464,7 @@ async def test_an_undo_refuses_while_a_run_of_the_job_holds_its_ledger(tmp_path:
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
         job = load_job(path)
         async with await Ledger.open(
-            tmp_path / "job.ledger.sqlite",
+            ledger_path(job),
             job_name="imp",
             task_hash=job.task_hash(),
             input_hash="",

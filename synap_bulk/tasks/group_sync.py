@@ -46,6 +46,7 @@ class GroupSyncTask:
     kind = "group-sync"
     safety = Safety.IDEMPOTENT
     plan_actions = ("add", "remove", "keep", "invalid")
+    unit = "user"
 
     def __init__(
         self, spec: GroupSyncSpec, job: JobFile, profile: ApiProfile, *, clock: Clock | None = None
@@ -154,6 +155,24 @@ class GroupSyncTask:
         return table
 
     # -- items ------------------------------------------------------------------------------
+
+    async def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
+        """The checks that need no server: a malformed row, an empty key, a duplicate."""
+        seen = DuplicateTracker()
+        column = self.spec.column
+        for row in self._source:
+            value = row.values.get(column, "")
+            key = self._key_of(value)
+            problem = row.problem or ("" if key else f"{column} is empty")
+            if not problem and (earlier := seen.seen(key, row.line)) is not None:
+                problem = (
+                    f"duplicate {self.spec.match} {value.strip()!r}: already on line {earlier}"
+                )
+            if problem:
+                error = ItemError(status="invalid", code="row", field=column, detail=problem)
+                yield InvalidRow(key=f"line:{row.line}", line=row.line, row=row.values, error=error)
+            else:
+                yield Item(key=f"{self.spec.match}:{key}", line=row.line, row=row.values)
 
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         seen = DuplicateTracker()

@@ -85,6 +85,7 @@ class UndoTask:
     kind = "undo"
     safety = Safety.IDEMPOTENT
     plan_actions = STEP_ACTIONS
+    unit = "item"
     input_columns = ("run", "item", "writes")
     csv_style = CsvStyle()
 
@@ -131,6 +132,11 @@ class UndoTask:
                 continue
             self._links[key] = {r.id for r in found}
             self.sizes[f"{path}/{rid}"] = len(found)
+
+    async def check_rows(self) -> AsyncIterator[Item | InvalidRow]:
+        """Nothing: the items come from the ledger, not from an input file."""
+        for _ in ():
+            yield _
 
     async def items(self) -> AsyncIterator[Item | InvalidRow]:
         for n, ((run, key), images) in enumerate(self._items, start=1):
