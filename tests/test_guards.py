@@ -21,11 +21,13 @@ TOKEN = "p:sandbox-token"
 
 
 def test_within_the_default_limits_nothing_is_refused() -> None:
+    """Exactly at the default limits the run goes on."""
     found = Destructive(deletes=50, removals={"user-groups/7": 10}, sizes={"user-groups/7": 100})
     assert refusal(found, GuardSpec(), command="run job.yaml") == ""
 
 
 def test_each_limit_beyond_is_named_with_the_counts() -> None:
+    """Every limit exceeded is named with its count, and the way on (--yes) is given."""
     found = Destructive(
         deletes=51,
         removals={"user-groups/7": 6},
@@ -41,17 +43,20 @@ def test_each_limit_beyond_is_named_with_the_counts() -> None:
 
 
 def test_a_count_limit_on_removals_across_groups() -> None:
+    """max_removals counts removals across all groups."""
     found = Destructive(removals={"g/1": 3, "g/2": 3}, sizes={"g/1": 1000, "g/2": 1000})
     assert refusal(found, GuardSpec(max_removals=5), command="x") != ""
     assert refusal(found, GuardSpec(max_removals=6), command="x") == ""
 
 
 def test_what_counts_as_a_sandbox() -> None:
+    """The embedded sandbox and a server on localhost are sandboxes; a real host is not."""
     assert is_sandbox_url("sandbox") and is_sandbox_url("http://127.0.0.1:8080/v3")
     assert not is_sandbox_url("https://api.synap.ac/v3")
 
 
 def test_the_question_shows_the_identity_and_the_counts() -> None:
+    """The first-write question shows the portal, the user and the plan's non-zero counts."""
     lines: list[str] = []
     ident = Identity(portal_id="p1", portal_name="Real U", user_id="u1", user_name="Ada")
     agreed = confirm_first_write(
@@ -95,6 +100,8 @@ def at_a_terminal(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_a_first_write_not_confirmed_writes_nothing(
     tmp_path: Path, at_a_terminal: list[str]
 ) -> None:
+    """At a terminal, a first write to a non-sandbox portal not confirmed sends nothing; --yes
+    skips the question, and a job that has written there is not asked again."""
     async with Sandbox(SandboxConfig(users=0, groups=1, token=TOKEN)) as sb:
         path = _job(tmp_path, sb.url)
         console = Console(file=io.StringIO(), width=200)
@@ -169,6 +176,8 @@ task:
 async def test_unassigning_more_than_the_limit_stops_before_the_first_unassignment(
     tmp_path: Path,
 ) -> None:
+    """An unassign run of more assignments than max_unassignments stops before its first
+    write; --yes lets it through."""
     config = SandboxConfig(
         users=200, exams=2, attempts_per_exam=160, markers=6, seed=2, token=TOKEN
     )

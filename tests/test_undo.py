@@ -238,6 +238,7 @@ def _run(id: int, status: str) -> RunInfo:
 
 
 def test_the_default_undo_takes_the_last_run_and_the_runs_it_resumed() -> None:
+    """By default the last run and the interrupted runs it resumed; --run N alone."""
     runs = [_run(1, "completed"), _run(2, "stopped"), _run(3, "aborted"), _run(4, "completed")]
     assert runs_to_undo(runs, None) == [2, 3, 4]
     assert runs_to_undo(runs[:1], None) == [1]
@@ -357,6 +358,7 @@ async def test_a_request_job_with_an_undo_template_is_undone(tmp_path: Path) -> 
 async def test_request_rows_without_an_undo_template_are_listed_as_not_reversible(
     tmp_path: Path,
 ) -> None:
+    """A request job without undo: has every row listed as not reversible in the plan."""
     async with sandbox() as sb:
         path = request_job(tmp_path, sb.url, undo="")
         assert await run_job(load_job(path), console=quiet(), handle_signals=False) == EXIT_OK
@@ -458,6 +460,7 @@ async def test_an_attribute_that_had_no_value_is_cleared_again(tmp_path: Path) -
 
 
 async def test_an_undo_refuses_while_a_run_of_the_job_holds_its_ledger(tmp_path: Path) -> None:
+    """An undo never interleaves with a run of its job: refused while the job's ledger is held."""
     async with sandbox() as sb:
         before = snapshot(sb.store)
         path = import_job(tmp_path, sb.url)
@@ -479,6 +482,7 @@ async def test_an_undo_refuses_while_a_run_of_the_job_holds_its_ledger(tmp_path:
 
 
 async def test_nothing_to_undo_on_an_embedded_sandbox_that_forgets(tmp_path: Path) -> None:
+    """The embedded sandbox without a state file forgot the run's data: a clear refusal."""
     (tmp_path / "c.csv").write_text("id,email\nA1,a1@example.edu\n")
     path = tmp_path / "j.yaml"
     path.write_text(
