@@ -500,3 +500,30 @@ task:
     console = quiet()
     assert await undo_job(load_job(path), console=console, handle_signals=False) == EXIT_INVALID
     assert "forgets its data when a run ends: there is nothing to undo" in said(console)
+
+
+async def test_an_import_killed_mid_way_is_undone_to_the_snapshot(tmp_path: Path) -> None:
+    """SIGKILL in the middle of an import: every write that reached the server had its image
+    recorded first (a create killed before its answer is found by its externalId), so the
+    undo of the interrupted run leaves the server equal to the snapshot from before."""
+    lines = ["candidate_no,first_name,last_name,email,cohort"]
+    lines += [f"N{i},Name{i},Last{i},n{i}@example.edu,Cohort 01" for i in range(60)]
+    lines.append("S000001,Nils,Haddad-Smith,nils.haddad.1@students.example,Cohort 02")
+    seen = RequestsSeen()
+    config = SandboxConfig(users=4, groups=2, seed=1, token="p:sandbox-token", latency_ms=1)
+    async with Sandbox(config, sleep=seen.sleep) as sb:
+        before = snapshot(sb.store)
+        path = import_job(tmp_path, sb.url, "\n".join(lines) + "\n")
+        cmd = [sys.executable, "-m", "synap_bulk", "run", str(path)]
+        log = tmp_path / "run.log"
+        with log.open("wb") as err:
+            proc = await anyio.open_process(
+                cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err
+            )
+            killed = await _kill_when(seen, proc, seen.count + 40)
+        assert killed, log.read_text()[-2000:]
+        assert snapshot(sb.store) != before
+        console = quiet()
+        code = await undo_job(load_job(path), yes=True, console=console, handle_signals=False)
+        assert code == EXIT_OK, said(console)
+        assert snapshot(sb.store) == before
