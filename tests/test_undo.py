@@ -395,7 +395,7 @@ async def test_readme_undo_walkthrough(tmp_path: Path) -> None:
         await undo_job(load_job(job), plan_only=True, console=console, handle_signals=False)
         == EXIT_OK
     )
-    assert "Undo plan for 390 items: 341 delete, 98 restore, 390 remove" in said(console)
+    assert "Undo plan for 390 items: 341 delete, 98 restore, 49 remove" in said(console)
     console = quiet()
     assert await undo_job(load_job(job), console=console, handle_signals=False) == EXIT_INVALID
     assert "341 deletes > max_deletes 50" in said(console)

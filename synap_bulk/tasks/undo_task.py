@@ -150,11 +150,11 @@ class UndoTask:
             )
 
     async def plan(self, item: Item, client: SynapClient) -> PlanRow:
-        steps = [await self._step(im, client, write=False) for im in item.payload["images"]]
+        steps = await self._steps(item.payload["images"], client, write=False)
         return self._row(item, steps)
 
     async def execute(self, item: Item, client: SynapClient) -> Outcome:
-        steps = [await self._step(im, client, write=True) for im in item.payload["images"]]
+        steps = await self._steps(item.payload["images"], client, write=True)
         row = self._row(item, steps)
         conflicts = [s.conflict for s in steps if s.conflict]
         if conflicts:
@@ -182,9 +182,37 @@ class UndoTask:
         actions = [s.action for s in steps if s.action != "already undone"] or ["already undone"]
         action = "+".join(dict.fromkeys(actions))
         detail = "; ".join(s.conflict or s.detail for s in steps if s.conflict or s.detail)
-        return PlanRow(key=item.key, line=item.line, action=action, detail=detail)
+        label = item.row.get("item", "")
+        return PlanRow(key=item.key, line=item.line, action=action, detail=detail, label=label)
 
     # -- the steps --------------------------------------------------------------------------
+
+    async def _steps(
+        self, images: Sequence[BeforeImage], client: SynapClient, *, write: bool
+    ) -> list[_Step]:
+        """One item's steps, newest write first. A membership the run gave a user it created
+        goes with the user: it is removed on its own only when the user is kept (a conflict)."""
+        created = {im.resource_id for im in images if im.op == "create" and im.resource_id}
+        steps: list[_Step] = []
+        deferred: list[BeforeImage] = []
+        for im in images:
+            if im.op == "add-member" and im.member_id in created:
+                deferred.append(im)
+                continue
+            step = await self._step(im, client, write=write)
+            steps.append(step)
+            if im.op == "create" and step.action not in ("delete", "already undone"):
+                for link in deferred:
+                    steps.append(await self._step(link, client, write=write))
+                deferred = []
+        for link in deferred:  # gone with the deleted user: nothing to send
+            self._forget_link(link)
+        return steps
+
+    def _forget_link(self, im: BeforeImage) -> None:
+        links = self._links.get(_link_key(im))
+        if links is not None:
+            links.discard(im.member_id)
 
     async def _step(self, im: BeforeImage, client: SynapClient, *, write: bool) -> _Step:
         if im.op == "create":
