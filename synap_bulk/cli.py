@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="RUN_ID",
-        help="the run to undo (default: the last)",
+        help="the run to undo; omitted: the last run, with the interrupted runs it resumed",
     )
     p.add_argument("--plan", action="store_true", help="show the undo's plan; change nothing")
     _yes_arg(p)
