@@ -138,6 +138,7 @@ task:
   source: rm.csv
   method: DELETE
   path: user-groups/{group.id}/relationships/users
+  safety: idempotent
   key: "{{user}}"
   body:
     data: [{{type: User, id: "{{user}}"}}]

@@ -470,7 +470,7 @@ class RequestTask:
         if self._output is not None:
             self._keep(item, resp.body)
         if self._undo is not None and self._undo.needs_response:
-            await self._images.created(ref, remote, self._undo.render(item.row, remote))
+            await self._images.created(ref, remote, self._reverse(item, remote))
         if self.method == "POST":
             action = "created" if resp.status == 201 else "sent"
         else:
@@ -483,8 +483,16 @@ class RequestTask:
         if self._undo is not None:
             # One that needs the response is completed when the response comes.
             needs = self._undo.needs_response
-            undo = {"pending": "response"} if needs else self._undo.render(item.row, "")
+            undo = {"pending": "response"} if needs else self._reverse(item, "")
         return BeforeImage(op="request", ref=ref, path=item.payload["path"], undo=undo)
+
+    def _reverse(self, item: Item, response_id: str) -> dict[str, Any]:
+        """The row's rendered undo: request, sent as the same Subject-User as the row."""
+        assert self._undo is not None
+        out = self._undo.render(item.row, response_id)
+        if item.payload.get("subject_user"):
+            out["subject_user"] = item.payload["subject_user"]
+        return out
 
     async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
         if self.safety is not Safety.RECONCILABLE:
@@ -493,9 +501,7 @@ class RequestTask:
         if found is None:
             return None
         if self._undo is not None and self._undo.needs_response and found:
-            await self._images.created(
-                f"request:{item.key}", found, self._undo.render(item.row, found)
-            )
+            await self._images.created(f"request:{item.key}", found, self._reverse(item, found))
         return self._count(Outcome(status="done", action="found", remote_id=found))
 
     async def _look_up(self, item: Item, client: SynapClient) -> str | None:

@@ -232,7 +232,11 @@ class UndoTask:
             self.request_deletes += 1
         if write:
             try:
-                await client.request(method, path, body=im.undo.get("body"), idempotent=True)
+                subject = str(im.undo.get("subject_user") or "")
+                headers = {self.profile.subject_user_header: subject} if subject else None
+                await client.request(
+                    method, path, body=im.undo.get("body"), idempotent=True, headers=headers
+                )
             except ApiError as exc:
                 if exc.status != 404 or method != "DELETE":
                     raise
