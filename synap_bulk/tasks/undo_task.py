@@ -21,11 +21,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from ..errors import ApiError
 from ..images import BeforeImage
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
-from ..jsonapi import ResourceIdentifier, ResourcePatch
+from ..jsonapi import RelationshipDocument, ResourceIdentifier, ResourcePatch
 from ..profile import ApiProfile
 from ..resources import User
 from ..sources import normalize_email
@@ -313,6 +314,27 @@ class UndoTask:
             return _Step("already undone")
         return _Step("restore", f"{', '.join(sorted(restore))}", count=len(restore))
 
+    async def _send_link(
+        self,
+        im: BeforeImage,
+        client: SynapClient,
+        target: list[ResourceIdentifier],
+        *,
+        remove: bool,
+    ) -> None:
+        """Remove or add one link: a marker assignment with the profile's marker verbs (as
+        assign-markers sends them), a group membership as a relationship POST / DELETE."""
+        p = self.profile
+        if im.op in ("assign", "unassign"):
+            method = p.marker_unassign_method if remove else p.marker_assign_method
+            path = f"{im.path}/{quote(im.resource_id, safe='')}/relationships/{im.relationship}"
+            body = RelationshipDocument(data=target)
+            await client.request(method, path, body=body, idempotent=True)
+        elif remove:
+            await client.remove_members(im.path, im.resource_id, im.relationship, target)
+        else:
+            await client.add_members(im.path, im.resource_id, im.relationship, target)
+
     async def _unlink(self, im: BeforeImage, client: SynapClient, write: bool) -> _Step:
         owner = f"{im.path}/{im.resource_id}"
         what = f"{im.member_id} in {owner}/{im.relationship}"
@@ -328,11 +350,10 @@ class UndoTask:
             return _Step("already undone")
         target = [ResourceIdentifier(type=im.member_type, id=im.member_id)]
         if write:
+            await self._send_link(im, client, target, remove=added)
             if added:
-                await client.remove_members(im.path, im.resource_id, im.relationship, target)
                 current.discard(im.member_id)
             else:
-                await client.add_members(im.path, im.resource_id, im.relationship, target)
                 current.add(im.member_id)
         if im.op == "assign":
             return _Step("unassign", what, group=owner)
