@@ -213,10 +213,11 @@ class _Undo:
                 )
             planner = UndoTask(self.images, job.profile)
             config = EngineConfig(concurrency=job.spec.api.concurrency)
-            rows = await Engine(planner, client, None, config=config).plan()
+            rows = await Engine(planner, client, None, config=config).plan(await self._done())
             with PlanWriter(self.folder / "plan.csv") as pw:
                 for row in rows:
                     pw.write(row)
+            planner.steps["undone before"] = sum(1 for r in rows if r.action == "undone before")
             counted = [(a, planner.steps[a]) for a in planner.plan_actions]
             steps = ", ".join(f"{n:,} {a}" for a, n in counted if n) or "nothing"
             _say(console, f"Undo plan for {len(rows):,} items: {steps}")
@@ -229,6 +230,15 @@ class _Undo:
                 _say(console, f"error: {refused}")
                 return EXIT_INVALID
             return await self._apply(client, ident.portal_id, signals)
+
+    async def _done(self) -> dict[str, str]:
+        """The items an earlier attempt of this undo finished: the plan does not read them."""
+        path = self.folder / "ledger.sqlite"
+        if not path.exists():
+            return {}
+        async with await Ledger.open_readonly(path) as ledger:
+            states = await ledger.load_states()
+        return {k: "undone before" for k, st in states.items() if st.status == "done"}
 
     async def _apply(self, client: SynapClient, portal_id: str, signals: bool) -> int:
         job, console, folder = self.job, self.console, self.folder

@@ -50,6 +50,7 @@ STEP_ACTIONS = (
     "not reversible",
     "kept",
     "already undone",
+    "undone before",
 )
 
 _ADDS = ("add-member", "assign")
