@@ -51,11 +51,12 @@ from ..allocation import (
 )
 from ..errors import SpecError
 from ..guards import Destructive
-from ..images import BeforeImage, ImageBook, NullImages
+from ..images import ImageBook, NullImages
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import RelationshipDocument, ResourceIdentifier
 from ..profile import ApiProfile
-from ..resources import MARKER_ROLES, TYPE_ATTEMPT, TYPE_USER, Exam, MarkerRole
+from ..resources import MARKER_ROLES, TYPE_USER, Exam, MarkerRole
+from .assign_images import marker_images, unassignments
 from .assign_mapping import (
     MAPPING_DEFAULTS,
     check_mapping,
@@ -707,7 +708,9 @@ class AssignMarkersTask:
             return Outcome(status="done", action="unchanged", remote_id=aid)
         body = [ResourceIdentifier(type=TYPE_USER, id=m) for m in markers]
         p = self.profile
-        await self._record_images(item, client, aid, markers)
+        if not isinstance(self._images, NullImages):  # undo needs what was there before
+            found = await marker_images(client, p, aid, self.role_path, markers, assign=self.assign)
+            await self._images.before(item.key, found)
         method = p.marker_assign_method if self.assign else p.marker_unassign_method
         path = f"{p.attempts_path}/{quote(aid, safe='')}/relationships/{self.role_path}"
         await client.request(method, path, body=RelationshipDocument(data=body), idempotent=True)
@@ -717,40 +720,12 @@ class AssignMarkersTask:
         )
 
     async def destructive(self, client: SynapClient) -> Destructive:
-        """The assignments an unassign run would remove (for the guard; after prepare)."""
-        if self.assign:
-            return Destructive()
-        n = sum(len(e.payload.get("markers", [])) for e in self._prepared if isinstance(e, Item))
-        return Destructive(unassignments=n)
+        """For the guard (after prepare)."""
+        return unassignments(self._prepared, assign=self.assign)
 
     def bind_images(self, book: ImageBook) -> None:
         """Where the writes' before-images go (the engine binds the run's ledger)."""
         self._images = book
-
-    async def _record_images(
-        self, item: Item, client: SynapClient, aid: str, markers: list[str]
-    ) -> None:
-        """Before the write: each marker's assignment and whether it existed before (read
-        from the server now), so that an undo removes only what this run added."""
-        if isinstance(self._images, NullImages):
-            return
-        p = self.profile
-        current = {r.id for r in await client.get_members(p.attempts_path, aid, self.role_path)}
-        images = [
-            BeforeImage(
-                op="assign" if self.assign else "unassign",
-                ref=f"{p.attempts_path}/{aid}/{self.role_path}/{m}",
-                path=p.attempts_path,
-                resource_type=TYPE_ATTEMPT,
-                resource_id=aid,
-                relationship=self.role_path,
-                member_type=TYPE_USER,
-                member_id=m,
-                existed_before=m in current,
-            )
-            for m in markers
-        ]
-        await self._images.before(item.key, images)
 
     async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
         aid = str(item.payload["attempt"])
