@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --restart: forget even the done items of an unsafe task (they are re-sent)",
     )
+    _yes_arg(p)
     p.set_defaults(handler=_cmd_run)
 
     p = _add(
@@ -133,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_settle)
 
+    p = _add(sub, "undo", help="put the server back as it was before a run of the job")
+    _job_arg(p)
+    p.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        metavar="RUN_ID",
+        help="the run to undo; omitted: the last run, with the interrupted runs it resumed",
+    )
+    p.add_argument("--plan", action="store_true", help="show the undo's plan; change nothing")
+    _yes_arg(p)
+    p.set_defaults(handler=_cmd_undo)
+
     p = _add(sub, "schema", help="print the JSON Schema of job files (for editors)")
     p.set_defaults(handler=_cmd_schema)
 
@@ -147,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_cli.add_arguments(sandbox_parser)
     sandbox_parser.set_defaults(handler=sandbox_cli.main)
     return parser
+
+
+def _yes_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="go on beyond the job's guard limits and without asking to confirm (for scripts)",
+    )
+
+
+def _cmd_undo(args: argparse.Namespace) -> int:
+    from .undo import undo_job
+
+    async def go() -> int:
+        return await undo_job(_load(args.job), run_id=args.run, plan_only=args.plan, yes=args.yes)
+
+    return _run_async(go)
 
 
 def _source_arg(p: argparse.ArgumentParser) -> None:
@@ -203,6 +234,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             source=args.source,
             force=args.force,
+            yes=args.yes,
         )
 
     return _run_async(go)

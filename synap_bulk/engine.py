@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -40,6 +40,7 @@ from .errors import (
     TransportError,
     Unauthorized,
 )
+from .images import book_for
 from .items import SUPERSEDED, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from .retry import RetryPolicy, backoff
 
@@ -151,15 +152,21 @@ class Engine:
         config: EngineConfig | None = None,
         clock: Clock | None = None,
         memory: CursorStore | None = None,
+        before_items: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         """``memory`` is where the task's ``prepare`` keeps and finds its decisions (the job's
         ledger by default; nothing is remembered without one). ``plan`` only reads it, so a plan
-        given the job's ledger shows the decision a resumed run would finish."""
+        given the job's ledger shows the decision a resumed run would finish.
+
+        ``before_items`` is awaited after ``prepare`` and before the first item (the runner's
+        guard of destructive changes): a non-empty answer aborts the run with it as the reason.
+        A task with ``bind_images`` gets the ledger's before-image book (``images.py``)."""
         self.task = task
         self.client = client
         self.config = config or EngineConfig()
         self._ledger: Ledger | _NullLedger = ledger if ledger is not None else _NullLedger()
         self._memory: CursorStore = memory if memory is not None else self._ledger
+        self._before_items = before_items
         self._clock: Clock = clock or SystemClock()
         self._random = random.Random()
         self._states: dict[str, ItemState] = {}
@@ -207,10 +214,16 @@ class Engine:
     async def run(self) -> RunResult:
         """Run (or resume) the task to the end, or until stopped or aborted."""
         self._states = await self._ledger.load_states()
+        bind = getattr(self.task, "bind_images", None)
+        if bind is not None:
+            bind(book_for(self._ledger))
         try:
             await self.task.prepare(self.client, self._memory)
+            refused = await self._before_items() if self._before_items is not None else ""
         except Unauthorized as exc:
             return RunResult(status="aborted", reason=str(exc), stats=self.statistics())
+        if refused:
+            return RunResult(status="aborted", reason=refused, stats=self.statistics())
         self._stop_event = anyio.Event()
         if self._stop_requested:
             self._stop_event.set()

@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS runs (
     summary TEXT,
     pid INTEGER  -- the process that ran it: gone while 'running' means interrupted
 );
+-- What each write of a run needs to be reversed (synap_bulk.images), recorded before it is
+-- sent; added since the first release (IF NOT EXISTS creates it in an older ledger too).
+CREATE TABLE IF NOT EXISTS before_images (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run INTEGER NOT NULL,
+    item_key TEXT NOT NULL,
+    ref TEXT NOT NULL,  -- the written thing, e.g. users/42; the first image of a run wins
+    image TEXT NOT NULL,  -- JSON of images.BeforeImage
+    UNIQUE (run, ref)
+);
 """
 
 #: Columns added since the first release, added to an older ledger when it is opened.
@@ -292,6 +302,11 @@ class Ledger:
             db.execute("DELETE FROM items WHERE key = ? AND status != 'done'", (key,))
 
         await self._call(write)
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` on the ledger's connection in the next transaction; committed when this
+        returns (for the ledger's companions, e.g. :mod:`synap_bulk.images`)."""
+        return await self._call(fn)
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""

@@ -17,6 +17,7 @@ from rich.console import Console
 from .client import SynapClient
 from .engine import Engine, EngineConfig
 from .errors import SynapBulkError
+from .guards import check_guard
 from .items import SUPERSEDED, InvalidRow, PlanRow, Safety
 from .ledger import Ledger
 from .report import PlanWriter
@@ -26,6 +27,7 @@ from .runner import (
     EXIT_OK,
     as_error,
     forgets_between_runs,
+    invoked_as,
     ledger_path,
     make_dir,
     open_client,
@@ -156,6 +158,10 @@ async def _plan_items(
     for line in plan_examples(rows, list(counts)):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"Plan file: {plan_path} (latest also in {out / 'plan.csv'})", markup=False)
+    command = f"{invoked_as()} run {job.path}"
+    refused = await check_guard(task, client, job.spec.guard, yes=False, command=command)
+    if refused:  # what the run would do at this point: stop, before its first write
+        console.print(f"note: {refused}", markup=False, highlight=False, soft_wrap=True)
 
 
 #: Actions the printed plan gives no examples of: nothing would change.

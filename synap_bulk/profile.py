@@ -183,6 +183,9 @@ class ApiProfile(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: [ASSUMED] a UserRegistration's id is the new User's id (the cookbook implies it). When
     #: false, the import looks the new user up by its match key instead.
     registration_id_is_user_id: bool = True
+    #: [ASSUMED] a PATCH with an attribute set to null clears it: undo restores an attribute
+    #: that had no value this way. False: such a restore is reported as a conflict instead.
+    patch_null_clears: bool = True
 
 
 DEFAULT_PROFILE = ApiProfile()

@@ -29,6 +29,7 @@ from .client import ClientStatistics, Identity, SynapClient
 from .doctor import check_reconcile_filters
 from .engine import Engine, EngineConfig, RunResult
 from .errors import CheckpointError, SynapBulkError
+from .guards import check_guard, first_write_refused
 from .items import InvalidRow, Item, RunContext, Safety, StreamProgress, StreamResult
 from .ledger import Ledger
 from .profile import ApiProfile
@@ -271,8 +272,12 @@ async def run_job(
     force: bool = False,
     console: Console | None = None,
     handle_signals: bool = True,
+    yes: bool = False,
 ) -> int:
     """Run (or resume) a job of any kind; returns the process exit code.
+
+    A task that would destroy more than the job's ``guard:`` allows stops before its first
+    destructive write unless ``yes`` (``guards.py``).
 
     Before the first write the run reads who its token acts as, says so and records it; a
     ledger belongs to the portal it was started on. ``source`` feeds back a CSV of fixed rows
@@ -327,6 +332,17 @@ async def run_job(
                         markup=False,
                         soft_wrap=True,
                     )
+                refused = await first_write_refused(
+                    task,
+                    client,
+                    ident,
+                    base_url=job.spec.api.base_url,
+                    known_portal=await ledger.get_meta("portal_id"),
+                    concurrency=job.spec.api.concurrency,
+                    yes=yes,
+                )
+                if refused:
+                    raise CheckpointError(refused)
                 await _bind_portal(job, ledger, ident.portal_id, restart)
                 run_id = await ledger.begin_run()
                 state.run_dir = out / "runs" / str(run_id)
@@ -337,7 +353,7 @@ async def run_job(
                         ended = await _run_stream(task, *common, handle_signals)
                     else:
                         retry = retry_failed or source is not None
-                        ended = await _run_items(task, *common, handle_signals, retry)
+                        ended = await _run_items(task, *common, handle_signals, retry, yes)
                 except (SynapBulkError, OSError) as exc:
                     ended = _aborted(job, client, started, as_error(exc))
                 ended.summary = _with_run(ended.summary, state, run_id)
@@ -505,8 +521,12 @@ def invoked_as() -> str:
     return f"{python} -m synap_bulk"
 
 
+def _run_cmd(job: JobFile) -> str:
+    return f"{invoked_as()} run {job.path}"
+
+
 def _stopped_lines(job: JobFile) -> list[str]:
-    resume_cmd = f"{invoked_as()} run {job.path}"
+    resume_cmd = _run_cmd(job)
     if forgets_between_runs(job):
         return [
             f"Run again with: {resume_cmd} (it starts afresh: the embedded sandbox keeps "
@@ -525,8 +545,13 @@ async def _run_items(
     console: Console,
     handle_signals: bool,
     retry_failed: bool,
+    yes: bool = False,
 ) -> _Ended:
     run_cfg = job.spec.run
+
+    async def guard() -> str:
+        return await check_guard(task, client, job.spec.guard, yes=yes, command=_run_cmd(job))
+
     engine = Engine(
         task,
         client,
@@ -540,6 +565,7 @@ async def _run_items(
             breaker_min_requests=run_cfg.breaker.min_requests,
             breaker_threshold=run_cfg.breaker.threshold,
         ),
+        before_items=guard,
     )
 
     def snapshot() -> Snapshot:

@@ -20,6 +20,8 @@ from msgspec import inspect as mi
 
 from .errors import InsecureURL, SpecError
 from .profile import DEFAULT_PROFILE, ApiProfile, load_profile
+from .spec_undo import DOCS as _UNDO_DOCS
+from .spec_undo import GroupSyncSpec, GuardSpec, UndoTemplateSpec
 from .urls import check_base_url
 from .yamlmarks import Reader, compose, nearest_line, show, unknown_key_message
 
@@ -29,6 +31,8 @@ __all__ = [
     "BreakerSpec",
     "ExportAttemptsSpec",
     "ExportSpec",
+    "GroupSyncSpec",
+    "GuardSpec",
     "Job",
     "JobFile",
     "LookupSpec",
@@ -229,9 +233,17 @@ class RequestSpec(
     lookups: dict[str, NamedLookupSpec] = {}
     subject_user: str | None = None
     output: str | None = None
+    undo: UndoTemplateSpec | None = None
 
 
-TaskSpec = UserImportSpec | AssignMarkersSpec | ExportAttemptsSpec | ExportSpec | RequestSpec
+TaskSpec = (
+    UserImportSpec
+    | AssignMarkersSpec
+    | ExportAttemptsSpec
+    | ExportSpec
+    | RequestSpec
+    | GroupSyncSpec
+)
 
 
 class Job(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -242,6 +254,7 @@ class Job(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     api: ApiSpec
     sandbox: dict[str, Any] | None = None
     run: RunSpec = msgspec.field(default_factory=RunSpec)
+    guard: GuardSpec = msgspec.field(default_factory=GuardSpec)
     task: TaskSpec
 
 
@@ -265,6 +278,7 @@ TASK_KINDS: dict[str, type[Struct]] = {
     "export-attempts": ExportAttemptsSpec,
     "export": ExportSpec,
     "request": RequestSpec,
+    "group-sync": GroupSyncSpec,
 }
 
 _KIND_OF = {struct: kind for kind, struct in TASK_KINDS.items()}
@@ -622,6 +636,9 @@ FIELD_DOCS: dict[str, str] = {
 }
 
 
+FIELD_DOCS.update(_UNDO_DOCS)
+
+
 def _sandbox_config() -> type[Struct]:
     from .sandbox.config import SandboxConfig
 
@@ -635,6 +652,7 @@ def job_sections() -> list[tuple[str, type[Struct]]]:
         ("api", ApiSpec),
         ("run", RunSpec),
         ("run.breaker", BreakerSpec),
+        ("guard", GuardSpec),
         ("sandbox", _sandbox_config()),
     ]
     for kind, struct in TASK_KINDS.items():
@@ -642,6 +660,7 @@ def job_sections() -> list[tuple[str, type[Struct]]]:
         if struct is RequestSpec:
             sections.append((f"task[{kind}].lookup", LookupSpec))
             sections.append((f"task[{kind}].lookups.<name>", NamedLookupSpec))
+            sections.append((f"task[{kind}].undo", UndoTemplateSpec))
     return sections
 
 

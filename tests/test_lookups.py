@@ -280,6 +280,7 @@ version: 1
 name: members-{method}
 api: {{base_url: sandbox}}
 sandbox: {{seed: 1, users: 30, state: state.json}}
+guard: {{max_removals_share: 0.5}}  # the DELETE removes 2 of the group's 8 members
 task:
   kind: request
   source: rows.csv

@@ -131,7 +131,7 @@ def test_valid_job_loads_with_defaults_and_lines(tmp_path: Path) -> None:
             "kind: user-import",
             "kind: user-imports",
             'jobs/import.yaml:9: task.kind: expected one of "user-import", "assign-markers", '
-            '"export-attempts", "export", "request", got "user-imports"',
+            '"export-attempts", "export", "request", "group-sync", got "user-imports"',
         ),
         (
             '{name: "{first_name} {last_name}",',

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from ..spec import AssignMarkersSpec, ExportAttemptsSpec, ExportSpec, RequestSpec, UserImportSpec
+from ..spec import (
+    AssignMarkersSpec,
+    ExportAttemptsSpec,
+    ExportSpec,
+    GroupSyncSpec,
+    RequestSpec,
+    UserImportSpec,
+)
 
 if TYPE_CHECKING:
     from ..profile import ApiProfile
@@ -65,12 +72,19 @@ def _request(spec: RequestSpec, job: JobFile, profile: ApiProfile) -> Task:
     return RequestTask(spec, job, profile)
 
 
+def _group_sync(spec: GroupSyncSpec, job: JobFile, profile: ApiProfile) -> Task:
+    from .group_sync import GroupSyncTask
+
+    return GroupSyncTask(spec, job, profile)
+
+
 KINDS: dict[str, TaskKind] = {
     UserImportSpec.kind: TaskKind(UserImportSpec, _user_import, "source"),
     AssignMarkersSpec.kind: TaskKind(AssignMarkersSpec, _assign_markers, "mapping"),
     ExportAttemptsSpec.kind: TaskKind(ExportAttemptsSpec, _export_attempts),
     ExportSpec.kind: TaskKind(ExportSpec, _export),
     RequestSpec.kind: TaskKind(RequestSpec, _request, "source"),
+    GroupSyncSpec.kind: TaskKind(GroupSyncSpec, _group_sync, "source"),
 }
 
 

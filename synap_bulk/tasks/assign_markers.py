@@ -50,10 +50,13 @@ from ..allocation import (
     id_sort_key,
 )
 from ..errors import SpecError
+from ..guards import Destructive
+from ..images import ImageBook, NullImages
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import RelationshipDocument, ResourceIdentifier
 from ..profile import ApiProfile
 from ..resources import MARKER_ROLES, TYPE_USER, Exam, MarkerRole
+from .assign_images import marker_images, unassignments
 from .assign_mapping import (
     MAPPING_DEFAULTS,
     check_mapping,
@@ -229,6 +232,7 @@ class AssignMarkersTask:
                 f"the API profile has no marker_role_paths entry for {spec.role!r}", "task.role"
             )
         self.role_path = role_path
+        self._images: ImageBook = NullImages()
         if spec.action not in ("assign", "unassign"):
             raise self._error(
                 f"action must be assign or unassign, got {spec.action!r}", "task.action"
@@ -704,6 +708,9 @@ class AssignMarkersTask:
             return Outcome(status="done", action="unchanged", remote_id=aid)
         body = [ResourceIdentifier(type=TYPE_USER, id=m) for m in markers]
         p = self.profile
+        if not isinstance(self._images, NullImages):  # undo needs what was there before
+            found = await marker_images(client, p, aid, self.role_path, markers, assign=self.assign)
+            await self._images.before(item.key, found)
         method = p.marker_assign_method if self.assign else p.marker_unassign_method
         path = f"{p.attempts_path}/{quote(aid, safe='')}/relationships/{self.role_path}"
         await client.request(method, path, body=RelationshipDocument(data=body), idempotent=True)
@@ -711,6 +718,14 @@ class AssignMarkersTask:
         return Outcome(
             status="done", action="assigned" if self.assign else "unassigned", remote_id=aid
         )
+
+    async def destructive(self, client: SynapClient) -> Destructive:
+        """For the guard (after prepare)."""
+        return unassignments(self._prepared, assign=self.assign)
+
+    def bind_images(self, book: ImageBook) -> None:
+        """Where the writes' before-images go (the engine binds the run's ledger)."""
+        self._images = book
 
     async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
         aid = str(item.payload["attempt"])

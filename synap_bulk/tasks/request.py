@@ -33,12 +33,15 @@ from urllib.parse import quote
 import msgspec
 
 from ..errors import NotFound, SpecError
+from ..guards import Destructive
+from ..images import BeforeImage, ImageBook, NullImages
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import encode
 from ..lookups import LOOKUP_KEYS, LookupDef, LookupResolver, lookup_fields, problem
 from ..profile import ApiProfile
 from ..sources import CsvSource, DuplicateTracker
 from ..templates import Template, TemplateValueError, compile_template
+from .request_undo import RowUndo, count_destructive
 
 if TYPE_CHECKING:
     from ..client import SynapClient
@@ -152,6 +155,16 @@ class RequestTask:
         #: line -> the row's values with its lookups' fields, or the reason a lookup failed
         self._resolved: dict[int, dict[str, str] | ItemError] = {}
         self.lookup_stats: dict[str, Any] = {}
+        self._undo = RowUndo(spec.undo, job, self._source) if spec.undo is not None else None
+        self._images: ImageBook = NullImages()
+
+    def bind_images(self, book: ImageBook) -> None:
+        """Where each row's before-image (its rendered ``undo:``) goes."""
+        self._images = book
+
+    async def destructive(self, client: SynapClient) -> Destructive:
+        """The deletes and relationship removals the rows would make (for the guard)."""
+        return await count_destructive(self, client)
 
     def _error(self, at: str, message: str) -> SpecError:
         return self.job.error(at, message)
@@ -443,6 +456,9 @@ class RequestTask:
         extra: dict[str, Any] = {}
         if subject:
             extra["headers"] = {self.profile.subject_user_header: subject}
+        ref = f"request:{item.key}"
+        if self.method != "GET":
+            await self._images.before(item.key, [self._image(item, ref)])
         resp = await client.request(
             self.method,
             payload["path"],
@@ -453,11 +469,30 @@ class RequestTask:
         remote = _first_id(resp.body) or ""
         if self._output is not None:
             self._keep(item, resp.body)
+        if self._undo is not None and self._undo.needs_response:
+            await self._images.created(ref, remote, self._reverse(item, remote))
         if self.method == "POST":
             action = "created" if resp.status == 201 else "sent"
         else:
             action = _ACTIONS.get(self.method, "sent")
         return self._count(Outcome(status="done", action=action, remote_id=remote))
+
+    def _image(self, item: Item, ref: str) -> BeforeImage:
+        """The row's before-image: its reverse request, when the job has an ``undo:``."""
+        undo: dict[str, Any] = {}
+        if self._undo is not None:
+            # One that needs the response is completed when the response comes.
+            needs = self._undo.needs_response
+            undo = {"pending": "response"} if needs else self._reverse(item, "")
+        return BeforeImage(op="request", ref=ref, path=item.payload["path"], undo=undo)
+
+    def _reverse(self, item: Item, response_id: str) -> dict[str, Any]:
+        """The row's rendered undo: request, sent as the same Subject-User as the row."""
+        assert self._undo is not None
+        out = self._undo.render(item.row, response_id)
+        if item.payload.get("subject_user"):
+            out["subject_user"] = item.payload["subject_user"]
+        return out
 
     async def reconcile(self, item: Item, client: SynapClient) -> Outcome | None:
         if self.safety is not Safety.RECONCILABLE:
@@ -465,6 +500,8 @@ class RequestTask:
         found = await self._look_up(item, client)
         if found is None:
             return None
+        if self._undo is not None and self._undo.needs_response and found:
+            await self._images.created(f"request:{item.key}", found, self._reverse(item, found))
         return self._count(Outcome(status="done", action="found", remote_id=found))
 
     async def _look_up(self, item: Item, client: SynapClient) -> str | None:

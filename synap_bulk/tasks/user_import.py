@@ -25,6 +25,7 @@ import anyio
 
 from ..clock import Clock, SystemClock
 from ..errors import ConnectError
+from ..images import BeforeImage, ImageBook, NullImages
 from ..items import CsvStyle, InvalidRow, Item, ItemError, Outcome, PlanRow, Safety
 from ..jsonapi import NewResource, Relationship, ResourceIdentifier, ResourcePatch
 from ..profile import ApiProfile
@@ -85,7 +86,10 @@ class GroupBatcher:
         size: int = 100,
         linger: float = 0.05,
         clock: Clock | None = None,
+        remove: bool = False,
     ) -> None:
+        """``remove``: the batches remove their users from the group instead (group-sync)."""
+        self._remove = remove
         self._client = client
         self._profile = profile
         self._size = size
@@ -128,7 +132,8 @@ class GroupBatcher:
         self._detach(batch)
         try:
             self.calls += 1
-            await self._client.add_members(
+            send = self._client.remove_members if self._remove else self._client.add_members
+            await send(
                 self._profile.user_groups_path,
                 batch.group_id,
                 self._profile.group_members_relationship,
@@ -190,6 +195,7 @@ class UserImportTask:
         self._group_names: dict[str, str] = {}
         self._directory: dict[str, _Known] | None = None
         self._batcher: GroupBatcher | None = None
+        self._images: ImageBook = NullImages()
         #: Rows in the input, known after prepare() (the progress bar's total).
         self.total: int | None = None
 
@@ -240,6 +246,10 @@ class UserImportTask:
 
     def render_plan(self) -> None:
         return None
+
+    def bind_images(self, book: ImageBook) -> None:
+        """Where the writes' before-images go (the engine binds the run's ledger)."""
+        self._images = book
 
     def input_hash(self) -> str:
         return self._source.sha256()
@@ -531,7 +541,9 @@ class UserImportTask:
         known = await self._lookup(item, client, fresh=True)
         if known is None:
             return None
-        # The create (or an update) took effect: finish the idempotent follow-ups.
+        # The create (or an update) took effect: keep the id with its before-image, then
+        # finish the idempotent follow-ups.
+        await self._images.created(f"create:{item.key}", known.id)
         outcome = await self._update(item, client, known)
         action = "created" if outcome.action in ("unchanged", "updated") else outcome.action
         return Outcome(status=outcome.status, action=action, remote_id=known.id)
@@ -553,6 +565,21 @@ class UserImportTask:
                 data=[ResourceIdentifier(type=TYPE_USER_GROUP, id=g) for g in first]
             )
         body = NewResource(type=TYPE_USER_REGISTRATION, attributes=attrs, relationships=rels)
+        ref = f"create:{item.key}"
+        # What the undo compares with the server (never a password).
+        written = {a: v for a, v in item.payload["attributes"].items() if a not in _CREATE_ONLY}
+        filter_name = p.filter_email if self.spec.match == "emailAddress" else p.filter_external_id
+        value = item.key.split(":", 1)[1]
+        match = {"filter": filter_name, "attribute": self.spec.match, "value": value}
+        image = BeforeImage(
+            op="create",
+            ref=ref,
+            path=p.users_path,
+            resource_type=TYPE_USER,
+            after=written,
+            match=match,
+        )
+        await self._images.before(item.key, [image])
         created = await client.create(p.registrations_path, body, User)
         user_id = created.id
         if not p.registration_id_is_user_id:
@@ -564,6 +591,7 @@ class UserImportTask:
                     "(registration_id_is_user_id: false)"
                 )
             user_id = known.id
+        await self._images.created(ref, user_id)
         if not p.registration_accepts_external_id and "externalId" in item.payload["attributes"]:
             patch = ResourcePatch(
                 type=TYPE_USER,
@@ -571,22 +599,56 @@ class UserImportTask:
                 attributes={"externalId": item.payload["attributes"]["externalId"]},
             )
             await client.update(p.users_path, patch, User)
-        await self._add_groups(user_id, rest)
+        await self._add_groups(item, user_id, rest, known_before=True)
         return Outcome(status="done", action="created", remote_id=user_id)
 
     async def _update(self, item: Item, client: SynapClient, known: _Known) -> Outcome:
         changes = self._changes(item, known)
         if changes:
+            users = self.profile.users_path
+            before = {a: known.attributes.get(a) for a in changes}
+            image = BeforeImage(
+                op="patch",
+                ref=f"{users}/{known.id}",
+                path=users,
+                resource_type=TYPE_USER,
+                resource_id=known.id,
+                before=before,
+                after=dict(changes),
+            )
+            await self._images.before(item.key, [image])
             patch = ResourcePatch(type=TYPE_USER, id=known.id, attributes=changes)
-            await client.update(self.profile.users_path, patch, User)
+            await client.update(users, patch, User)
         groups = self._missing_groups(item, known)
-        await self._add_groups(known.id, groups)
+        await self._add_groups(item, known.id, groups, known_before=known.groups is not None)
         action = "updated" if changes or groups else "unchanged"
         return Outcome(status="done", action=action, remote_id=known.id)
 
-    async def _add_groups(self, user_id: str, groups: list[str]) -> None:
+    async def _add_groups(
+        self, item: Item, user_id: str, groups: list[str], *, known_before: bool
+    ) -> None:
+        """Add the user to ``groups``; ``known_before``: the user was in none of them before
+        the run (otherwise an undo keeps these memberships, not knowing)."""
         if not groups:
             return
+        p = self.profile
+        await self._images.before(
+            item.key,
+            [
+                BeforeImage(
+                    op="add-member",
+                    ref=f"{p.user_groups_path}/{gid}/{p.group_members_relationship}/{user_id}",
+                    path=p.user_groups_path,
+                    resource_type=TYPE_USER_GROUP,
+                    resource_id=gid,
+                    relationship=p.group_members_relationship,
+                    member_type=TYPE_USER,
+                    member_id=user_id,
+                    existed_before=False if known_before else None,
+                )
+                for gid in groups
+            ],
+        )
         assert self._batcher is not None, "prepare() runs before execute()"
         batcher = self._batcher
         async with anyio.create_task_group() as tg:
