@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from msgspec import Struct
 
 from .identity import Identity
 from .spec_undo import GuardSpec
+from .urls import is_local
 
 if TYPE_CHECKING:
     from .client import SynapClient
@@ -98,10 +98,7 @@ async def check_guard(
 
 def is_sandbox_url(base_url: str) -> bool:
     """The embedded sandbox, or a server on this machine (a standalone sandbox)."""
-    if base_url == "sandbox":
-        return True
-    host = urlsplit(base_url).hostname or ""
-    return host in ("localhost", "127.0.0.1", "::1")
+    return is_local(base_url)
 
 
 def interactive() -> bool:

@@ -43,6 +43,7 @@ from .tasks import build_task, input_files
 from .tasks.base import ItemTask, StreamTask
 from .timeline import Timeline
 from .transport import Timeouts
+from .urls import is_local
 
 __all__ = [
     "EXIT_FAILED",
@@ -163,7 +164,7 @@ async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[tuple[
     """A client for the job's target and where its token came from; ``base_url: sandbox``
     starts a seeded sandbox first (with its state file, when the job names one)."""
     api = job.spec.api
-    rate: float | str | None = api.rate
+    rate = client_rate(api.rate, api.base_url)
     async with contextlib.AsyncExitStack() as stack:
         base_url = api.base_url
         token = api.token
@@ -195,6 +196,17 @@ async def open_client(job: JobFile, profile: ApiProfile) -> AsyncIterator[tuple[
         embedded = sandbox_token is not None and token == sandbox_token
         source = "embedded sandbox" if embedded else client.token_source
         yield await stack.enter_async_context(client), source
+
+
+def client_rate(rate: float | str | None, base_url: str) -> float | str | None:
+    """The client's rate for the job's ``api.rate``: omitted means ``auto`` against a remote
+    server (find its limit: its users share it with us) and no ceiling against the sandbox or
+    a server on this machine; ``none`` means no ceiling anywhere."""
+    if rate == "none":
+        return None
+    if rate is None:
+        return None if is_local(base_url) else "auto"
+    return rate
 
 
 def _embedded(job: JobFile) -> bool:

@@ -75,7 +75,7 @@ class ApiSpec(Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     base_url: str
     token: str | None = None
     token_file: str | None = None
-    rate: Annotated[float, Meta(ge=0.1)] | Literal["auto"] | None = None
+    rate: Annotated[float, Meta(ge=0.1)] | Literal["auto", "none"] | None = None
     concurrency: Annotated[int, Meta(ge=1, le=1000)] = 16
     subject_user: str | None = None
     timeout: Annotated[float, Meta(gt=0)] = 30.0
@@ -315,8 +315,9 @@ FIELD_DOCS: dict[str, str] = {
         "Give token or token_file, not both."
     ),
     "api.rate": (
-        "Requests per second at most. Omitted: no ceiling; the client slows down only when "
-        'the server throttles (429). "auto": find the server\'s limit and keep just under it.'
+        'Requests per second at most. "auto": find the server\'s limit and keep just under '
+        'it. "none": no ceiling (the client slows down only when the server throttles). '
+        'Omitted: "auto" against a remote server, "none" against the sandbox or localhost.'
     ),
     "api.concurrency": "Requests in flight at most (1 to 1000).",
     "api.subject_user": (

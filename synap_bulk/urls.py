@@ -13,10 +13,21 @@ from urllib.parse import urlsplit
 
 from .errors import InsecureURL
 
-__all__ = ["LOCAL_HOSTS", "check_base_url"]
+__all__ = ["LOCAL_HOSTS", "check_base_url", "is_local"]
 
 #: The hosts plain http may go to, as ``urlsplit(url).hostname`` spells them (IPv6 unbracketed).
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_local(base_url: str) -> bool:
+    """The embedded sandbox (``sandbox``) or a server on this machine (a standalone sandbox, a
+    test server): not a real portal, whose limits the client must respect unasked."""
+    if base_url == "sandbox":
+        return True
+    try:
+        return (urlsplit(base_url).hostname or "") in LOCAL_HOSTS
+    except ValueError:
+        return False
 
 
 def check_base_url(url: str) -> str:

@@ -104,7 +104,10 @@ def test_invalid_job_exits_2_naming_file_line_and_field(
     )
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err == f'error: {path}:5: api.rate: expected a number >= 0.1 or "auto", got "fast"\n'
+    assert (
+        err
+        == f'error: {path}:5: api.rate: expected a number >= 0.1 or "auto" or "none", got "fast"\n'
+    )
 
 
 def test_missing_input_file_is_named_at_its_job_line(

@@ -44,8 +44,8 @@ def test_every_section_struct_field_is_in_the_reference() -> None:
 
 
 def test_reference_documents_the_rate_ceiling_and_the_default_places() -> None:
-    """The reference says an omitted api.rate means no ceiling, and where ledger and results go."""
+    """The reference says what an omitted api.rate means, and where ledger and results go."""
     text = render_reference()
-    assert "Omitted: no ceiling; the client slows down only when the server throttles" in text
+    assert 'Omitted: "auto" against a remote server, "none" against the sandbox or' in text
     assert "Omitted: ledger.sqlite in the out_dir" in text
     assert "out/&lt;name>/ beside the job file" in text

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from synap_bulk.items import Safety
-from synap_bulk.runner import engine_workers
+from synap_bulk.runner import client_rate, engine_workers
+from synap_bulk.spec import load_job
 
 
 @pytest.mark.parametrize("safety", [Safety.IDEMPOTENT, Safety.RECONCILABLE])
@@ -115,3 +116,30 @@ def test_runner_and_cli_never_branch_on_kind_or_probe_tasks() -> None:
     for name in ("runner.py", "planning.py", "status.py", "cli.py"):
         text = (root / name).read_text()
         assert "getattr(task" not in text and "kind ==" not in text, name
+
+
+@pytest.mark.parametrize(
+    ("rate", "base_url", "expected"),
+    [
+        (None, "https://api.synap.ac/v3", "auto"),  # a real portal: find its limit unasked
+        (None, "sandbox", None),
+        (None, "http://127.0.0.1:8080/v3", None),  # a standalone sandbox on this machine
+        (None, "http://localhost:8080/v3", None),
+        ("none", "https://api.synap.ac/v3", None),  # no ceiling, said explicitly
+        ("auto", "sandbox", "auto"),
+        (20.0, "https://api.synap.ac/v3", 20.0),
+    ],
+)
+def test_an_omitted_rate_is_auto_against_a_remote_server_only(
+    rate: float | str | None, base_url: str, expected: float | str | None
+) -> None:
+    assert client_rate(rate, base_url) == expected
+
+
+def test_rate_none_is_accepted_in_a_job_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "version: 1\nname: r\napi: {base_url: 'https://api.synap.ac/v3', token: t, rate: none}\n"
+        "task: {kind: export, resource: users, output: out/u.ndjson}\n"
+    )
+    assert load_job(path, offline=True).spec.api.rate == "none"

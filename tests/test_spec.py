@@ -98,7 +98,7 @@ def test_valid_job_loads_with_defaults_and_lines(tmp_path: Path) -> None:
         (
             "rate: 20",
             "rate: fast",
-            'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto", got "fast"',
+            'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto" or "none", got "fast"',
         ),
         (
             "  match: externalId",
@@ -206,7 +206,7 @@ def test_errors_never_quote_environment_values_or_tokens(
     monkeypatch.setenv("SECRET_RATE", "p:very-secret")
     msg = error_of(tmp_path, BASE.replace("rate: 20", "rate: ${SECRET_RATE}"))
     assert msg == (
-        'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto", '
+        'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto" or "none", '
         "got the value of ${SECRET_RATE}"
     )
     assert "very-secret" not in msg
