@@ -98,7 +98,8 @@ def test_valid_job_loads_with_defaults_and_lines(tmp_path: Path) -> None:
         (
             "rate: 20",
             "rate: fast",
-            'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto" or "none", got "fast"',
+            'jobs/import.yaml:6: api.rate: expected a number >= 0.1 or "auto" or "none", '
+            'got "fast"',
         ),
         (
             "  match: externalId",
