@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
-import msgspec
 
 from ..clock import Clock, SystemClock
 from ..errors import BadRequest
@@ -73,9 +72,10 @@ from .export_records import (
     ExportProgress,
     ExportResult,
     ExportSettings,
-    Phase,
     _load,
     _Meta,
+    progress_for_runner,
+    stream_result,
 )
 from .export_records import COMMIT_INTERVAL_MS as COMMIT_INTERVAL_MS
 from .export_records import COMMIT_PAGES as COMMIT_PAGES
@@ -194,42 +194,11 @@ class ExportAttemptsTask:
         progress: Callable[[StreamProgress], None],
         run: RunContext,
     ) -> StreamResult:
-        last_phase: list[Phase] = []
-
-        def on_progress(p: ExportProgress) -> None:
-            note = ""
-            if p.phase in ("waiting", "downloading"):
-                what = (
-                    "waiting for the server's export job" if p.phase == "waiting" else "downloading"
-                )
-                note = f"exam {p.exam}: {what}"
-            if last_phase and last_phase[0] == p.phase and p.phase in ("waiting", "downloading"):
-                note = ""  # said once per phase
-            last_phase[:] = [p.phase]
-            total, done = p.total, p.rows
-            if p.phase == "waiting":  # the server's job: its progress, in percent
-                total, done = 100, round((p.job_progress or 0.0) * 100)
-            progress(StreamProgress(done=done, total=total, note=note))
-
+        on_progress = progress_for_runner(progress, lambda p: f"exam {p.exam}")
         r = await run_export(
             self.settings, self.job, client, cursors, progress_cb=on_progress, stop=stop, run=run
         )
-        message = (
-            f"Export {r.status}: {r.rows} attempts, {r.bytes} bytes -> {r.output} "
-            f"({r.format}, mode {r.mode}"
-            + (f", since {r.since}" if r.since else "")
-            + (", resumed" if r.resumed else "")
-            + ")"
-        )
-        return StreamResult(
-            status=r.status,
-            counts={"exported": r.rows},
-            message=message,
-            # The run's status and time are the summary's own; the rest describes the file.
-            details={
-                k: v for k, v in msgspec.to_builtins(r).items() if k not in ("status", "elapsed_s")
-            },
-        )
+        return stream_result(r, "attempts")
 
     async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
         """How many attempts each exam would give, into which file, and whether the run would

@@ -50,7 +50,16 @@ from ..templates import spec_error
 from .base import CursorStore
 from .export_lookups import compile_export_lookups, resolve_query
 from .export_naming import _output_template, _Shown, _utc_date, output_for
-from .export_records import META_CURSOR, ExportProgress, ExportResult, ExportSettings, _load, _Meta
+from .export_records import (
+    META_CURSOR,
+    ExportProgress,
+    ExportResult,
+    ExportSettings,
+    _load,
+    _Meta,
+    progress_for_runner,
+    stream_result,
+)
 from .export_stream import _Exporter, _row_filter
 
 if TYPE_CHECKING:
@@ -417,21 +426,7 @@ class ExportTask:
         progress: Callable[[StreamProgress], None],
         run: RunContext,
     ) -> StreamResult:
-        said: list[str] = []
-
-        def on_progress(p: ExportProgress) -> None:
-            note = ""
-            if p.phase in ("waiting", "downloading") and said != [p.phase]:
-                what = (
-                    "waiting for the server's export job" if p.phase == "waiting" else "downloading"
-                )
-                note = f"{self.query.resource}: {what}"
-            said[:] = [p.phase]
-            total, done = p.total, p.rows
-            if p.phase == "waiting":
-                total, done = 100, round((p.job_progress or 0.0) * 100)
-            progress(StreamProgress(done=done, total=total, note=note))
-
+        on_progress = progress_for_runner(progress, lambda p: self.query.resource)
         query = await resolve_query(self.query, self.lookups, client, self.profile, self.job)
         r = await run_collection_export(
             self.settings,
@@ -443,22 +438,8 @@ class ExportTask:
             stop=stop,
             run=run,
         )
-        message = (
-            f"Export {r.status}: {r.rows} {self.query.resource} records, {r.bytes} bytes -> "
-            f"{r.output} ({r.format}, mode {r.mode}"
-            + (f", since {r.since}" if r.since else "")
-            + (", resumed" if r.resumed else "")
-            + ")"
-        )
-        details = {
-            k: v
-            for k, v in msgspec.to_builtins(r).items()
-            if k not in ("status", "elapsed_s", "exams")
-        }
-        details["resource"] = self.query.resource
-        return StreamResult(
-            status=r.status, counts={"exported": r.rows}, message=message, details=details
-        )
+        what = f"{self.query.resource} records"
+        return stream_result(r, what, drop=("exams",), resource=self.query.resource)
 
     async def plan(self, client: SynapClient, cursors: CursorStore | None) -> list[str]:
         """How many records the export would give, into which file, and whether the run would

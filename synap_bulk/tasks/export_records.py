@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import msgspec
 from msgspec import Struct
 
 from ..errors import CheckpointError
+from ..items import StreamProgress, StreamResult
 
 #: The ledger cursor naming the export generation; each stream has ``export:<exam>``.
 META_CURSOR = "export"
@@ -122,3 +124,44 @@ def _load(raw: Any, tp: type[Any]) -> Any:
 
 def _dump(value: Struct) -> str:
     return msgspec.json.encode(value).decode()
+
+
+def progress_for_runner(
+    progress: Callable[[StreamProgress], None], label: Callable[[ExportProgress], str]
+) -> Callable[[ExportProgress], None]:
+    """An exporter's progress as the runner's bar takes it: rows so far (the server job's
+    percent while it runs), with one note per phase of a server-side export, e.g. ``exam X:
+    downloading`` (``label`` names what the note is about)."""
+    said: list[Phase] = []
+
+    def on_progress(p: ExportProgress) -> None:
+        note = ""
+        if p.phase in ("waiting", "downloading") and said != [p.phase]:
+            what = "waiting for the server's export job" if p.phase == "waiting" else "downloading"
+            note = f"{label(p)}: {what}"
+        said[:] = [p.phase]
+        total, done = p.total, p.rows
+        if p.phase == "waiting":  # the server's job: its progress, in percent
+            total, done = 100, round((p.job_progress or 0.0) * 100)
+        progress(StreamProgress(done=done, total=total, note=note))
+
+    return on_progress
+
+
+def stream_result(
+    r: ExportResult, what: str, *, drop: tuple[str, ...] = (), **extra: Any
+) -> StreamResult:
+    """The runner's view of a finished export: ``Export completed: N <what>, ...``; the
+    details describe the file (the run's status and time are the summary's own)."""
+    message = (
+        f"Export {r.status}: {r.rows} {what}, {r.bytes} bytes -> {r.output} "
+        f"({r.format}, mode {r.mode}"
+        + (f", since {r.since}" if r.since else "")
+        + (", resumed" if r.resumed else "")
+        + ")"
+    )
+    skip = ("status", "elapsed_s", *drop)
+    details = {k: v for k, v in msgspec.to_builtins(r).items() if k not in skip} | extra
+    return StreamResult(
+        status=r.status, counts={"exported": r.rows}, message=message, details=details
+    )
