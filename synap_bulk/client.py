@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import msgspec
 from msgspec import Struct
 
-from . import pagination
+from . import durable, pagination
 from ._version import __version__
 from .clock import Clock, SystemClock
 from .errors import (
@@ -405,6 +405,7 @@ class SynapClient:
         if transport is None:
             raise RuntimeError("use 'async with SynapClient(...)' before sending requests")
         rate, clock, policy = self.rate, self.clock, self.retry
+        await durable.barrier()  # the item's in-flight mark is on disk before it sends
         started = clock.now()
         faults = 0
         throttles = 0

@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 from msgspec import Struct
 
+from . import durable
 from .clock import Clock, SystemClock
 from .errors import (
     ApiError,
@@ -109,6 +110,9 @@ class _NullLedger:
         return None
 
     async def mark_in_flight(self, item: Item, attempts: int = 0) -> None:
+        return None
+
+    def queue_in_flight(self, item: Item, attempts: int = 0) -> None:
         return None
 
     async def flush(self) -> None:
@@ -428,6 +432,15 @@ class Engine:
 
     async def _process(self, item: Item) -> None:
         """One item from ledger state to recorded outcome, honouring its safety."""
+        # The item's durability hold (set by _attempts) lives in this worker task's context;
+        # this token puts back the value from before the item, whatever _attempts held.
+        token = durable.hold(None)
+        try:
+            await self._attempts(item)
+        finally:
+            durable.release(token)
+
+    async def _attempts(self, item: Item) -> None:
         safety = self.task.safety
         state = self._states.get(item.key)
         attempts = 0
@@ -459,7 +472,9 @@ class Engine:
                         return
                     reconcile_first = False
                 if not marked and safety is not Safety.IDEMPOTENT:
-                    await ledger.mark_in_flight(item, attempts)
+                    # Durable before the item's first request (durable.barrier in the client),
+                    # usually in the same commit as the task's before-image.
+                    durable.hold(ledger.queue_in_flight(item, attempts))
                     marked = True
                 attempts += 1
                 outcome = await task.execute(item, client)

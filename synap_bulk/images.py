@@ -119,23 +119,25 @@ class LedgerImages:
         await self._ledger.transact(write)
 
     async def created(self, ref: str, resource_id: str, undo: dict[str, Any] | None = None) -> None:
+        # Nothing is sent after this that depends on it, so it is not waited for: it commits
+        # with the item's outcome (or earlier). A run killed before that reconciles the item,
+        # which records the id again. One UPDATE with json_set, not a read, decode and rewrite.
         run = self._ledger.run_id
+        if undo is None:
+            sql = "UPDATE before_images SET image = json_set(image, '$.resource_id', ?) "
+            args: tuple[Any, ...] = (resource_id, run, ref)
+        else:
+            sql = (
+                "UPDATE before_images SET image = "
+                "json_set(image, '$.resource_id', ?, '$.undo', json(?)) "
+            )
+            args = (resource_id, _encode(undo).decode(), run, ref)
+        sql += "WHERE run = ? AND ref = ?"
 
         def write(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT seq, image FROM before_images WHERE run = ? AND ref = ?", (run, ref)
-            ).fetchone()
-            if row is None:
-                return
-            image = msgspec.structs.replace(_decode(row[1]), resource_id=resource_id)
-            if undo is not None:
-                image = msgspec.structs.replace(image, undo=undo)
-            db.execute(
-                "UPDATE before_images SET image = ? WHERE seq = ?",
-                (_encode(image).decode(), row[0]),
-            )
+            db.execute(sql, args)
 
-        await self._ledger.transact(write)
+        self._ledger.defer(write)
 
 
 def book_for(ledger: Any) -> ImageBook:

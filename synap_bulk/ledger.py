@@ -288,10 +288,15 @@ class Ledger:
 
     async def mark_in_flight(self, item: Item, attempts: int = 0) -> None:
         """Record the item as in flight and return once that is committed (group commit)."""
+        await self.queue_in_flight(item, attempts)
+
+    def queue_in_flight(self, item: Item, attempts: int = 0) -> asyncio.Future[Any]:
+        """Queue the item's in-flight mark; the future resolves once it is committed (the
+        engine holds it as the item's durability barrier, :mod:`synap_bulk.durable`)."""
         fut: asyncio.Future[Any] = self._loop.create_future()
         rec = (item.key, item.line, "in_flight", "", "", attempts, None, None, self.run_id)
         self._add_record(rec, fut)
-        await fut
+        return fut
 
     async def forget(self, item: Item) -> None:
         """Drop an item's row: its in-flight mark was for a request that certainly had no
@@ -307,6 +312,16 @@ class Ledger:
         """Run ``fn`` on the ledger's connection in the next transaction; committed when this
         returns (for the ledger's companions, e.g. :mod:`synap_bulk.images`)."""
         return await self._call(fn)
+
+    def defer(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``fn`` in a coming transaction (within ``max_delay``) without waiting for it:
+        for writes nothing is sent after (a created resource's id beside its image). Queued
+        in order with everything else; an error in ``fn`` other than SQLite's is dropped."""
+        self._check_open()
+        with self._cond:
+            self._calls.append((fn, None))
+            if len(self._calls) == 1 and not self._records:
+                self._cond.notify()  # as for a first record: committed within max_delay
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed."""
@@ -649,7 +664,7 @@ class Ledger:
             with self._cond:
                 started = time.monotonic()
                 while not self._urgent:
-                    if self._records:
+                    if self._records or self._calls:
                         left = self.max_delay - (time.monotonic() - started)
                         if left <= 0:
                             break

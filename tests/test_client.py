@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -191,6 +192,39 @@ async def test_get_decodes_a_typed_resource() -> None:
         got = await client.get("users", "7", User)
     assert got.id == "7" and got.attributes.name == "Bea"
     assert transport.requests[0][1] == "http://127.0.0.1:9/v3/users/7"
+
+
+async def test_no_request_leaves_before_the_held_ledger_write_is_committed() -> None:
+    """The durability barrier: a request sent while the item's in-flight mark is held waits
+    for that commit, and a failed commit stops it (nothing is sent)."""
+    import asyncio
+
+    from synap_bulk import durable
+    from synap_bulk.ledger import CheckpointError
+
+    client, transport, _ = make(script(ok({"data": user("7", "Bea")})))
+    loop = asyncio.get_running_loop()
+    async with client:
+        committed = loop.create_future()
+        token = durable.hold(committed)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.get, "users", "7", User)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                assert transport.requests == []  # still waiting for the commit
+                committed.set_result(None)
+            assert len(transport.requests) == 1
+            failed = loop.create_future()
+            failed.set_exception(CheckpointError("ledger.sqlite: disk I/O error"))
+            durable.hold(failed)
+            with pytest.raises(CheckpointError, match="disk I/O"):
+                await client.get("users", "7", User)
+            assert len(transport.requests) == 1
+        finally:
+            durable.release(token)
+        await client.get("users", "7", User)  # the hold is over: no barrier
+    assert len(transport.requests) == 2
 
 
 @pytest.mark.parametrize(

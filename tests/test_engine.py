@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
+from synap_bulk import durable
 from synap_bulk.clock import FakeClock
 from synap_bulk.engine import Engine, EngineConfig
 from synap_bulk.errors import (
@@ -83,6 +84,7 @@ class FakeTask:
                 yield Item(key=f"k{i}", line=i + 2, row=row)
 
     async def execute(self, item: Item, client: Any) -> Outcome:
+        await durable.barrier()  # as SynapClient does before each request it sends
         self.executed.append(item.key)
         if self.ledger_path is not None:
             self.seen_status[item.key] = committed_status(self.ledger_path, item.key)
@@ -208,8 +210,8 @@ async def test_in_flight_unsafe_item_is_in_doubt_and_not_executed(tmp_path: Path
 
 
 async def test_marks_are_durable_before_sending_and_group_committed(tmp_path: Path) -> None:
-    """A RECONCILABLE item's in-flight mark is committed before execute runs; many concurrent
-    marks share few transactions."""
+    """A RECONCILABLE item's in-flight mark is committed before its first request (the
+    durability barrier every request passes); many concurrent marks share few transactions."""
     path = tmp_path / "l.sqlite"
     task = FakeTask(200, safety=Safety.RECONCILABLE, ledger_path=path)
     async with await open_ledger(path) as ledger:
@@ -616,6 +618,7 @@ async def test_stopping_forgets_an_unsafe_item_that_was_refused(tmp_path: Path) 
 
         class StopOnExecute(FakeTask):
             async def execute(self, item: Item, client: Any) -> Outcome:
+                await durable.barrier()  # the mark is on disk: the request is about to leave
                 eng.stop()
                 return await task.execute(item, client)
 

@@ -17,6 +17,7 @@ import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from synap_bulk import durable
 from synap_bulk.errors import ApiError, MalformedResponse
 from synap_bulk.items import Item, Outcome, Safety
 from synap_bulk.jsonapi import NewResource, decode_errors
@@ -224,6 +225,7 @@ class KilledAt(FakeTask):
         self.sent_before_kill: list[str] = []
 
     async def execute(self, item: Item, client: Any) -> Outcome:
+        await durable.barrier()  # the request goes out here, as in SynapClient.request
         if len(self.executed) < self.kill_at:
             self.sent_before_kill.append(item.key)
             if len(self.sent_before_kill) == self.kill_at:
