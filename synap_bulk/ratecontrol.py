@@ -10,7 +10,9 @@
   (the default, it measured better, see docs/client.md) or AIMD.
 * When the server sends ``X-RateLimit-Remaining``/``Reset``, sends are spread over what is left
   of the window before a 429 happens.
-* ``rate="auto"`` starts modest, grows until the first 429, then behaves as above with no ceiling.
+* ``rate="auto"`` starts modest and doubles every 0.2 s (slow start) until X-RateLimit-Remaining
+  falls (the refill is read off it) or the first 429 (the bucket it emptied is fitted), then
+  holds under what it learned and probes, with no ceiling.
 
 Everything reads time through the injected :class:`~synap_bulk.clock.Clock`.
 """
@@ -57,9 +59,15 @@ class RateSettings(Struct, frozen=True, kw_only=True):
     aimd_step: float = 0.1
     #: The rate never goes below this (requests per second).
     min_rate: float = 0.5
-    #: ``rate="auto"``: the first rate, and its growth factor per second until the first 429.
+    #: ``rate="auto"``: the first rate, and its growth factor per second until the first 429
+    #: (32: doubling every 0.2 s; at 4 the start from no knowledge cost ~2 s at 100/s).
     auto_start: float = 10.0
-    auto_growth: float = 4.0
+    auto_growth: float = 32.0
+    #: The window of the send rate that bounds the growth until the first 429 (seconds).
+    auto_window: float = 0.2
+    #: What the first 429 assumes of the server's burst, in seconds of its limit (a bucket of
+    #: 10 at 100/s is 0.1): with the time the bucket took to empty it gives the limit.
+    auto_burst_s: float = 0.1
     #: ``rate="auto"`` once it knows the limit L (the accepted rate in the second before a 429,
     #: or the refill rate read off X-RateLimit-Remaining): hold ``auto_hold`` x L, and every
     #: ``auto_probe_every`` s (the first one ``auto_probe_for`` s after L is first known, as a
@@ -326,6 +334,7 @@ class RateController:
         self._probing_since: float | None = None
         # X-RateLimit-Remaining samples of the current unsaturated run: (sent_at, remaining).
         self._hdr_samples: deque[tuple[float, int]] = deque()
+        self._hdr_cap: int | None = None  # the last X-RateLimit-Limit (the bucket's size)
         # Header pacing: while ``now < _hdr_until`` sends are spaced ``_hdr_gap`` apart.
         self._hdr_until = -math.inf
         self._hdr_gap = 0.0
@@ -416,7 +425,10 @@ class RateController:
 
     def _throttle(self, sent_at: float, retry_after: str | None, now: float) -> float:
         s = self.settings
-        self._consecutive += 1
+        if sent_at > self._last_cut:
+            # A new round of throttling: the answers to requests already on their way when the
+            # last one began (up to the concurrency) are that round's, and do not lengthen it.
+            self._consecutive += 1
         wait = parse_retry_after(retry_after, self._wall())
         if wait is None:
             exp = s.pause_base * 2.0 ** min(self._consecutive - 1, 30)
@@ -442,6 +454,12 @@ class RateController:
                 self._cut(now)
         return wait
 
+    def _recent_rate(self, now: float) -> float:
+        """Sends per second over the last ``auto_window`` seconds (``rate="auto"`` only)."""
+        window = self.settings.auto_window
+        sends = self._sends
+        return (len(sends) - bisect.bisect_right(sends, now - window)) / window
+
     def _accepted(self, start: float, end: float) -> int:
         """Sends in ``(start, end]`` that were not answered 429 (so far)."""
         sends = self._sends
@@ -449,6 +467,41 @@ class RateController:
         n = bisect.bisect_right(sends, end) - bisect.bisect_right(sends, start)
         n -= bisect.bisect_right(refused, end) - bisect.bisect_right(refused, start)
         return n
+
+    def _fit_bucket(self, since: float, at: float) -> float | None:
+        """The refill rate R of a token bucket of ``auto_burst_s`` x R that the sends accepted
+        in ``[since, at)`` emptied at ``at``; None with too few sends to tell.
+
+        Going back from ``at`` (bucket empty) the bucket held ``accepted - R x span`` at each
+        earlier send, so its size is the largest of those, ``B(R)``, which falls as R rises:
+        bisect ``B(R) = auto_burst_s x R``, or ``B(R) = X-RateLimit-Limit`` when the server
+        said it. One drain cannot tell R from the bucket's size
+        (a bigger bucket lasts longer at a lower R); a bucket larger than assumed gives an R
+        too high, which the next 429 corrects from a steadier rate.
+        """
+        s = self.settings
+        sends = self._sends
+        lo_i = bisect.bisect_left(sends, max(since, at - 3.0))
+        hi_i = bisect.bisect_left(sends, at - _EPSILON)
+        refused = set(self._refused)
+        times = [t for t in list(sends)[lo_i:hi_i] if t not in refused]
+        if len(times) < 5:
+            return None
+        n = len(times)
+        burst = self._hdr_cap  # X-RateLimit-Limit, when the server said the bucket's size
+
+        def size(rate: float) -> float:
+            # sends accepted in [times[i], at) minus the refill over that span, at its largest
+            return max(n - i - rate * (at - t) for i, t in enumerate(times))
+
+        lo, hi = 0.0, n / max(at - times[-1], _EPSILON)
+        for _ in range(40):
+            mid = (lo + hi) / 2.0
+            if size(mid) > (burst if burst is not None else s.auto_burst_s * mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo if lo > 0 else None
 
     def _learn_from_throttle(self, sent_at: float, now: float) -> None:
         """The accepted rate over the second before this 429 estimates the bucket's refill."""
@@ -466,6 +519,12 @@ class RateController:
             estimate = 0.9 * min(accepted / span, self.rate or math.inf)
         else:  # too little to go on: cut as CUBIC would
             estimate = s.cubic_beta * (self.learned or self.rate or self.measured or 1.0)
+        if not self._throttled_once:
+            # The first 429 ends the slow start, whose rate rose fast: the second before it
+            # was mostly below the limit. Fit the bucket that was emptied instead.
+            fitted = self._fit_bucket(max(self._pause_end, first), sent_at)
+            if fitted is not None:  # but a stall of the server empties no bucket: not below
+                estimate = max(estimate, fitted)  # what the last second's estimate says
         self._throttled_once = True
         self._last_cut = now
         self._last_update = max(now, self.paused_until)
@@ -554,9 +613,11 @@ class RateController:
             if self.auto and rate is not None:
                 if self._hdr_samples:  # Remaining is falling: hold while it shows the refill
                     return
-                grown = rate * s.auto_growth**s.update_interval
-                if self.measured:
-                    grown = min(grown, max(rate, 2.0 * self.measured))
+                # Slow start: grow by the time that passed (answers are sparse at a low rate),
+                # but never beyond twice what was really sent lately (a slow client does not
+                # inflate its allowance).
+                grown = rate * s.auto_growth ** min(elapsed, 2.0 * s.update_interval)
+                grown = min(grown, max(rate, 2.0 * self._recent_rate(now)))
                 self._set_rate(grown)
             return
         if rate is not None and self.ceiling is not None and rate >= self.ceiling:
@@ -621,6 +682,8 @@ class RateController:
         except ValueError:
             return
         if self.auto:
+            if cap is not None and cap > 0:
+                self._hdr_cap = cap
             self._learn_from_remaining(sent_at, left, cap)
             if cap is not None:  # the learned refill paces better than (L - R) / S
                 return

@@ -587,8 +587,8 @@ async def test_auto_leaves_an_estimate_far_too_low_in_seconds(headers: bool) -> 
     big one that fails is bisected, so the rate is back near the limit within 30 s (probing
     +3 % every 5-10 s took minutes: 2,501 accepted in the 60 s)."""
     rc = controller("auto")
-    bucket = StallingBucket(1.9, 100.0, 10.0, headers)
-    await run_against(rc, bucket, 2.5)
+    bucket = StallingBucket(0.65, 100.0, 10.0, headers)  # the slow start is past 40/s
+    await run_against(rc, bucket, 1.0)
     assert rc.learned is not None and rc.learned < 50.0  # the stall taught it far too low
     await run_against(rc, bucket, 32.0)
     assert rc.learned >= 90.0
@@ -596,3 +596,60 @@ async def test_auto_leaves_an_estimate_far_too_low_in_seconds(headers: bool) -> 
     assert rc.learned <= 106.0
     assert bucket.accepted >= 0.65 * 6000
     assert bucket.refused <= 0.01 * (bucket.accepted + bucket.refused)
+
+
+async def first_throttle(rc: RateController, bucket: TokenBucket, seconds: float) -> float:
+    """Run against ``bucket`` for ``seconds``; the send time of its first 429 (inf: none)."""
+    first = math.inf
+    while rc.clock.now() < seconds:
+        sent = await rc.acquire()
+        rc.release()
+        status, headers = bucket.answer(sent)
+        rc.observe(sent, status, headers)
+        if status == 429:
+            first = min(first, sent)
+    return first
+
+
+async def test_slow_start_finds_a_bucket_within_a_second_and_one_429() -> None:
+    """From 10/s the rate doubles every 0.2 s: the bucket of 10 at 100/s empties within a
+    second, and that one 429 (its drain fitted to a bucket of 0.1 s) teaches 100 +- 6 %,
+    where the second before it (mostly below the limit) said 53."""
+    rc = controller("auto")
+    bucket = TokenBucket(100.0, 10.0, False)
+    first = await first_throttle(rc, bucket, 5.0)
+    assert first < 1.0
+    assert bucket.refused == 1
+    assert rc.learned is not None and 94.0 <= rc.learned <= 106.0
+    assert rc.rate == pytest.approx(0.97 * rc.learned)
+
+
+async def test_slow_start_with_headers_settles_on_the_refill_without_a_429() -> None:
+    """With X-RateLimit-Remaining the drain shows before the bucket is empty: the limit is
+    known within a second and a half, and no request was refused."""
+    rc = controller("auto")
+    bucket = TokenBucket(100.0, 10.0, True)
+    await first_throttle(rc, bucket, 1.5)
+    assert bucket.refused == 0
+    assert rc.learned is not None and 95.0 <= rc.learned <= 105.0
+
+
+async def test_slow_start_429_with_the_bucket_size_in_the_headers_uses_it() -> None:
+    """A bucket that empties faster than its drain shows (10 at 300/s) still 429s once;
+    X-RateLimit-Limit gave its size, so the fit needs no assumption of it: 300 +- 6 %."""
+    rc = controller("auto")
+    bucket = TokenBucket(300.0, 10.0, True)
+    await first_throttle(rc, bucket, 3.0)
+    assert bucket.refused <= 2
+    assert rc.learned is not None and 282.0 <= rc.learned <= 318.0
+
+
+async def test_one_round_of_429s_without_retry_after_does_not_grow_the_backoff() -> None:
+    """The 429s of requests already on their way when a round began are that round's: the
+    computed pause grows with rounds, not with how many were in flight."""
+    rc = controller(100.0, settings=RateSettings(pause_base=0.5, pause_cap=8.0))
+    waits = [rc.observe(0.0, 429, {}) for _ in range(8)]  # 8 in flight, one round
+    assert all(w is not None and 0.25 <= w <= 0.5 for w in waits)
+    await rc.clock.sleep(1.0)
+    again = rc.observe(rc.clock.now(), 429, {})  # sent after the round: the next one
+    assert again is not None and 0.5 <= again <= 1.0
