@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TOKEN, child, median, sandbox, start_sandbox, stop_sandbox
+from common import TOKEN, child, median, peak_rss_mb, sandbox, start_sandbox, stop_sandbox
 
 HERE = Path(__file__).resolve()
 COHORTS = ["Cohort 01", "Cohort 02", "Cohort 03"]
@@ -102,8 +101,8 @@ def child_import(job_path: str) -> dict[str, Any]:
 
 
 def _rss_mb() -> float:
-    """This process's peak RSS so far (MB; ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS so far (MB), not its parent's (see ``common.peak_rss_mb``)."""
+    return peak_rss_mb()
 
 
 def proc_cpu_s(pid: int) -> float:

@@ -441,6 +441,44 @@ async def test_circuit_breaker_stops_the_run(tmp_path: Path) -> None:
     assert len(task.executed) == 10
 
 
+class CountingTask(FakeTask):
+    """Counts the items its reader has handed out (what the engine holds at most)."""
+
+    def __init__(self, n: int, **kw: Any) -> None:
+        super().__init__(n, **kw)
+        self.read = 0
+
+    async def items(self) -> AsyncIterator[Item | InvalidRow]:
+        async for it in super().items():
+            self.read += 1
+            yield it
+
+
+async def test_the_reader_runs_ahead_of_the_workers_by_the_queue_only(tmp_path: Path) -> None:
+    """While every worker is busy, the producer has read no more items than the workers hold,
+    the queue holds and the one it waits to put: an input of any size is never buffered whole
+    (an import's memory stays flat). Every item is still run exactly once."""
+    task = CountingTask(500, safety=Safety.RECONCILABLE)
+    task.gate = anyio.Event()
+    task.wait_for = 4
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        eng = engine(task, ledger, concurrency=4, queue_size=6)
+        async with anyio.create_task_group() as tg:
+            results: list[Any] = []
+
+            async def go() -> None:
+                results.append(await eng.run())
+
+            tg.start_soon(go)
+            await task.started_enough.wait()
+            await anyio.wait_all_tasks_blocked()
+            assert task.read == 4 + 6 + 1
+            task.gate.set()
+        assert results[0].status == "completed"
+        assert sorted(task.executed) == sorted(f"k{i}" for i in range(500))
+        assert await ledger.counts() == {"done": 500}
+
+
 async def test_graceful_stop_lets_in_flight_items_finish(tmp_path: Path) -> None:
     """stop(graceful=True) starts no new item, lets in-flight ones finish and records them."""
     path = tmp_path / "l.sqlite"

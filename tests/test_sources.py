@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
 
+from synap_bulk import sources
 from synap_bulk.errors import SourceError
 from synap_bulk.sources import (
     CsvRow,
@@ -94,6 +96,38 @@ def test_not_utf8_offset_counts_the_bom(tmp_path: Path) -> None:
     path = write(tmp_path, b"\xef\xbb\xbfemail\n\xff\n")
     with pytest.raises(SourceError, match=r"not valid UTF-8 at byte 9 \(line 2\)"):
         CsvSource(path)
+
+
+@pytest.mark.parametrize("where", range(0, 9))
+def test_utf8_is_checked_in_chunks_with_the_whole_file_s_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: int
+) -> None:
+    """The check reads a chunk at a time: a character split over two chunks is valid, and a bad
+    byte anywhere is named at the offset decoding the whole file gives."""
+    monkeypatch.setattr(sources, "_CHECK_CHUNK", 4)
+    good = "email,name\nä@x.io,Zoë 😀\n".encode()
+    assert [r.values["name"] for r in CsvSource(write(tmp_path, good))] == ["Zoë 😀"]
+    bad = good[: 11 + where] + b"\xc3(" + good[11 + where :]
+    with pytest.raises(UnicodeDecodeError) as whole:
+        bad.decode("utf-8")
+    with pytest.raises(SourceError, match=rf"not valid UTF-8 at byte {whole.value.start} "):
+        CsvSource(write(tmp_path, bad))
+    cut = good + "€".encode()[:2]  # a character cut short by the end of the file
+    with pytest.raises(SourceError, match=rf"not valid UTF-8 at byte {len(good)} \(line 3\)"):
+        CsvSource(write(tmp_path, cut))
+
+
+def test_source_does_not_keep_the_file_whole(tmp_path: Path) -> None:
+    """The text is kept compressed, a fraction of the file's size, and still reads back as it
+    was, as often as asked."""
+    rows = [f"C{i:06d},first.last.{i}@example.edu,Cohort {i % 3:02d}" for i in range(20_000)]
+    data = ("\ufeffcandidate_no,email,cohort\r\n" + "\r\n".join(rows) + "\r\n").encode()
+    source = CsvSource(write(tmp_path, data))
+    assert len(source._packed) < len(data) / 3
+    for _ in range(2):
+        values = [",".join(r.values.values()) for r in source]
+        assert values == rows
+    assert source.sha256() == hashlib.sha256(data).hexdigest()
 
 
 def test_missing_columns_are_named_together(tmp_path: Path) -> None:
@@ -220,6 +254,22 @@ def test_duplicate_tracker_names_the_first_line() -> None:
     assert seen.seen("a", 7) == 2
     assert seen.seen("a", 9) == 2
     assert "a" in seen and len(seen) == 2
+    assert seen.seen("a", 2) is None  # the same row again (a fed-back file keeps lines)
+
+
+def test_duplicate_tracker_agrees_with_a_dict_over_many_keys() -> None:
+    """Past the table's growth, with keys of every kind (non-ASCII, empty, prefixes of each
+    other, one hash apart), it answers exactly as a dict of first lines does."""
+    rng = random.Random(7)
+    pool = [f"C{i:06d}" for i in range(3000)] + ["", "é", "e\u0301", "C00001", "😀x", "\udc80"]
+    seen, first = DuplicateTracker(), dict[str, int]()
+    for line in range(2, 12_000):
+        key = rng.choice(pool)
+        expected = first.setdefault(key, line)
+        assert seen.seen(key, line) == (None if expected == line else expected)
+    assert len(seen) == len(first)
+    assert all(k in seen for k in pool) == (len(first) == len(pool))
+    assert all(k in seen for k in first) and "C999999" not in seen and 3 not in seen
 
 
 def test_missing_values_lists_blank_required_cells() -> None:
