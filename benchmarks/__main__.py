@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,24 @@ def merge(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
     used = {s.get("command") for s in scenarios}
     invocations = [c for c in old.get("invocations", []) if c in used]
     return {**doc, "scenarios": scenarios, "invocations": [*invocations, doc["command"]]}
+
+
+def _commit() -> str:
+    """The checkout's commit (with ``+changes`` when its tracked files differ from it)."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return ""
+    return rev + ("+changes" if rev and dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{scn.name}: {scn.title} ({n:,})")
         load0 = os.getloadavg()[0]
         result = run_scenario(scn, n, repeats, ns.timeout)
-        result.update(command=doc["command"], load_average=[load0, os.getloadavg()[0]])
+        result.update(
+            command=doc["command"],
+            commit=_commit(),
+            load_average=[load0, os.getloadavg()[0]],
+        )
         doc["scenarios"].append(result)
     doc["machine"]["load_average_end"] = list(os.getloadavg())
     doc["elapsed_s"] = round(time.perf_counter() - started, 1)

@@ -72,8 +72,9 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(f"{scn['size']:,} {what}, {scn['repeats']} repeat(s){ideal}.")
         if "command" in scn:
             lo, hi = scn["load_average"]
+            at = f" at commit {scn['commit']}" if scn.get("commit") else ""
             out.append(
-                f"`{scn['command']}`; load average {lo:.1f} at its start, {hi:.1f} at its end."
+                f"`{scn['command']}`{at}; load average {lo:.1f} at its start, {hi:.1f} at its end."
             )
         for note in [*scn["notes"], *scn["skipped"]]:
             out.append(f"{note}")
