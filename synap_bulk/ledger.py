@@ -17,16 +17,19 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Struct
 
 from .errors import CheckpointError
 from .items import InvalidRow, Item, ItemError, Outcome
+
+if TYPE_CHECKING:
+    from .sources import CsvRow
 
 __all__ = [
     "FailedItem",
@@ -366,6 +369,40 @@ class Ledger:
             return {key: (action, remote_id) for key, action, remote_id in cur}
 
         return await self._call(read)
+
+    async def join_done_in_run(
+        self,
+        run: int,
+        rows: Iterable[CsvRow],
+        write: Callable[[int, dict[str, str], str, str], None],
+    ) -> int:
+        """For each input record (in line order) that run ``run`` made done, in line order:
+        ``write(line, values, action, remote_id)``; returns how many. The done records come
+        sorted from one query, merged with one pass over ``rows`` on the ledger's thread, so
+        memory stays flat however many rows (the success file of an input whose items are its
+        records, one per line)."""
+
+        def join(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "SELECT line, action, remote_id FROM items "
+                "WHERE run = ? AND status = 'done' ORDER BY line",
+                (run,),
+            )
+            records = iter(rows)
+            at: CsvRow | None = None
+            written, last = 0, -1
+            for line, action, remote_id in cur:
+                while at is None or at.line < line:
+                    at = next(records, None)
+                    if at is None:
+                        return written
+                if at.line == line and line != last:
+                    write(line, at.values, action, remote_id)
+                    written += 1
+                    last = line
+            return written
+
+        return await self._call(join)
 
     async def failed_items(self) -> list[FailedItem]:
         """Failed, invalid and in-doubt items in input-line order, with rows and errors."""

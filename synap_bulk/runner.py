@@ -40,7 +40,7 @@ from .retry import RetryPolicy
 from .sources import ORIGIN_COLUMN
 from .spec import JobFile
 from .tasks import build_task, input_files
-from .tasks.base import ItemTask, StreamTask
+from .tasks.base import ItemTask, RowsByLine, StreamTask
 from .timeline import Timeline
 from .transport import Timeouts
 from .urls import is_local
@@ -648,21 +648,12 @@ async def _item_reports(
             for rec in failed:
                 fw.write(rec.line, rec.row, rec.error)
     with SuccessWriter(success_path, columns, delimiter=style.delimiter, bom=style.bom) as sw:
-        # In input order, a batch of items at a time (memory stays flat however many rows).
-        batch: list[Item | InvalidRow] = []
+        if isinstance(task, RowsByLine):
+            # Items are the input's records: join the done records with the input by line.
+            await ledger.join_done_in_run(run_id, task.source_rows(), sw.write)
+        else:
+            await _success_from_items(task, ledger, run_id, sw)
 
-        async def write(batch: list[Item | InvalidRow]) -> None:
-            done = await ledger.done_in_run(run_id, [item.key for item in batch])
-            for item in batch:
-                if item.key in done:
-                    sw.write(item.line, item.row, *done[item.key])
-            batch.clear()
-
-        async for item in task.items():
-            batch.append(item)
-            if len(batch) >= _SUCCESS_BATCH:
-                await write(batch)
-        await write(batch)
     e = engine.statistics()
     job_total = await ledger.counts()
     total = task.total
@@ -690,6 +681,27 @@ async def _item_reports(
     return msgspec.structs.replace(
         summary, this_run=_counted(this_run), job_total=_counted(job_total)
     )
+
+
+async def _success_from_items(
+    task: ItemTask, ledger: Ledger, run_id: int, sw: SuccessWriter
+) -> None:
+    """The success file in input order from the task's items, a batch at a time (memory stays
+    flat however many rows): for tasks whose items are not simply the input's records."""
+    batch: list[Item | InvalidRow] = []
+
+    async def write(batch: list[Item | InvalidRow]) -> None:
+        done = await ledger.done_in_run(run_id, [item.key for item in batch])
+        for item in batch:
+            if item.key in done:
+                sw.write(item.line, item.row, *done[item.key])
+        batch.clear()
+
+    async for item in task.items():
+        batch.append(item)
+        if len(batch) >= _SUCCESS_BATCH:
+            await write(batch)
+    await write(batch)
 
 
 #: Items whose ledger records the success file reads at once.

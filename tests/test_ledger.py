@@ -446,3 +446,36 @@ async def test_a_lone_record_is_committed_while_the_run_is_idle(tmp_path: Path) 
             assert db.execute("SELECT status FROM items").fetchall() == [("done",)]
         finally:
             db.close()
+
+
+async def test_done_records_of_a_run_join_the_input_by_line(tmp_path: Path) -> None:
+    """The success file's join: each input record that this run made done, once, in line
+    order, with its action and id; not the rows done by another run, failed, in flight, or
+    whose line the input does not hold."""
+    from synap_bulk.sources import CsvRow
+
+    async with await open_ledger(tmp_path / "l.sqlite") as ledger:
+        r1 = await ledger.begin_run()
+        ledger.record(item(1), Outcome(status="done", action="created", remote_id="u1"), 1)
+        await ledger.end_run(r1, "completed", {})
+        r2 = await ledger.begin_run()
+        # Recorded out of input order, as workers finish.
+        for n, action in ((7, "updated"), (3, "created"), (5, "created"), (2, "unchanged")):
+            ledger.record(item(n), Outcome(status="done", action=action, remote_id=f"u{n}"), 1)
+        ledger.record(item(4), Outcome(status="failed", error=ItemError(status="400")), 1)
+        await ledger.mark_in_flight(item(6))
+        ledger.record(item(9), Outcome(status="done", action="created", remote_id="u9"), 1)
+        await ledger.flush()
+        source = [CsvRow(line=n + 1, values={"email": f"row{n}"}) for n in range(1, 9)]
+        got: list[tuple[int, dict[str, str], str, str]] = []
+
+        def write(line: int, values: dict[str, str], action: str, rid: str) -> None:
+            got.append((line, values, action, rid))
+
+        assert await ledger.join_done_in_run(r2, source, write) == 4
+    assert got == [
+        (3, {"email": "row2"}, "unchanged", "u2"),
+        (4, {"email": "row3"}, "created", "u3"),
+        (6, {"email": "row5"}, "created", "u5"),
+        (8, {"email": "row7"}, "updated", "u7"),
+    ]  # item 9 (line 10) is past the input's end; item 1 was run 1's

@@ -14,8 +14,8 @@ that forgets a member is a type error, not a silently lost safety check.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..items import (
     CsvStyle,
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ..client import SynapClient
+    from ..sources import CsvRow
 
-__all__ = ["CursorStore", "ItemTask", "StreamTask", "Task"]
+__all__ = ["CursorStore", "ItemTask", "RowsByLine", "StreamTask", "Task"]
 
 
 class ItemTask(Protocol):
@@ -163,3 +164,14 @@ class StreamTask(Protocol):
 
 
 Task = ItemTask | StreamTask
+
+
+@runtime_checkable
+class RowsByLine(Protocol):
+    """An item task whose items are its input's records, one item per record, each with the
+    record's line and values as read. The success file is then written from the ledger's done
+    records (which keep the line) joined with the input, with no item rendered a second time."""
+
+    def source_rows(self) -> Iterable[CsvRow]:
+        """The input's records in line order (a fresh pass each call)."""
+        ...

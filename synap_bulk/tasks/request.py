@@ -203,6 +203,10 @@ class RequestTask:
 
     # -- what the runner reads ----------------------------------------------------------------
 
+    def source_rows(self) -> CsvSource:
+        """The input's records: one item each, with its line and values (see RowsByLine)."""
+        return self._source
+
     def input_hash(self) -> str:
         return str(self._source.sha256())
 

@@ -251,6 +251,10 @@ class UserImportTask:
         """Where the writes' before-images go (the engine binds the run's ledger)."""
         self._images = book
 
+    def source_rows(self) -> CsvSource:
+        """The input's records: one item each, with its line and values (see RowsByLine)."""
+        return self._source
+
     def input_hash(self) -> str:
         return self._source.sha256()
 
