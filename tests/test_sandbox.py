@@ -4,6 +4,7 @@ membership and marker sets, timer resets, exports, Subject-User, media types, co
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -275,6 +276,35 @@ async def test_attempt_filters_and_sort(api: Api, sb: Sandbox) -> None:
     assert status == 400
     status, doc, _ = await api.call("GET", "/attempts", params={"sort": "colour"})
     assert status == 400 and doc["errors"][0]["code"] == "invalid_sort"
+
+
+async def test_an_exams_sorted_pages_stay_exact_when_it_gains_an_attempt(
+    api: Api, sb: Sandbox
+) -> None:
+    """An exam's attempts sorted by id, page after page (the sandbox keeps that sort between
+    pages), come out as a fresh sort would, and an attempt added later is in the next listing."""
+    exam_id = next(iter(sb.store.exams))
+    attempts = sb.store.attempts_by_exam[exam_id]
+
+    async def listing(sort: str) -> list[str]:
+        ids: list[str] = []
+        for page in range(1, 100):
+            params = {"filter[examV2]": exam_id, "sort": sort, "page[size]": "3"}
+            _, doc, _ = await api.call(
+                "GET", "/attempts", params={**params, "page[number]": str(page)}
+            )
+            ids += [a["id"] for a in doc["data"]]
+            if not doc["data"]:
+                return ids
+        raise AssertionError("more pages than attempts")
+
+    assert await listing("-id") == sorted((a.id for a in attempts), reverse=True)
+    assert await listing("id") == sorted(a.id for a in attempts)
+    twin = copy.copy(attempts[0])
+    twin.id, twin.raw = "zz-late-attempt", None  # (raw: its cached rendering)
+    sb.store._insert_attempt(twin)
+    assert (await listing("-id"))[0] == "zz-late-attempt"
+    assert await listing("id") == sorted(a.id for a in attempts) and len(attempts) >= 4
 
 
 def doc_iso(epoch: float) -> str:

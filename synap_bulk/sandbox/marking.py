@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..jsonapi import ErrorObject
@@ -37,6 +38,17 @@ from .wire import (
 )
 
 __all__ = ["MarkingRoutes"]
+
+
+#: The attempts' sort keys (``sort=``), and those that never change once an attempt exists.
+_ATTEMPT_SORT_KEYS: dict[str, Callable[[AttemptRec], Any]] = {
+    "id": lambda a: a.id,
+    "createdAt": lambda a: a.created_at,
+    "updatedAt": lambda a: a.updated_at,
+    "score": lambda a: a.score,
+    "examStatus": lambda a: a.exam_status,
+}
+_FIXED_KEYS = frozenset({"id", "createdAt"})
 
 
 def _roles_by_path() -> dict[str, MarkerRole]:
@@ -82,18 +94,24 @@ class MarkingRoutes(RouteHost):
 
     def attempts_list(self, ctx: Ctx, m: dict[str, str]) -> Out:
         q = ctx.request.query
-        items = _attempt_filters(self.state.store, q, "parameter")
-        items = _sorted(
-            items,
-            q,
-            {
-                "id": lambda a: a.id,
-                "createdAt": lambda a: a.created_at,
-                "updatedAt": lambda a: a.updated_at,
-                "score": lambda a: a.score,
-                "examStatus": lambda a: a.exam_status,
-            },
+        store = self.state.store
+        items = _attempt_filters(store, q, "parameter")
+        exam_id: str = q.get(_P.filter_exam) or ""
+        spec: str = q.get(_P.sort_param) or ""
+        cacheable = (
+            bool(exam_id)
+            and bool(spec)
+            and items is store.attempts_by_exam.get(exam_id)
+            and all(f.strip().lstrip("-") in _FIXED_KEYS for f in spec.split(","))
         )
+        hit = store.sorted_attempts.get((exam_id, spec)) if cacheable else None
+        if hit is not None and hit[0] is items and hit[1] == len(items):
+            items = hit[2]
+        else:
+            whole = items
+            items = _sorted(items, q, _ATTEMPT_SORT_KEYS)
+            if cacheable:
+                store.sorted_attempts[(exam_id, spec)] = (whole, len(whole), items)
         allowed = (_P.filter_exam, _P.filter_user, _P.filter_status, _P.filter_updated_since)
         return self._page(ctx.request, items, AttemptRec.render, allowed)
 

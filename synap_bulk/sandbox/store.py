@@ -125,6 +125,12 @@ class Store:
         self.exams: dict[str, ExamRec] = {}
         self.attempts: dict[str, AttemptRec] = {}
         self.attempts_by_exam: dict[str, list[AttemptRec]] = {}
+        #: (exam id, sort) -> (the exam's list, its length then, that list sorted): an export
+        #: asks for the same sorted exam page after page; its list only grows (appended), and
+        #: the cached sort keys (id, createdAt) never change, so a length check keeps it exact.
+        self.sorted_attempts: dict[
+            tuple[str, str], tuple[list[AttemptRec], int, list[AttemptRec]]
+        ] = {}
         self.attempts_by_user: dict[str, list[AttemptRec]] = {}
         self.timer_resets: dict[str, TimerResetRec] = {}
         self.jobs: dict[str, JobRec] = {}
