@@ -159,6 +159,8 @@ class ClockPacer:
 
     def __init__(self, clock: Clock, rate: float | None = None, *, burst_s: float = 0.02) -> None:
         self._clock = clock
+        # SystemClock sleeps are loop timers: the pacer may set those itself (see wait).
+        self._real_clock = type(clock) is SystemClock
         self._burst_s = burst_s
         self._interval = 0.0
         self._tolerance = 0.0
@@ -219,6 +221,15 @@ class ClockPacer:
                 if until is None:
                     await wake  # our time has come: the ones ahead go first, then hand over
                     continue
+                if self._real_clock:
+                    # The real clock: a loop timer resolves the same future a kick would (no
+                    # sleeper task and no asyncio.wait per send: a third of a paced send's CPU).
+                    timer = loop.call_later(until - now, _resolve, wake)
+                    try:
+                        await wake
+                    finally:
+                        timer.cancel()
+                    continue
                 sleeper = asyncio.ensure_future(clock.sleep(until - now))
                 try:
                     await asyncio.wait((sleeper, wake), return_when=asyncio.FIRST_COMPLETED)
@@ -245,6 +256,11 @@ class ClockPacer:
     def _wake_all(self) -> None:
         for turn in self._queue:
             turn.kick()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Turn:

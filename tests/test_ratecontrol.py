@@ -653,3 +653,30 @@ async def test_one_round_of_429s_without_retry_after_does_not_grow_the_backoff()
     await rc.clock.sleep(1.0)
     again = rc.observe(rc.clock.now(), 429, {})  # sent after the round: the next one
     assert again is not None and 0.5 <= again <= 1.0
+
+
+async def test_on_the_real_clock_the_pacer_admits_in_order_and_survives_a_cancelled_waiter() -> (
+    None
+):
+    """With the system clock the pacer's waiters sleep on loop timers of its own: they still
+    leave first come, first served, and a cancelled waiter leaves no turn behind."""
+    from synap_bulk.clock import SystemClock
+
+    pacer = ClockPacer(SystemClock(), 2000.0, burst_s=0.0)
+    left: list[int] = []
+    started = asyncio.Event()
+
+    async def send(i: int) -> None:
+        if i == 5:
+            started.set()
+        await pacer.wait()
+        left.append(i)
+
+    tasks = [asyncio.create_task(send(i)) for i in range(12)]
+    await started.wait()
+    await asyncio.sleep(0)
+    assert pacer.waiting >= 6  # queued behind the pace, not admitted at once
+    tasks[7].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert left == [i for i in range(12) if i != 7]
+    assert pacer.waiting == 0
