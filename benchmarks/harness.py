@@ -166,7 +166,9 @@ def run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
             return {"error": f"{why}: {err.read()[-800:].strip()}", "process_wall_s": elapsed}
     result: dict[str, Any] = json.loads(lines[-1])
     result["rusage_cpu_s"] = ru.ru_utime + ru.ru_stime
-    result["peak_rss_mb"] = ru.ru_maxrss / 1024
+    # The child's own VmHWM when it said it (see peers/child.py), else its rusage.
+    own = result.pop("own_peak_rss_mb", None)
+    result["peak_rss_mb"] = own if own is not None else ru.ru_maxrss / 1024
     result["process_wall_s"] = elapsed
     return result
 
