@@ -88,16 +88,35 @@ def child_import(job_path: str) -> dict[str, Any]:
     import anyio
     from rich.console import Console
 
+    from synap_bulk.ledger import Ledger
     from synap_bulk.runner import out_dir, run_job
     from synap_bulk.spec import load_job
 
+    # The ledger's writer thread's own CPU (the thread's clock as it ends), to show where the
+    # whole-process CPU goes.
+    writer, ledger_cpu = Ledger._writer, []
+
+    def timed_writer(self: Ledger) -> None:
+        try:
+            writer(self)
+        finally:
+            ledger_cpu.append(time.thread_time())
+
+    Ledger._writer = timed_writer  # type: ignore[method-assign]
     job = load_job(job_path)
     console = Console(file=io.StringIO())
     cpu0, wall0 = time.process_time(), time.perf_counter()
     code = anyio.run(lambda: run_job(job, restart=True, console=console, handle_signals=False))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     summary = json.loads((out_dir(job) / "summary.json").read_text())
-    return {"code": code, "cpu_s": cpu, "wall_s": wall, "summary": summary, "rss_mb": _rss_mb()}
+    return {
+        "code": code,
+        "cpu_s": cpu,
+        "ledger_cpu_s": sum(ledger_cpu),
+        "wall_s": wall,
+        "summary": summary,
+        "rss_mb": _rss_mb(),
+    }
 
 
 def _rss_mb() -> float:
@@ -282,6 +301,11 @@ def scenario_cpu(rows: int, folder: Path, repeats: int) -> list[dict[str, Any]]:
                     *(f(r["cpu_s"] * 1000 / r["creates"] for r in v) for f in (min, max))
                 ),
                 "x_aiolimiter": f"{per[kind] / per['limiter']:.2f}x",
+                "ledger_thread_ms_per_create": (
+                    round(median([r["ledger_cpu_s"] * 1000 / r["creates"] for r in v]), 3)
+                    if kind == "engine"
+                    else "-"
+                ),
                 "wall_s": round(median([r["wall_s"] for r in v]), 2),
                 "peak_rss_mb": round(median([r["rss_mb"] for r in v]), 1),
                 "server_cpu_ms_per_create": round(
