@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import peak_rss_mb
+
 #: Statuses a create may be retried on (the write may or may not have happened).
 RETRYABLE = {500, 502, 503, 504}
 
@@ -56,24 +58,12 @@ def retry_after(value: str | None, default: float = 1.0) -> float:
         return default
 
 
-def own_peak_rss_mb() -> float | None:
-    """This process's own peak RSS (MB, ``VmHWM``); None without /proc. The harness's
-    ``ru_maxrss`` of a child is never below the harness's own peak (exec keeps it), so a child
-    says its own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def report(cfg: dict[str, Any], **figures: Any) -> None:
     """Print the child's result: wall time of the work, CPU before it, and ``figures``."""
     figures.setdefault("wall_s", time.perf_counter() - cfg["_t0"])
     figures["startup_cpu_s"] = cfg["_cpu0"]
-    figures["own_peak_rss_mb"] = own_peak_rss_mb()
+    # Its own peak: the harness's ru_maxrss of a child is never below the harness's own.
+    figures["own_peak_rss_mb"] = peak_rss_mb()
     for key in ("ok", "failed"):
         if key in figures:
             figures[key] = sorted(e.strip().lower() for e in figures[key])
